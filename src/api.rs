@@ -1,0 +1,245 @@
+//! The HTTP API of `shared/api.md`, on axum.
+//!
+//! [`app`] builds the router from an [`AppState`], so tests can drive it without a socket.
+//! Authentication is two extractors: [`Tenant`] (a workspace API key; every object route is
+//! scoped by it, and another workspace's object is simply not found) and [`Admin`] (the admin
+//! token, for workspace management only). Bodies are read with an explicit size limit and
+//! parsed by the validators of each noun, so every refusal names its field.
+
+mod deliveries;
+mod endpoints;
+mod error;
+mod events;
+mod rules;
+mod workspaces;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Json};
+use axum::routing::{get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ractor::ActorRef;
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::dispatch::RouterMsg;
+use crate::rule::cache::RuleCache;
+use crate::ssrf::Guard;
+use crate::store::{Page, Store};
+use crate::workspace::Workspace;
+pub use error::ApiError;
+
+/// Largest `limit` of a list.
+const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 50;
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub rules: Arc<RuleCache>,
+    pub guard: Arc<Guard>,
+    pub router: ActorRef<RouterMsg>,
+    pub config: Arc<Config>,
+    /// Cancelled when the node shuts down: `/readyz` then answers 503.
+    pub stopping: CancellationToken,
+}
+
+/// The API's routes.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/workspaces", post(workspaces::create))
+        .route("/v1/workspaces/{uuid}/api-keys", post(workspaces::add_key))
+        .route(
+            "/v1/endpoints",
+            get(endpoints::list).post(endpoints::create),
+        )
+        .route(
+            "/v1/endpoints/{id}",
+            get(endpoints::show)
+                .patch(endpoints::update)
+                .delete(endpoints::remove),
+        )
+        .route("/v1/event-rules", get(rules::list).post(rules::create))
+        .route(
+            "/v1/event-rules/{id}",
+            get(rules::show).patch(rules::update).delete(rules::remove),
+        )
+        .route("/v1/events", post(events::ingest_one))
+        .route("/v1/events/batch", post(events::ingest_batch))
+        .route("/v1/deliveries", get(deliveries::list))
+        .route("/v1/deliveries/{id}", get(deliveries::show))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the node is shutting down",
+        ));
+    }
+    state.store.ping().await?;
+    Ok(Json(
+        json!({"status": "ready", "node": state.config.node_id, "partitions": state.store.partitions()}),
+    ))
+}
+
+fn bearer(parts: &Parts) -> Result<&str, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or_else(|| ApiError::unauthorized("the Authorization header is missing"))?;
+    header
+        .to_str()
+        .ok()
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::unauthorized("expected `Authorization: Bearer <token>`"))
+}
+
+/// The workspace of the request's API key.
+pub struct Tenant(pub Workspace);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        match state.store.workspace_for_key(token).await? {
+            Some(ws) => Ok(Tenant(ws)),
+            None => Err(ApiError::unauthorized("the API key is not valid")),
+        }
+    }
+}
+
+/// The admin token was presented.
+pub struct Admin;
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(parts)?;
+        let Some(expected) = &state.config.admin_token else {
+            return Err(ApiError::unauthorized(
+                "admin routes are disabled: no admin token is configured",
+            ));
+        };
+        let same = token.len() == expected.len()
+            && token
+                .bytes()
+                .zip(expected.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0;
+        if same {
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthorized("the admin token is not valid"))
+        }
+    }
+}
+
+/// Reads a body of at most `limit` bytes (413 with the error body beyond).
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {limit} bytes"),
+        )
+    })
+}
+
+/// `limit` and `cursor` of a list route.
+pub struct ListParams {
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+impl ListParams {
+    pub fn from_query(q: &HashMap<String, String>) -> Result<ListParams, ApiError> {
+        let limit = match q.get("limit") {
+            None => DEFAULT_LIMIT,
+            Some(l) => l
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "limit",
+                        format!("must be 1 to {MAX_LIMIT}"),
+                    )
+                })?,
+        };
+        Ok(ListParams {
+            limit,
+            cursor: q.get("cursor").cloned().filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+/// Pages an in-memory list already sorted newest first by `key` (descending).
+pub fn paginate<T, K: Fn(&T) -> String>(
+    items: Vec<T>,
+    key: K,
+    params: &ListParams,
+) -> Result<Page<T>, ApiError> {
+    let after = match &params.cursor {
+        Some(c) => Some(
+            B64.decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    ApiError::field(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        "cursor",
+                        "is not a cursor of this list",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|i| after.as_ref().is_none_or(|a| key(i) < *a))
+        .collect();
+    let more = rest.len() > params.limit;
+    rest.truncate(params.limit);
+    let next_cursor = more
+        .then(|| rest.last().map(|l| B64.encode(key(l))))
+        .flatten();
+    Ok(Page {
+        data: rest,
+        next_cursor,
+    })
+}
+
+/// A 201 with a JSON body.
+pub fn created<T: Serialize>(body: T) -> impl IntoResponse {
+    (StatusCode::CREATED, Json(body))
+}
+
+/// Query parameters as a map, so a malformed one is our JSON error and not axum's text.
+pub type RawQuery = Query<HashMap<String, String>>;

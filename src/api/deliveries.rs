@@ -1,0 +1,91 @@
+//! `GET /v1/deliveries` (filters and cursor) and `GET /v1/deliveries/{id}` (with attempts).
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use chrono::DateTime;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, ListParams, RawQuery, Tenant};
+use crate::delivery::Status;
+use crate::store::DeliveryFilter;
+
+fn time_param(q: &RawQuery, name: &str) -> Result<Option<i64>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            DateTime::parse_from_rfc3339(v)
+                .map(|t| t.timestamp_millis())
+                .map_err(|_| {
+                    ApiError::field(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        name,
+                        "must be an RFC 3339 time",
+                    )
+                })
+        })
+        .transpose()
+}
+
+pub async fn list(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    q: RawQuery,
+) -> Result<impl IntoResponse, ApiError> {
+    let params = ListParams::from_query(&q)?;
+    let status = q
+        .get("status")
+        .map(|s| {
+            Status::parse(s).ok_or_else(|| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    "status",
+                    "must be pending, retrying, succeeded or failed",
+                )
+            })
+        })
+        .transpose()?;
+    let filter = DeliveryFilter {
+        endpoint_id: q.get("endpointId").cloned(),
+        event_id: q.get("eventId").cloned(),
+        status,
+        since_ms: time_param(&q, "since")?,
+        until_ms: time_param(&q, "until")?,
+    };
+    let page = state
+        .store
+        .list_deliveries(&ws.uuid, &filter, params.limit, params.cursor.as_deref())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Corrupt(m) if m == "bad cursor" => ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "cursor",
+                "is not a cursor of this list",
+            ),
+            other => other.into(),
+        })?;
+    Ok(Json(page))
+}
+
+pub async fn show(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let d = state
+        .store
+        .delivery(&ws.uuid, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    let mut attempts = state.store.attempts(&ws.uuid, &id).await?;
+    for a in &mut attempts {
+        a.request.body = Some(d.body.clone());
+    }
+    let mut body = serde_json::to_value(&d).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["attempts"] = json!(attempts);
+    body["payload"] = serde_json::from_str::<Value>(&d.body).unwrap_or(Value::Null);
+    Ok(Json(body))
+}

@@ -1,0 +1,127 @@
+//! The one error type of the API: every refusal is `{"error": {"code", "message", "field"}}`.
+//!
+//! Client errors carry their status, code and field. Store outages become 503 (retry later:
+//! nothing was written), anything else a plain 500 whose cause is logged once, here, and never
+//! shown to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::invalid::Invalid;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub enum ApiError {
+    Client {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    },
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such {what}"),
+        )
+    }
+
+    pub fn unauthorized(message: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn field(
+        status: StatusCode,
+        code: &'static str,
+        field: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        ApiError::Client {
+            status,
+            code,
+            message: message.into(),
+            field: Some(field.to_string()),
+        }
+    }
+}
+
+impl From<Invalid> for ApiError {
+    /// Malformed JSON is a 400; well-formed JSON with a bad value a 422.
+    fn from(e: Invalid) -> Self {
+        let status = if e.code == "invalid_json" {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
+        ApiError::Client {
+            status,
+            code: e.code,
+            message: if e.field.is_empty() {
+                e.message
+            } else {
+                format!("{}: {}", e.field, e.message)
+            },
+            field: Some(e.field).filter(|f| !f.is_empty()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match self {
+            ApiError::Client {
+                status,
+                code,
+                message,
+                field,
+            } => {
+                let mut err = json!({"code": code, "message": message});
+                if let Some(f) = field {
+                    err["field"] = json!(f);
+                }
+                (status, json!({"error": err}))
+            }
+            ApiError::Unavailable(cause) => {
+                tracing::warn!(%cause, "store unavailable; answering 503");
+                let msg = "the store is unavailable; nothing was written, retry later";
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    json!({"error": {"code": "unavailable", "message": msg}}),
+                )
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    json!({"error": {"code": "internal", "message": "internal error"}}),
+                )
+            }
+        };
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,214 @@
+//! `POST /v1/events` and `POST /v1/events/batch`: validate, match rules, enqueue, answer 202.
+//!
+//! The answer is sent only once every job is durable. With an `Idempotency-Key`, the event id
+//! and so every delivery id are derived from the key, and the answer is remembered: a retried
+//! request gets the same answer, and a retry racing the original (or a request that half
+//! succeeded before a crash) cannot create a second set of deliveries, because deliveries are
+//! created only if their id does not exist yet.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState, Tenant, read_body};
+use crate::delivery::{
+    Delivery, NewDelivery, Status, delivery_id, event_id, partition_of, rfc3339,
+};
+use crate::endpoint::Endpoint;
+use crate::event::Event;
+use crate::invalid::{Invalid, from_body};
+use crate::store::NewEvent;
+use crate::workspace::Workspace;
+
+/// Events in one batch at most.
+const MAX_BATCH: usize = 1000;
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_string()))
+        .ok_or_else(|| {
+            ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_header",
+                "Idempotency-Key",
+                "must be 1 to 255 visible ASCII characters",
+            )
+        })
+}
+
+fn accepted(body: Value) -> Response {
+    (StatusCode::ACCEPTED, Json(body)).into_response()
+}
+
+async fn remembered(
+    state: &AppState,
+    ws: &str,
+    key: &Option<String>,
+) -> Result<Option<Response>, ApiError> {
+    let Some(k) = key else { return Ok(None) };
+    let Some(answer) = state.store.idempotent_answer(ws, k).await? else {
+        return Ok(None);
+    };
+    let value: Value =
+        serde_json::from_str(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Some(accepted(value)))
+}
+
+pub async fn ingest_one(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let body = read_body(body, state.config.max_payload_bytes).await?;
+    let value: Value = from_body(&body)?;
+    let event = Event::parse(value)?;
+    if let Some(answer) = remembered(&state, &ws.uuid, &key).await? {
+        return Ok(answer);
+    }
+    let mut planned = plan(&state, &ws, vec![(event, key.clone())]).await?;
+    state.store.ingest(&ws.uuid, &planned).await?;
+    let answer = answer_of(&planned.remove(0));
+    remember(&state, &ws.uuid, &key, &answer).await?;
+    Ok(accepted(answer))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Batch {
+    events: Vec<Value>,
+}
+
+pub async fn ingest_batch(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(&headers)?;
+    let limit = state.config.max_payload_bytes.saturating_mul(64);
+    let body = read_body(body, limit).await?;
+    let batch: Batch = from_body(&body)?;
+    if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
+        return Err(Invalid::field("events", format!("must hold 1 to {MAX_BATCH} events")).into());
+    }
+    let mut events = Vec::with_capacity(batch.events.len());
+    for (i, v) in batch.events.into_iter().enumerate() {
+        let event = Event::parse(v).map_err(|e| e.under(&format!("events[{i}]")))?;
+        events.push((event, key.as_ref().map(|k| format!("{k}/{i}"))));
+    }
+    if let Some(answer) = remembered(&state, &ws.uuid, &key).await? {
+        return Ok(answer);
+    }
+    let planned = plan(&state, &ws, events).await?;
+    state.store.ingest(&ws.uuid, &planned).await?;
+    let answer = json!({"results": planned.iter().map(answer_of).collect::<Vec<_>>()});
+    remember(&state, &ws.uuid, &key, &answer).await?;
+    Ok(accepted(answer))
+}
+
+async fn remember(
+    state: &AppState,
+    ws: &str,
+    key: &Option<String>,
+    answer: &Value,
+) -> Result<(), ApiError> {
+    if let Some(k) = key {
+        let ttl = state.config.idempotency_ttl_secs;
+        state
+            .store
+            .remember_answer(ws, k, &answer.to_string(), ttl)
+            .await?;
+    }
+    Ok(())
+}
+
+fn answer_of(ev: &NewEvent) -> Value {
+    json!({"id": ev.id, "deliveries": ev.deliveries})
+}
+
+/// Matches each event against the workspace's rules and builds its deliveries.
+async fn plan(
+    state: &AppState,
+    ws: &Workspace,
+    events: Vec<(Event, Option<String>)>,
+) -> Result<Vec<NewEvent>, ApiError> {
+    let rules = state.rules.get(&state.store, &ws.uuid).await?;
+    let matched: Vec<_> = events
+        .iter()
+        .map(|(e, _)| rules.matching(&e.event_type, &e.body))
+        .collect();
+    let wanted: HashSet<&str> = matched
+        .iter()
+        .flatten()
+        .flat_map(|r| r.endpoint_ids.iter().map(String::as_str))
+        .collect();
+    let endpoints: HashMap<String, Endpoint> =
+        state.store.endpoints_by_id(&ws.uuid, wanted).await?;
+    let workspace_block = json!({"uuid": ws.uuid, "name": ws.name});
+    let now = chrono::Utc::now();
+    let mut out = Vec::with_capacity(events.len());
+    for ((event, key), rules) in events.into_iter().zip(matched) {
+        let id = event_id(&ws.uuid, key.as_deref());
+        let mut new_deliveries = Vec::new();
+        for rule in rules {
+            let targets: Vec<&Endpoint> = rule
+                .endpoint_ids
+                .iter()
+                .filter_map(|e| endpoints.get(e))
+                .filter(|e| e.spec.enabled)
+                .collect();
+            if targets.is_empty() {
+                continue;
+            }
+            let mut payload = event.body.clone();
+            payload.insert("eventRule".into(), rule.block.clone());
+            payload.insert("workspace".into(), workspace_block.clone());
+            let body =
+                serde_json::to_string(&payload).map_err(|e| ApiError::Internal(e.to_string()))?;
+            for ep in targets {
+                let delivery = Delivery {
+                    id: delivery_id(&ws.uuid, &id, rule.id, &ep.id),
+                    event_id: id.clone(),
+                    event_type: event.event_type.clone(),
+                    endpoint_id: ep.id.clone(),
+                    rule_id: rule.id,
+                    status: Status::Pending,
+                    created_at: rfc3339(now),
+                    attempt_count: 0,
+                    next_attempt_at: None,
+                    body: body.clone(),
+                };
+                let partition = partition_of(&ep.id, state.store.partitions());
+                new_deliveries.push(NewDelivery {
+                    delivery,
+                    partition,
+                });
+            }
+        }
+        out.push(NewEvent {
+            id,
+            event_type: event.event_type,
+            created_at: rfc3339(now),
+            created_ms: now.timestamp_millis(),
+            deliveries: new_deliveries
+                .iter()
+                .map(|d| d.delivery.id.clone())
+                .collect(),
+            new_deliveries,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,266 @@
+//! Configuration: defaults, then an optional TOML file, then `SWITCHYARD_*` environment
+//! variables, then [`Config::validate`] with errors that name the key.
+//!
+//! Every setting has one name, used in snake case as the file key and upper-cased behind
+//! `SWITCHYARD_` as the variable (`redis_url` ↔ `SWITCHYARD_REDIS_URL`), so operators never
+//! have to learn two vocabularies.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+/// A setting that could not be used, naming the file key / environment variable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("{key} (SWITCHYARD_{env}): {message}", env = key.to_ascii_uppercase())]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The settings of one node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// API address.
+    pub listen: SocketAddr,
+    /// Bearer token of the admin routes; `None` refuses them all.
+    pub admin_token: Option<String>,
+    /// Redis URL of the cluster store.
+    pub redis_url: Option<String>,
+    /// The embedded store's directory.
+    pub data_dir: PathBuf,
+    /// Prefix of every Redis key, so several deployments (or tests) share one Redis.
+    pub key_prefix: String,
+    /// Partition count; fixed for the life of a cluster (it decides which stream a job is in).
+    pub partitions: u32,
+    /// CIDRs exempt from the SSRF guard (tests and development only).
+    pub allow_private_cidrs: Vec<IpNet>,
+    /// Accept `http://` endpoints (tests and development only).
+    pub allow_http: bool,
+    /// PEM file of extra trusted roots for deliveries.
+    pub extra_root_certs: Option<PathBuf>,
+    /// This node's name in the cluster.
+    pub node_id: String,
+    /// Largest event body accepted, in bytes.
+    pub max_payload_bytes: usize,
+    /// Response body bytes kept in the delivery log per attempt.
+    pub response_body_limit: usize,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    pub idempotency_ttl_secs: u64,
+    /// Jobs a partition consumer holds in memory (read but not yet finished) at most.
+    pub partition_buffer: usize,
+    /// An endpoint actor with nothing to do stops after this many seconds.
+    pub actor_idle_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("static address"),
+            admin_token: None,
+            redis_url: None,
+            data_dir: PathBuf::from("./switchyard-data"),
+            key_prefix: "sy".into(),
+            partitions: 64,
+            allow_private_cidrs: Vec::new(),
+            allow_http: false,
+            extra_root_certs: None,
+            node_id: default_node_id(),
+            max_payload_bytes: 256 * 1024,
+            response_body_limit: 64 * 1024,
+            idempotency_ttl_secs: 24 * 3600,
+            partition_buffer: 1024,
+            actor_idle_secs: 300,
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".into());
+    format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+impl Config {
+    /// Defaults, then `file`, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply_env(|k| std::env::var(k).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::File {
+            path: path.into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Overrides from `SWITCHYARD_*` variables, read through `get` so tests need no process env.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(key: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim()
+                .parse()
+                .map_err(|e| invalid(key, format!("`{v}`: {e}")))
+        }
+        let var = |key: &str| get(&format!("SWITCHYARD_{}", key.to_ascii_uppercase()));
+        if let Some(v) = var("listen") {
+            self.listen = parse("listen", &v)?;
+        }
+        if let Some(v) = var("admin_token") {
+            self.admin_token = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = var("redis_url") {
+            self.redis_url = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = var("data_dir") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("key_prefix") {
+            self.key_prefix = v;
+        }
+        if let Some(v) = var("partitions") {
+            self.partitions = parse("partitions", &v)?;
+        }
+        if let Some(v) = var("allow_private_cidrs") {
+            self.allow_private_cidrs = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| parse("allow_private_cidrs", s))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = var("allow_http") {
+            self.allow_http = parse("allow_http", &v)?;
+        }
+        if let Some(v) = var("extra_root_certs") {
+            self.extra_root_certs = Some(v.into());
+        }
+        if let Some(v) = var("node_id") {
+            self.node_id = v;
+        }
+        Ok(())
+    }
+
+    /// Checks ranges and shapes; each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=4096).contains(&self.partitions) {
+            return Err(invalid("partitions", "must be 1 to 4096"));
+        }
+        let prefix_ok = !self.key_prefix.is_empty()
+            && self
+                .key_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c));
+        if !prefix_ok {
+            return Err(invalid(
+                "key_prefix",
+                "must be non-empty ASCII letters, digits, - _ . :",
+            ));
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid("admin_token", "must be at least 16 characters"));
+        }
+        if self.node_id.is_empty() || self.node_id.len() > 100 {
+            return Err(invalid("node_id", "must be 1 to 100 characters"));
+        }
+        if let Some(url) = &self.redis_url
+            && redis::Client::open(url.as_str()).is_err()
+        {
+            return Err(invalid("redis_url", format!("`{url}` is not a Redis URL")));
+        }
+        if self.partition_buffer == 0 {
+            return Err(invalid("partition_buffer", "must be at least 1"));
+        }
+        if self.max_payload_bytes < 1024 {
+            return Err(invalid("max_payload_bytes", "must be at least 1024"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut c = Config::default();
+        c.apply_env(|k| env.get(k).cloned())?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let c = with_env(&[
+            ("SWITCHYARD_PARTITIONS", "8"),
+            ("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32, ::1/128"),
+            ("SWITCHYARD_ALLOW_HTTP", "true"),
+            ("SWITCHYARD_KEY_PREFIX", "test-1"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.partitions, c.allow_private_cidrs.len(), c.allow_http),
+            (8, 2, true)
+        );
+        assert_eq!(c.key_prefix, "test-1");
+        assert_eq!(Config::default().listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let msg = |pairs: &[(&str, &str)]| with_env(pairs).unwrap_err().to_string();
+        assert!(msg(&[("SWITCHYARD_PARTITIONS", "many")]).contains("SWITCHYARD_PARTITIONS"));
+        assert!(msg(&[("SWITCHYARD_PARTITIONS", "0")]).contains("partitions"));
+        assert!(
+            msg(&[("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "10.0.0.0/33")])
+                .contains("ALLOW_PRIVATE_CIDRS")
+        );
+        assert!(msg(&[("SWITCHYARD_LISTEN", "here")]).contains("SWITCHYARD_LISTEN"));
+        assert!(msg(&[("SWITCHYARD_ADMIN_TOKEN", "short")]).contains("admin_token"));
+    }
+
+    #[test]
+    fn a_file_with_an_unknown_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("sy-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "partitons = 3\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("partitons"), "{err}");
+    }
+}

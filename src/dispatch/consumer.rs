@@ -1,0 +1,115 @@
+//! Partition consumers: one task per partition, reading its stream into the RuleRouter.
+//!
+//! Each consumer holds at most `partition_buffer` jobs that were read but have not reached
+//! their final outcome (a semaphore permit travels with each job), so a backlog of millions
+//! stays in Redis and not in memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::ActorRef;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::QueuedJob;
+use super::router::RouterMsg;
+use crate::store::Store;
+
+/// Entries asked for per read.
+const READ_BATCH: usize = 256;
+/// How long one blocking read waits for new entries.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Wait before reconnecting after a store error (doubles up to the ceiling).
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Starts one consumer per partition in `partitions`.
+pub fn spawn_consumers(
+    store: Store,
+    partitions: impl IntoIterator<Item = u32>,
+    router: ActorRef<RouterMsg>,
+    buffer: usize,
+    stop: CancellationToken,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    for p in partitions {
+        set.spawn(consume(
+            store.clone(),
+            p,
+            router.clone(),
+            buffer,
+            stop.clone(),
+        ));
+    }
+    set
+}
+
+async fn consume(
+    store: Store,
+    partition: u32,
+    router: ActorRef<RouterMsg>,
+    buffer: usize,
+    stop: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(buffer));
+    let mut retry = RETRY_MIN;
+    while !stop.is_cancelled() {
+        let mut reader = tokio::select! {
+            r = store.job_reader(partition) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot open partition stream; retrying");
+                    backoff(&stop, &mut retry).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        loop {
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = stop.cancelled() => return,
+            };
+            let want = (slots.available_permits() + 1).min(READ_BATCH);
+            let jobs = tokio::select! {
+                r = reader.read(want, BLOCK) => r,
+                _ = stop.cancelled() => return,
+            };
+            let jobs = match jobs {
+                Ok(jobs) => jobs,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "partition read failed; reconnecting");
+                    drop(first);
+                    backoff(&stop, &mut retry).await;
+                    break;
+                }
+            };
+            retry = RETRY_MIN;
+            let mut first = Some(first);
+            for job in jobs {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => slots
+                        .clone()
+                        .try_acquire_owned()
+                        .expect("permits counted before the read"),
+                };
+                if router
+                    .cast(RouterMsg::Route(QueuedJob::new(job, Some(permit))))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn backoff(stop: &CancellationToken, retry: &mut Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(*retry) => {}
+        _ = stop.cancelled() => {}
+    }
+    *retry = (*retry * 2).min(RETRY_MAX);
+}

@@ -1,0 +1,430 @@
+//! The EndpointActor: everything about one endpoint, owned by one actor on one node.
+//!
+//! It takes jobs from its [`EndpointQueue`] in order, loads each delivery from the store,
+//! waits for the delivery's next-attempt time and the endpoint's rate limit, and hands the POST
+//! to a task so the mailbox stays free while the request is in flight. In `strict` mode only
+//! the head of the queue is ever in flight, retries included, so delivery N+1 is not sent
+//! before delivery N reached its final outcome; `unordered` sends up to `maxInFlight` at once
+//! and a delivery in backoff does not hold the others back.
+//!
+//! Because exactly one node owns a partition and so this endpoint, the `governor` limiter here
+//! is the cluster-wide limit without any distributed coordination.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+
+use super::router::RouterMsg;
+use super::{DispatchContext, EndpointKey, EndpointQueue};
+use crate::deliverer::Outcome;
+use crate::delivery::{AttemptError, Delivery, Job, Status, rfc3339};
+use crate::endpoint::{Endpoint, Ordering};
+use crate::signing::SigningKey;
+
+/// Queued jobs an unordered endpoint looks through for one it may start.
+const UNORDERED_SCAN: usize = 1024;
+/// Longest wait a `Retry-After` header can impose.
+const RETRY_AFTER_CEILING: Duration = Duration::from_secs(3600);
+/// Wait before retrying after the store could not be read or written.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+pub struct EndpointActor;
+
+pub struct EndpointArgs {
+    pub ctx: Arc<DispatchContext>,
+    pub key: EndpointKey,
+    pub queue: EndpointQueue,
+    pub router: ActorRef<RouterMsg>,
+}
+
+pub enum EndpointMsg {
+    /// Look at the queue and start what may start.
+    Pump,
+    /// The endpoint changed in the store.
+    Reload,
+    /// An attempt finished.
+    AttemptDone {
+        entry_id: String,
+        outcome: Box<Outcome>,
+    },
+    /// The idle timer fired.
+    IdleCheck,
+}
+
+pub struct EndpointState {
+    ctx: Arc<DispatchContext>,
+    key: EndpointKey,
+    queue: EndpointQueue,
+    router: ActorRef<RouterMsg>,
+    /// `None` once the endpoint is deleted: its deliveries then fail.
+    endpoint: Option<Endpoint>,
+    /// Whether `endpoint` was read from the store at least once (`None` means deleted only then).
+    endpoint_known: bool,
+    keys: Vec<SigningKey>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Deliveries of queued jobs, by stream entry id, loaded when they near the head.
+    loaded: HashMap<String, Delivery>,
+    in_flight: HashSet<String>,
+    wake_at: Option<Instant>,
+    idle_timer: bool,
+}
+
+fn limiter_for(ep: &Endpoint) -> Option<DefaultDirectRateLimiter> {
+    let rl = ep.spec.rate_limit?;
+    let per_second = NonZeroU32::new(rl.per_second)?;
+    let burst = NonZeroU32::new(rl.burst).unwrap_or(NonZeroU32::MIN);
+    Some(RateLimiter::direct(
+        Quota::per_second(per_second).allow_burst(burst),
+    ))
+}
+
+fn instant_of(rfc: &str) -> Option<Instant> {
+    let when = DateTime::parse_from_rfc3339(rfc).ok()?.with_timezone(&Utc);
+    let wait = (when - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    Some(Instant::now() + wait)
+}
+
+impl EndpointState {
+    async fn load_endpoint(&mut self) -> Result<(), ActorProcessingErr> {
+        let ep = self.ctx.store.endpoint(&self.key.0, &self.key.1).await?;
+        let rate_changed = ep.as_ref().map(|e| e.spec.rate_limit)
+            != self.endpoint.as_ref().map(|e| e.spec.rate_limit);
+        if rate_changed || self.limiter.is_none() {
+            self.limiter = ep.as_ref().and_then(limiter_for);
+        }
+        self.keys = ep
+            .iter()
+            .filter_map(|e| SigningKey::parse(&e.secret).ok())
+            .collect();
+        self.endpoint = ep;
+        self.endpoint_known = true;
+        Ok(())
+    }
+
+    fn wake(&mut self, myself: &ActorRef<EndpointMsg>, at: Instant) {
+        if self.wake_at.is_some_and(|w| w <= at && w > Instant::now()) {
+            return;
+        }
+        self.wake_at = Some(at);
+        myself.send_after(at.saturating_duration_since(Instant::now()), || {
+            EndpointMsg::Pump
+        });
+    }
+
+    fn remove(&mut self, entry_id: &str) {
+        self.queue
+            .lock()
+            .expect("queue lock")
+            .retain(|q| q.job.entry_id != entry_id);
+        self.loaded.remove(entry_id);
+    }
+
+    async fn pump(&mut self, myself: &ActorRef<EndpointMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.endpoint_known {
+            return Ok(());
+        }
+        let Some(ep) = self.endpoint.clone() else {
+            return self.fail_all_for_deleted_endpoint().await;
+        };
+        if ep.spec.enabled {
+            self.start_ready(myself, &ep).await;
+        }
+        let empty = self.queue.lock().expect("queue lock").is_empty();
+        if empty && self.in_flight.is_empty() && !self.idle_timer {
+            self.idle_timer = true;
+            myself.send_after(self.ctx.idle, || EndpointMsg::IdleCheck);
+        }
+        Ok(())
+    }
+
+    async fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) {
+        let strict = ep.spec.ordering == Ordering::Strict;
+        let max = if strict {
+            1
+        } else {
+            ep.spec.max_in_flight as usize
+        };
+        let scan = if strict { 1 } else { UNORDERED_SCAN };
+        let candidates: Vec<Job> = {
+            let q = self.queue.lock().expect("queue lock");
+            q.iter()
+                .take(scan + self.in_flight.len())
+                .map(|q| q.job.clone())
+                .collect()
+        };
+        let mut earliest: Option<Instant> = None;
+        for job in candidates {
+            if self.in_flight.len() >= max {
+                break;
+            }
+            if self.in_flight.contains(&job.entry_id) {
+                if strict { break } else { continue }
+            }
+            if !self.loaded.contains_key(&job.entry_id) {
+                match self
+                    .ctx
+                    .store
+                    .delivery(&job.workspace, &job.delivery_id)
+                    .await
+                {
+                    Ok(Some(d)) => {
+                        self.loaded.insert(job.entry_id.clone(), d);
+                    }
+                    Ok(None) => {
+                        tracing::warn!(delivery = %job.delivery_id, "job without a delivery record; acknowledging it");
+                        if self.ctx.store.ack(&job).await.is_ok() {
+                            self.remove(&job.entry_id);
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load a delivery; retrying");
+                        earliest = Some(Instant::now() + STORE_RETRY);
+                        break;
+                    }
+                }
+            }
+            let d = &self.loaded[&job.entry_id];
+            if d.status.is_final() {
+                // Already finished (a duplicate job after a crash or handoff): just acknowledge.
+                if self.ctx.store.ack(&job).await.is_ok() {
+                    self.remove(&job.entry_id);
+                }
+                continue;
+            }
+            if let Some(at) = d.next_attempt_at.as_deref().and_then(instant_of)
+                && at > Instant::now()
+            {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                if strict { break } else { continue }
+            }
+            if let Some(limiter) = &self.limiter
+                && let Err(not_until) = limiter.check()
+            {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                earliest = Some(Instant::now() + wait);
+                break;
+            }
+            self.start_attempt(myself, ep, &job);
+        }
+        if let Some(at) = earliest {
+            self.wake(myself, at);
+        }
+    }
+
+    fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint, job: &Job) {
+        let d = self.loaded[&job.entry_id].clone();
+        self.in_flight.insert(job.entry_id.clone());
+        let (ctx, ep, keys, me, entry_id) = (
+            self.ctx.clone(),
+            ep.clone(),
+            self.keys.clone(),
+            myself.clone(),
+            job.entry_id.clone(),
+        );
+        let number = d.attempt_count + 1;
+        tokio::spawn(async move {
+            let run =
+                tokio::spawn(async move { ctx.deliverer.attempt(&ep, &keys, &d, number).await });
+            let outcome = match run.await {
+                Ok(o) => o,
+                Err(e) => panicked_attempt(number, e.to_string()),
+            };
+            let _ = me.cast(EndpointMsg::AttemptDone {
+                entry_id,
+                outcome: Box::new(outcome),
+            });
+        });
+    }
+
+    async fn attempt_done(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        entry_id: String,
+        mut outcome: Outcome,
+    ) -> Result<(), ActorProcessingErr> {
+        self.in_flight.remove(&entry_id);
+        let job = self
+            .queue
+            .lock()
+            .expect("queue lock")
+            .iter()
+            .find(|q| q.job.entry_id == entry_id)
+            .map(|q| q.job.clone());
+        let (Some(job), Some(ep)) = (job, self.endpoint.clone()) else {
+            return Ok(());
+        };
+        let n = outcome.attempt.attempt;
+        let status = if outcome.attempt.succeeded() {
+            Status::Succeeded
+        } else if outcome.final_failure || n >= ep.spec.retry.max_attempts {
+            Status::Failed
+        } else {
+            Status::Retrying
+        };
+        if status == Status::Retrying {
+            let backoff = ep.spec.retry.jittered_delay_after(n);
+            let delay = outcome
+                .retry_after
+                .map_or(backoff, |ra| ra.min(RETRY_AFTER_CEILING));
+            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            outcome.attempt.next_attempt_at = Some(rfc3339(next));
+        }
+        if let Err(e) = self
+            .ctx
+            .store
+            .record_attempt(&job, &outcome.attempt, status)
+            .await
+        {
+            // The attempt happened but its record did not land: forget the loaded state so the
+            // delivery is re-read and re-attempted (at-least-once) once the store is back.
+            tracing::error!(delivery = %job.delivery_id, error = %e, "cannot record an attempt");
+            self.loaded.remove(&entry_id);
+            self.wake(myself, Instant::now() + STORE_RETRY);
+            return Ok(());
+        }
+        tracing::debug!(delivery = %job.delivery_id, attempt = n, status = status.as_str(), "attempt recorded");
+        if status.is_final() {
+            self.remove(&entry_id);
+        } else if let Some(d) = self.loaded.get_mut(&entry_id) {
+            d.status = status;
+            d.attempt_count = n;
+            d.next_attempt_at = outcome.attempt.next_attempt_at.clone();
+        }
+        if outcome
+            .attempt
+            .response
+            .as_ref()
+            .is_some_and(|r| r.status == 410)
+        {
+            self.disable(ep).await;
+        }
+        self.pump(myself).await
+    }
+
+    /// `410 Gone`: the receiver says the endpoint is no more. Stop sending until re-enabled.
+    async fn disable(&mut self, mut ep: Endpoint) {
+        ep.spec.enabled = false;
+        ep.updated_at = crate::delivery::now_rfc3339();
+        match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
+            Ok(()) => {
+                tracing::warn!(endpoint = %ep.id, "endpoint answered 410 Gone; disabled");
+                self.endpoint = Some(ep);
+            }
+            Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),
+        }
+    }
+
+    async fn fail_all_for_deleted_endpoint(&mut self) -> Result<(), ActorProcessingErr> {
+        let jobs: Vec<Job> = {
+            let q = self.queue.lock().expect("queue lock");
+            q.iter()
+                .filter(|q| !self.in_flight.contains(&q.job.entry_id))
+                .map(|q| q.job.clone())
+                .collect()
+        };
+        for job in jobs {
+            self.ctx.store.fail_without_attempt(&job).await?;
+            self.remove(&job.entry_id);
+        }
+        Ok(())
+    }
+}
+
+fn panicked_attempt(number: u32, message: String) -> Outcome {
+    Outcome {
+        attempt: crate::delivery::Attempt {
+            attempt: number,
+            started_at: crate::delivery::now_rfc3339(),
+            duration_ms: 0,
+            request: crate::delivery::AttemptRequest {
+                url: String::new(),
+                headers: Default::default(),
+                body: None,
+            },
+            response: None,
+            error: Some(AttemptError {
+                kind: "internal".into(),
+                message,
+            }),
+            next_attempt_at: None,
+        },
+        retry_after: None,
+        final_failure: false,
+    }
+}
+
+impl Actor for EndpointActor {
+    type Msg = EndpointMsg;
+    type State = EndpointState;
+    type Arguments = EndpointArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        args: EndpointArgs,
+    ) -> Result<EndpointState, ActorProcessingErr> {
+        let state = EndpointState {
+            ctx: args.ctx,
+            key: args.key,
+            queue: args.queue,
+            router: args.router,
+            endpoint: None,
+            endpoint_known: false,
+            keys: Vec::new(),
+            limiter: None,
+            loaded: HashMap::new(),
+            in_flight: HashSet::new(),
+            wake_at: None,
+            idle_timer: false,
+        };
+        // Loading happens in the mailbox, so a store outage delays the actor but cannot fail it.
+        myself.cast(EndpointMsg::Reload)?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<EndpointMsg>,
+        msg: EndpointMsg,
+        state: &mut EndpointState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            EndpointMsg::Pump => {
+                if state.wake_at.is_some_and(|w| w <= Instant::now()) {
+                    state.wake_at = None;
+                }
+                state.pump(&myself).await?;
+            }
+            EndpointMsg::Reload => {
+                if let Err(e) = state.load_endpoint().await {
+                    tracing::warn!(error = %e, "cannot reload endpoint; retrying");
+                    myself.send_after(STORE_RETRY, || EndpointMsg::Reload);
+                    return Ok(());
+                }
+                state.pump(&myself).await?;
+            }
+            EndpointMsg::AttemptDone { entry_id, outcome } => {
+                state.attempt_done(&myself, entry_id, *outcome).await?
+            }
+            EndpointMsg::IdleCheck => {
+                state.idle_timer = false;
+                let empty = state.queue.lock().expect("queue lock").is_empty();
+                if empty && state.in_flight.is_empty() {
+                    let _ = state
+                        .router
+                        .cast(RouterMsg::Idle(state.key.clone(), myself.get_id()));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! The RuleRouter: supervisor of the endpoint actors and the one door jobs go through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::endpoint_actor::{EndpointActor, EndpointArgs, EndpointMsg};
+use super::{DispatchContext, EndpointKey, EndpointQueue, QueuedJob};
+
+pub struct RuleRouter;
+
+pub enum RouterMsg {
+    /// A job read from a partition stream.
+    Route(QueuedJob),
+    /// An endpoint was updated or deleted through the API: its actor reloads it.
+    EndpointChanged(EndpointKey),
+    /// An endpoint actor found its queue empty for the idle time.
+    Idle(EndpointKey, ractor::ActorId),
+}
+
+struct Child {
+    actor: ActorRef<EndpointMsg>,
+    queue: EndpointQueue,
+}
+
+pub struct RouterState {
+    ctx: Arc<DispatchContext>,
+    children: HashMap<EndpointKey, Child>,
+}
+
+impl RouterState {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<RouterMsg>,
+        key: EndpointKey,
+        queue: EndpointQueue,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = EndpointArgs {
+            ctx: self.ctx.clone(),
+            key: key.clone(),
+            queue: queue.clone(),
+            router: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await?;
+        self.children.insert(key, Child { actor, queue });
+        Ok(())
+    }
+}
+
+impl Actor for RuleRouter {
+    type Msg = RouterMsg;
+    type State = RouterState;
+    type Arguments = Arc<DispatchContext>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<RouterMsg>,
+        ctx: Arc<DispatchContext>,
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Ok(RouterState {
+            ctx,
+            children: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        msg: RouterMsg,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RouterMsg::Route(queued) => {
+                let key = (queued.job.workspace.clone(), queued.job.endpoint_id.clone());
+                if !state.children.contains_key(&key) {
+                    state
+                        .spawn(&myself, key.clone(), EndpointQueue::default())
+                        .await?;
+                }
+                let child = &state.children[&key];
+                child.queue.lock().expect("queue lock").push_back(queued);
+                // A dead actor's mailbox is lost; the queue is not, so a failed send is harmless.
+                let _ = child.actor.cast(EndpointMsg::Pump);
+            }
+            RouterMsg::EndpointChanged(key) => {
+                if let Some(child) = state.children.get(&key) {
+                    let _ = child.actor.cast(EndpointMsg::Reload);
+                }
+            }
+            RouterMsg::Idle(key, actor_id) => {
+                let idle = state.children.get(&key).is_some_and(|c| {
+                    c.actor.get_id() == actor_id && c.queue.lock().expect("queue lock").is_empty()
+                });
+                if idle && let Some(child) = state.children.remove(&key) {
+                    child.actor.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restart a panicked endpoint actor on the same queue; forget one that stopped.
+    /// (ractor's default would stop the router when any child exits.)
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RouterMsg>,
+        evt: SupervisionEvent,
+        state: &mut RouterState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let found = state
+                    .children
+                    .iter()
+                    .find(|(_, c)| c.actor.get_id() == cell.get_id())
+                    .map(|(k, c)| (k.clone(), c.queue.clone()));
+                if let Some((key, queue)) = found {
+                    tracing::error!(workspace = %key.0, endpoint = %key.1, error = %err, "endpoint actor failed; restarting it");
+                    state.children.remove(&key);
+                    state.spawn(&myself, key, queue).await?;
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state
+                    .children
+                    .retain(|_, c| c.actor.get_id() != cell.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

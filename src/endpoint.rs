@@ -1,0 +1,342 @@
+//! Endpoints: where a workspace's webhooks go, and every per-endpoint policy.
+//!
+//! The API takes an [`EndpointSpec`] (only `url` required; the defaults below are the contract's);
+//! a PATCH is merged into the stored spec's JSON and the result validated as a whole, so a
+//! partial update can never leave an endpoint that a create would have refused.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use url::Url;
+
+use crate::invalid::{Invalid, from_value};
+
+/// Default per-attempt timeout: 15 s.
+pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
+/// Longest timeout an endpoint may ask for.
+const MAX_TIMEOUT_MS: u64 = 300_000;
+/// Longest backoff delay an endpoint may ask for: a week.
+const MAX_DELAY_CEILING_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Headers Switchyard sets itself; an endpoint may not override them.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+];
+
+/// Per-endpoint delivery rate.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    #[serde(default = "one")]
+    pub burst: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `strict`: one delivery at a time in event order (retries included). `unordered`: up to
+/// `maxInFlight` at once.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    #[default]
+    Strict,
+    Unordered,
+}
+
+/// Exponential backoff with jitter: attempt 1 now, then `initialDelayMs * multiplier^(n-1)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetryPolicy {
+    #[serde(default = "RetryPolicy::default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "RetryPolicy::default_initial")]
+    pub initial_delay_ms: u64,
+    #[serde(default = "RetryPolicy::default_multiplier")]
+    pub multiplier: f64,
+    #[serde(default = "RetryPolicy::default_max_delay")]
+    pub max_delay_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    /// The product page's policy: 5 attempts, the first now, then 10 s, 20 s, 40 s, 80 s.
+    fn default() -> Self {
+        Self {
+            max_attempts: 5,
+            initial_delay_ms: 10_000,
+            multiplier: 2.0,
+            max_delay_ms: 3_600_000,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn default_max_attempts() -> u32 {
+        Self::default().max_attempts
+    }
+    fn default_initial() -> u64 {
+        Self::default().initial_delay_ms
+    }
+    fn default_multiplier() -> f64 {
+        Self::default().multiplier
+    }
+    fn default_max_delay() -> u64 {
+        Self::default().max_delay_ms
+    }
+
+    /// The delay before attempt `attempts_done + 1`, before jitter.
+    pub fn delay_after(&self, attempts_done: u32) -> Duration {
+        let exp = attempts_done.saturating_sub(1).min(64) as i32;
+        let ms = self.initial_delay_ms as f64 * self.multiplier.powi(exp);
+        Duration::from_millis(ms.min(self.max_delay_ms as f64) as u64)
+    }
+
+    /// [`Self::delay_after`] with ±10 % jitter, so retries of many deliveries do not align.
+    pub fn jittered_delay_after(&self, attempts_done: u32) -> Duration {
+        let base = self.delay_after(attempts_done);
+        base.mul_f64(rand::random_range(0.9..=1.1))
+    }
+
+    fn validate(&self) -> Result<(), Invalid> {
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(Invalid::field("retry.maxAttempts", "must be 1 to 100"));
+        }
+        if !(1.0..=10.0).contains(&self.multiplier) {
+            return Err(Invalid::field("retry.multiplier", "must be 1.0 to 10.0"));
+        }
+        if self.max_delay_ms > MAX_DELAY_CEILING_MS {
+            return Err(Invalid::field("retry.maxDelayMs", "must be at most a week"));
+        }
+        if self.initial_delay_ms > self.max_delay_ms {
+            return Err(Invalid::field(
+                "retry.initialDelayMs",
+                "must not exceed maxDelayMs",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_in_flight() -> u32 {
+    1
+}
+fn yes() -> bool {
+    true
+}
+
+/// An endpoint as clients write it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub ordering: Ordering,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl EndpointSpec {
+    /// Parses and validates a create body (everything but the SSRF check, which resolves DNS).
+    pub fn from_json(value: &Value) -> Result<(EndpointSpec, Url), Invalid> {
+        let spec: EndpointSpec = from_value(value)?;
+        let url = spec.validate()?;
+        Ok((spec, url))
+    }
+
+    /// Applies a PATCH body: top-level keys replace, `null` resets to the default.
+    pub fn patched(&self, patch: &Value) -> Result<(EndpointSpec, Url), Invalid> {
+        let Value::Object(changes) = patch else {
+            return Err(Invalid::field("", "the body must be a JSON object"));
+        };
+        let mut merged = serde_json::to_value(self).expect("a spec serialises");
+        let obj = merged.as_object_mut().expect("a spec is an object");
+        for (k, v) in changes {
+            if v.is_null() {
+                obj.remove(k);
+            } else {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+        Self::from_json(&merged)
+    }
+
+    fn validate(&self) -> Result<Url, Invalid> {
+        if self.url.len() > 2048 {
+            return Err(Invalid::field("url", "must be at most 2048 characters"));
+        }
+        let url = Url::parse(&self.url)
+            .map_err(|e| Invalid::new("invalid_url", "url", format!("is not a URL: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Invalid::new(
+                "invalid_url",
+                "url",
+                "must not carry credentials",
+            ));
+        }
+        if self.description.len() > 1000 {
+            return Err(Invalid::field(
+                "description",
+                "must be at most 1000 characters",
+            ));
+        }
+        if let Some(rl) = self.rate_limit {
+            if rl.per_second == 0 {
+                return Err(Invalid::field("rateLimit.perSecond", "must be at least 1"));
+            }
+            if rl.burst == 0 {
+                return Err(Invalid::field("rateLimit.burst", "must be at least 1"));
+            }
+        }
+        if !(1..=1000).contains(&self.max_in_flight) {
+            return Err(Invalid::field("maxInFlight", "must be 1 to 1000"));
+        }
+        if self.ordering == Ordering::Strict && self.max_in_flight != 1 {
+            return Err(Invalid::field(
+                "maxInFlight",
+                "must be 1 when ordering is strict",
+            ));
+        }
+        self.retry.validate()?;
+        if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
+            return Err(Invalid::field("timeoutMs", "must be 1 to 300000"));
+        }
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(Invalid::field(
+                    field,
+                    "is set by Switchyard and may not be overridden",
+                ));
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Invalid::field(field, "is not a valid header name"));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(Invalid::field(field, "is not a valid header value"));
+            }
+        }
+        Ok(url)
+    }
+}
+
+/// A stored endpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    pub id: String,
+    #[serde(flatten)]
+    pub spec: EndpointSpec,
+    /// The current signing secret.
+    pub secret: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn defaults_are_the_contracts() {
+        let (spec, _) =
+            EndpointSpec::from_json(&json!({"url": "https://crm.example.com/hooks"})).unwrap();
+        assert_eq!(spec.ordering, Ordering::Strict);
+        assert_eq!(spec.max_in_flight, 1);
+        assert_eq!(spec.retry, RetryPolicy::default());
+        assert_eq!(spec.timeout_ms, 15_000);
+        assert!(spec.enabled && spec.rate_limit.is_none());
+    }
+
+    #[test]
+    fn the_default_schedule_is_10_20_40_80_seconds() {
+        let p = RetryPolicy::default();
+        let secs: Vec<u64> = (1..5).map(|n| p.delay_after(n).as_secs()).collect();
+        assert_eq!(secs, vec![10, 20, 40, 80]);
+        for n in 1..5 {
+            let j = p.jittered_delay_after(n).as_secs_f64();
+            let base = p.delay_after(n).as_secs_f64();
+            assert!(j >= base * 0.9 - 1e-9 && j <= base * 1.1 + 1e-9);
+        }
+        let capped = RetryPolicy {
+            max_delay_ms: 30_000,
+            ..p
+        };
+        assert_eq!(capped.delay_after(4).as_secs(), 30);
+    }
+
+    #[test]
+    fn bad_specs_name_the_field() {
+        let field = |v: Value| EndpointSpec::from_json(&v).unwrap_err().field;
+        assert_eq!(field(json!({})), "url");
+        assert_eq!(field(json!({"url": "not a url"})), "url");
+        assert_eq!(
+            field(json!({"url": "https://x.io", "retry": {"maxAttempts": 0}})),
+            "retry.maxAttempts"
+        );
+        assert_eq!(
+            field(json!({"url": "https://x.io", "rateLimit": {"perSecond": 0}})),
+            "rateLimit.perSecond"
+        );
+        assert_eq!(
+            field(json!({"url": "https://x.io", "ordering": "random"})),
+            "ordering"
+        );
+        assert_eq!(
+            field(json!({"url": "https://x.io", "headers": {"Webhook-Id": "x"}})),
+            "headers.Webhook-Id"
+        );
+        assert_eq!(
+            field(json!({"url": "https://x.io", "maxInFlight": 4})),
+            "maxInFlight"
+        );
+        assert_eq!(
+            field(json!({"url": "https://x.io", "colour": "red"})),
+            "colour"
+        );
+    }
+
+    #[test]
+    fn a_patch_merges_and_revalidates() {
+        let (spec, _) =
+            EndpointSpec::from_json(&json!({"url": "https://x.io", "rateLimit": {"perSecond": 5}}))
+                .unwrap();
+        let (p, _) = spec
+            .patched(&json!({"rateLimit": null, "ordering": "unordered", "maxInFlight": 8}))
+            .unwrap();
+        assert_eq!(
+            (p.rate_limit, p.max_in_flight, p.url.as_str()),
+            (None, 8, "https://x.io")
+        );
+        assert_eq!(
+            spec.patched(&json!({"timeoutMs": 0})).unwrap_err().field,
+            "timeoutMs"
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! A refused input, naming the field at fault.
+//!
+//! Every validator (events, rules, endpoints, config) returns this one type so that the API can
+//! turn it into the error body of the contract (`{"error": {"code", "message", "field"}}`)
+//! without knowing which validator ran.
+
+/// Input that was refused, with the JSON path of the field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Invalid {
+    /// A snake_case error code for machines (`invalid_field`, `unknown_event_type`, ...).
+    pub code: &'static str,
+    /// A JSON path such as `conditions.all[0].op`; empty when the whole body is at fault.
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A field error with the generic code.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new("invalid_field", field, message)
+    }
+
+    /// Prefixes the path with a parent field (`op` under `conditions.all[0]`).
+    pub fn under(mut self, parent: &str) -> Self {
+        self.field = match (parent.is_empty(), self.field.is_empty()) {
+            (true, _) => self.field,
+            (false, true) => parent.to_string(),
+            (false, false) if self.field.starts_with('[') => format!("{parent}{}", self.field),
+            (false, false) => format!("{parent}.{}", self.field),
+        };
+        self
+    }
+}
+
+/// Deserialises `value` into `T`, naming the failing field on error.
+pub fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let parent = if path == "." { String::new() } else { path };
+        let message = e.into_inner().to_string();
+        // serde reports a missing field at its parent's path: name the field itself.
+        match message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.split('`').next())
+        {
+            Some(name) => Invalid::field(name, "is required").under(&parent),
+            None => Invalid::field(parent, message),
+        }
+    })
+}
+
+/// Parses a request body, naming the field at fault (or the whole body when it is not JSON).
+pub fn from_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Invalid> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        Invalid::new(
+            "invalid_json",
+            "",
+            format!("the body is not valid JSON: {e}"),
+        )
+    })?;
+    from_value(&value)
+}

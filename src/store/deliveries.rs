@@ -1,0 +1,362 @@
+//! Ingest and the delivery log: creating deliveries with their jobs, recording attempts,
+//! listing and reading deliveries.
+
+use std::collections::HashMap;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{GROUP, Result, Store, StoreError};
+use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
+
+/// Creates the deliveries of one partition, each only if it does not exist yet, and appends a
+/// job for each one created. Deterministic delivery ids make a retried (or concurrent, on two
+/// nodes) ingest of the same event a no-op instead of a duplicate.
+///
+/// KEYS: ws index, jobs stream, then per delivery: delivery hash, endpoint index.
+/// ARGV: workspace, then per delivery: index member, endpoint id, delivery id, field count,
+/// field/value pairs.
+const CREATE_DELIVERIES: &str = r#"
+local created = 0
+local a = 2
+for i = 3, #KEYS, 2 do
+  local member, endpoint, id, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local fields = {}
+  for j = 1, n do fields[j] = ARGV[a + 3 + j] end
+  a = a + 4 + n
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], unpack(fields))
+    redis.call('ZADD', KEYS[1], 0, member)
+    redis.call('ZADD', KEYS[i + 1], 0, member)
+    redis.call('XADD', KEYS[2], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
+    created = created + 1
+  end
+end
+return created
+"#;
+
+static CREATE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CREATE_DELIVERIES));
+
+/// Deliveries examined per round trip when a list is filtered.
+const SCAN_CHUNK: usize = 200;
+/// Round trips a filtered list may make before it answers with what it found and a cursor.
+const SCAN_ROUNDS: usize = 10;
+
+/// An accepted event and its deliveries, written at ingest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub created_at: String,
+    pub created_ms: i64,
+    pub deliveries: Vec<String>,
+    #[serde(skip)]
+    pub new_deliveries: Vec<NewDelivery>,
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<Status>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+fn index_member(created_ms: i64, id: &str) -> String {
+    format!("{created_ms:013}|{id}")
+}
+
+fn delivery_fields(d: &Delivery) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", d.id.clone()),
+        ("eventId", d.event_id.clone()),
+        ("eventType", d.event_type.clone()),
+        ("endpointId", d.endpoint_id.clone()),
+        ("ruleId", d.rule_id.to_string()),
+        ("status", d.status.as_str().to_string()),
+        ("createdAt", d.created_at.clone()),
+        ("attemptCount", d.attempt_count.to_string()),
+        ("body", d.body.clone()),
+    ]
+}
+
+fn delivery_from_hash(mut h: HashMap<String, String>) -> Result<Option<Delivery>> {
+    if h.is_empty() {
+        return Ok(None);
+    }
+    let mut take = |k: &str| h.remove(k).unwrap_or_default();
+    let status = take("status");
+    let d = Delivery {
+        id: take("id"),
+        event_id: take("eventId"),
+        event_type: take("eventType"),
+        endpoint_id: take("endpointId"),
+        rule_id: take("ruleId").parse().unwrap_or(0),
+        status: Status::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("status {status}")))?,
+        created_at: take("createdAt"),
+        attempt_count: take("attemptCount").parse().unwrap_or(0),
+        next_attempt_at: Some(take("nextAttemptAt")).filter(|s| !s.is_empty()),
+        body: take("body"),
+    };
+    Ok(Some(d))
+}
+
+impl Store {
+    pub(crate) fn stream_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:jobs"))
+    }
+
+    /// Writes events, their deliveries and their jobs: the event records in one pipeline, and
+    /// one script call per partition, all concurrently. Returns once all of it is written (as
+    /// durable as Redis is configured to be: run it with AOF). Returns the deliveries created.
+    pub async fn ingest(&self, ws: &str, events: &[NewEvent]) -> Result<u32> {
+        let mut by_partition: HashMap<u32, Vec<(&NewEvent, &NewDelivery)>> = HashMap::new();
+        let mut records = redis::pipe();
+        for event in events {
+            records
+                .set(
+                    self.ws_key(ws, &format!("evt:{}", event.id)),
+                    serde_json::to_string(event)?,
+                )
+                .ignore();
+            for nd in &event.new_deliveries {
+                by_partition
+                    .entry(nd.partition)
+                    .or_default()
+                    .push((event, nd));
+            }
+        }
+        let mut conn = self.conn();
+        let records = records.exec_async(&mut conn);
+        let writes = by_partition.into_iter().map(|(partition, ds)| {
+            let mut inv = CREATE_SCRIPT.prepare_invoke();
+            inv.key(self.ws_key(ws, "dlvs"))
+                .key(self.stream_key(partition))
+                .arg(ws);
+            for (event, nd) in ds {
+                let d = &nd.delivery;
+                let fields = delivery_fields(d);
+                inv.key(self.ws_key(ws, &format!("dlv:{}", d.id)))
+                    .key(self.ws_key(ws, &format!("ep:{}:dlvs", d.endpoint_id)))
+                    .arg(index_member(event.created_ms, &d.id))
+                    .arg(&d.endpoint_id)
+                    .arg(&d.id)
+                    .arg(fields.len() * 2);
+                for (k, v) in fields {
+                    inv.arg(k).arg(v);
+                }
+            }
+            let mut conn = self.conn();
+            async move { inv.invoke_async::<u32>(&mut conn).await }
+        });
+        let (_, created) =
+            futures::future::try_join(records, futures::future::try_join_all(writes)).await?;
+        Ok(created.into_iter().sum())
+    }
+
+    /// The stored 202 answer of an `Idempotency-Key`, if the key was seen within its TTL.
+    pub async fn idempotent_answer(&self, ws: &str, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .get(self.ws_key(ws, &format!("idem:{key}")))
+            .await?)
+    }
+
+    pub async fn remember_answer(
+        &self,
+        ws: &str,
+        key: &str,
+        answer: &str,
+        ttl_secs: u64,
+    ) -> Result<()> {
+        let _: () = self
+            .conn()
+            .set_ex(self.ws_key(ws, &format!("idem:{key}")), answer, ttl_secs)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delivery(&self, ws: &str, id: &str) -> Result<Option<Delivery>> {
+        let h: HashMap<String, String> = self
+            .conn()
+            .hgetall(self.ws_key(ws, &format!("dlv:{id}")))
+            .await?;
+        delivery_from_hash(h)
+    }
+
+    pub async fn attempts(&self, ws: &str, id: &str) -> Result<Vec<Attempt>> {
+        let raw: Vec<String> = self
+            .conn()
+            .lrange(self.ws_key(ws, &format!("dlv:{id}:att")), 0, -1)
+            .await?;
+        raw.iter()
+            .map(|j| serde_json::from_str(j).map_err(StoreError::from))
+            .collect()
+    }
+
+    /// Records one attempt: appended to the delivery's attempts and the workspace's log, the
+    /// delivery's status and schedule updated, and, at a final outcome, the job acknowledged,
+    /// all in one transaction so a crash cannot leave an acknowledged job without its outcome.
+    pub async fn record_attempt(&self, job: &Job, attempt: &Attempt, status: Status) -> Result<()> {
+        let ws = &job.workspace;
+        let dkey = self.ws_key(ws, &format!("dlv:{}", job.delivery_id));
+        let json = serde_json::to_string(attempt)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .rpush(format!("{dkey}:att"), &json)
+            .hset_multiple(
+                &dkey,
+                &[
+                    ("status", status.as_str().to_string()),
+                    ("attemptCount", attempt.attempt.to_string()),
+                    (
+                        "nextAttemptAt",
+                        attempt.next_attempt_at.clone().unwrap_or_default(),
+                    ),
+                ],
+            )
+            .xadd(
+                self.ws_key(ws, "log"),
+                "*",
+                &[
+                    ("delivery", job.delivery_id.as_str()),
+                    ("endpoint", job.endpoint_id.as_str()),
+                    ("status", status.as_str()),
+                    ("attempt", &json),
+                ],
+            );
+        if status.is_final() {
+            pipe.xack(self.stream_key(job.partition), GROUP, &[&job.entry_id]);
+        }
+        pipe.exec_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Acknowledges a job without an attempt (its delivery was already final, or is gone).
+    pub async fn ack(&self, job: &Job) -> Result<()> {
+        let _: u32 = self
+            .conn()
+            .xack(self.stream_key(job.partition), GROUP, &[&job.entry_id])
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a delivery failed without an attempt (its endpoint was deleted) and acks its job.
+    pub async fn fail_without_attempt(&self, job: &Job) -> Result<()> {
+        let dkey = self.ws_key(&job.workspace, &format!("dlv:{}", job.delivery_id));
+        redis::pipe()
+            .atomic()
+            .hset(&dkey, "status", Status::Failed.as_str())
+            .xack(self.stream_key(job.partition), GROUP, &[&job.entry_id])
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// Lists deliveries newest first. Filters on status scan the index in bounded chunks.
+    pub async fn list_deliveries(
+        &self,
+        ws: &str,
+        filter: &DeliveryFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<Delivery>> {
+        let after = match cursor {
+            Some(c) => Some(
+                B64.decode(c)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| StoreError::Corrupt("bad cursor".into()))?,
+            ),
+            None => None,
+        };
+        let max = match (&after, filter.until_ms) {
+            (Some(a), _) => format!("({a}"),
+            (None, Some(u)) => format!("[{u:013}|\u{7f}"),
+            (None, None) => "+".to_string(),
+        };
+        let min = filter
+            .since_ms
+            .map_or("-".to_string(), |s| format!("[{s:013}|"));
+        let index = match (&filter.endpoint_id, &filter.event_id) {
+            (Some(ep), _) => self.ws_key(ws, &format!("ep:{ep}:dlvs")),
+            _ => self.ws_key(ws, "dlvs"),
+        };
+        let mut out = Vec::new();
+        let mut last_member: Option<String> = None;
+        let mut max = max;
+        for _ in 0..SCAN_ROUNDS {
+            let members: Vec<String> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&index)
+                .arg(&max)
+                .arg(&min)
+                .arg("LIMIT")
+                .arg(0)
+                .arg(SCAN_CHUNK)
+                .query_async(&mut self.conn())
+                .await?;
+            let exhausted = members.len() < SCAN_CHUNK;
+            if members.is_empty() {
+                return Ok(Page {
+                    data: out,
+                    next_cursor: None,
+                });
+            }
+            let mut loads = redis::pipe();
+            for m in &members {
+                let id = m.split_once('|').map_or(m.as_str(), |(_, id)| id);
+                loads.hgetall(self.ws_key(ws, &format!("dlv:{id}")));
+            }
+            let hashes: Vec<HashMap<String, String>> = loads.query_async(&mut self.conn()).await?;
+            for (m, h) in members.iter().zip(hashes) {
+                last_member = Some(m.clone());
+                let Some(d) = delivery_from_hash(h)? else {
+                    continue;
+                };
+                let keep = filter.status.is_none_or(|s| s == d.status)
+                    && filter.event_id.as_ref().is_none_or(|e| *e == d.event_id)
+                    && filter
+                        .endpoint_id
+                        .as_ref()
+                        .is_none_or(|e| *e == d.endpoint_id);
+                if keep {
+                    out.push(d);
+                    if out.len() == limit {
+                        let next = (!exhausted || m != members.last().unwrap_or(m))
+                            .then(|| B64.encode(m.as_bytes()));
+                        return Ok(Page {
+                            data: out,
+                            next_cursor: next,
+                        });
+                    }
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    data: out,
+                    next_cursor: None,
+                });
+            }
+            max = format!("({}", last_member.clone().unwrap_or_default());
+        }
+        Ok(Page {
+            data: out,
+            next_cursor: last_member.map(|m| B64.encode(m.as_bytes())),
+        })
+    }
+}

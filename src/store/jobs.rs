@@ -1,0 +1,129 @@
+//! Reading a partition's job stream as its fixed consumer.
+//!
+//! Each partition is read as consumer `p<N>` of group `dispatch`, whichever node owns it, so
+//! a node taking a partition over inherits the previous owner's pending entries. A reader first
+//! replays its pending entries (id `0`, in stream order), then reads new ones (`>`).
+
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Value};
+
+use super::{GROUP, Result, Store};
+use crate::delivery::Job;
+
+enum Phase {
+    /// Replaying this consumer's pending entries after the given id.
+    Pending(String),
+    New,
+}
+
+/// A partition's reader, on a connection of its own (blocking reads must not share one).
+pub struct JobReader {
+    conn: MultiplexedConnection,
+    stream: String,
+    consumer: String,
+    partition: u32,
+    phase: Phase,
+}
+
+fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<String> {
+    match map.get(k)? {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl Store {
+    /// Opens a reader for `partition`, creating the stream and group when missing.
+    pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_response_timeout(None)
+            .set_connection_timeout(Some(Duration::from_secs(2)));
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let mut reader = JobReader {
+            conn,
+            stream: self.stream_key(partition),
+            consumer: format!("p{partition}"),
+            partition,
+            phase: Phase::Pending("0".into()),
+        };
+        reader.ensure_group().await?;
+        Ok(reader)
+    }
+}
+
+impl JobReader {
+    async fn ensure_group(&mut self) -> Result<()> {
+        let created: redis::RedisResult<()> = self
+            .conn
+            .xgroup_create_mkstream(&self.stream, GROUP, "0")
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Up to `count` jobs: pending ones first, then new ones (waiting up to `block`).
+    /// A vanished group (`NOGROUP`, after a Redis restart without persistence) is recreated.
+    pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Job>> {
+        loop {
+            let (id, opts) = match &self.phase {
+                Phase::Pending(after) => (
+                    after.clone(),
+                    StreamReadOptions::default()
+                        .group(GROUP, &self.consumer)
+                        .count(count),
+                ),
+                Phase::New => (
+                    ">".to_string(),
+                    StreamReadOptions::default()
+                        .group(GROUP, &self.consumer)
+                        .count(count)
+                        .block(block.as_millis() as usize),
+                ),
+            };
+            let reply: redis::RedisResult<Option<StreamReadReply>> = self
+                .conn
+                .xread_options(&[&self.stream], &[&id], &opts)
+                .await;
+            let reply = match reply {
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    self.ensure_group().await?;
+                    self.phase = Phase::Pending("0".into());
+                    continue;
+                }
+                other => other?,
+            };
+            let entries: Vec<_> = reply
+                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+                .unwrap_or_default();
+            if let Phase::Pending(_) = self.phase {
+                match entries.last() {
+                    Some(last) => self.phase = Phase::Pending(last.id.clone()),
+                    None => {
+                        self.phase = Phase::New;
+                        continue;
+                    }
+                }
+            }
+            let jobs = entries
+                .into_iter()
+                .map(|e| Job {
+                    partition: self.partition,
+                    workspace: field(&e.map, "w").unwrap_or_default(),
+                    endpoint_id: field(&e.map, "e").unwrap_or_default(),
+                    delivery_id: field(&e.map, "d").unwrap_or_default(),
+                    entry_id: e.id,
+                })
+                .collect();
+            return Ok(jobs);
+        }
+    }
+}

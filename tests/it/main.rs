@@ -1,0 +1,6 @@
+//! Integration tests: one binary, real `redis-server`, real HTTPS receivers, nodes on port 0.
+
+mod api_errors;
+mod controls;
+mod delivery;
+mod support;

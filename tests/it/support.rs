@@ -1,0 +1,284 @@
+//! Test fixtures: a real `redis-server`, real HTTPS receivers, a node on port 0, an API client.
+
+pub mod receiver;
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard::config::Config;
+use tokio::sync::oneshot;
+
+pub use receiver::{Receiver, Reply};
+
+/// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !cond().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `redis-server` of this test's own, on a free port, killed on drop.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server must be installed (see .ci/run)");
+            let mut redis = Redis {
+                child,
+                url: format!("redis://127.0.0.1:{port}/"),
+                _dir: dir,
+            };
+            if redis.wait_ready() {
+                return redis;
+            }
+        }
+        panic!("could not start redis-server");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let client = redis::Client::open(self.url.as_str()).unwrap();
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            if let Ok(mut c) = client.get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A unique key prefix per test, so tests can share a Redis.
+pub fn prefix(test: &str) -> String {
+    format!("t-{test}-{:08x}", rand::random::<u32>())
+}
+
+/// The configuration of a test node: loopback allowed, our test CA trusted, 4 partitions.
+pub fn test_config(redis: &Redis, prefix: &str) -> Config {
+    Config {
+        redis_url: Some(redis.url.clone()),
+        key_prefix: prefix.into(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        partitions: 4,
+        allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        extra_root_certs: Some(receiver::ca_pem_path().into()),
+        ..Config::default()
+    }
+}
+
+/// A node running in this process.
+pub struct Node {
+    pub base: String,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    pub async fn start(config: Config) -> Node {
+        static TRACING: OnceLock<()> = OnceLock::new();
+        TRACING.get_or_init(|| {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            switchyard::node::run(config, listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("node runs");
+        });
+        let node = Node {
+            base,
+            stop: Some(tx),
+            done: Some(done),
+        };
+        let api = Api::new(&node.base, "");
+        wait_until(
+            Duration::from_secs(10),
+            "the node to answer /readyz",
+            || async { api.get("/readyz").await.0 == 200 },
+        )
+        .await;
+        node
+    }
+
+    pub fn api(&self, token: &str) -> Api {
+        Api::new(&self.base, token)
+    }
+
+    /// Creates a workspace through the admin API and returns a client with its key.
+    pub async fn workspace(&self, name: &str) -> Api {
+        let (status, body) = self
+            .api(ADMIN_TOKEN)
+            .post("/v1/workspaces", json!({"name": name}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        self.api(body["apiKey"].as_str().unwrap())
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            done.await.unwrap();
+        }
+    }
+}
+
+/// A JSON client of the API.
+#[derive(Clone)]
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    pub fn new(base: &str, token: &str) -> Api {
+        Api {
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            base: base.into(),
+            token: token.into(),
+        }
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        let req = if self.token.is_empty() {
+            req
+        } else {
+            req.bearer_auth(&self.token)
+        };
+        let resp = req.send().await.expect("the API answers");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.send(req).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.patch(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
+    /// Creates an endpoint and returns its JSON.
+    pub async fn endpoint(&self, spec: Value) -> Value {
+        let (status, body) = self.post("/v1/endpoints", spec).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// Creates a rule and returns its JSON.
+    pub async fn rule(&self, spec: Value) -> Value {
+        let (status, body) = self.post("/v1/event-rules", spec).await;
+        assert_eq!(status, 201, "{body}");
+        body
+    }
+
+    /// The delivery's status, or `None` while it does not exist.
+    pub async fn delivery_status(&self, id: &str) -> Option<String> {
+        let (status, body) = self.get(&format!("/v1/deliveries/{id}")).await;
+        (status == 200).then(|| body["status"].as_str().unwrap().to_string())
+    }
+}
+
+/// A `data_record:created` event numbered `n`.
+pub fn record_event(n: u64, priority: &str) -> Value {
+    json!({"event": "data_record:created",
+        "dataType": {"uuid": "5f3c", "type": "Contact Form", "slug": "contact_form"},
+        "member": {"id": 123, "name": "John Doe", "email": "john@example.com", "labels": ["vip"]},
+        "dataRecord": {"id": n, "fields": {"message": "Hello!", "priority": priority}}})
+}
