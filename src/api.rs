@@ -71,6 +71,11 @@ pub fn app(state: AppState) -> Router {
                 .patch(endpoints::update)
                 .delete(endpoints::remove),
         )
+        .route(
+            "/v1/endpoints/{id}/secret/rotate",
+            post(endpoints::rotate_secret),
+        )
+        .route("/v1/endpoints/{id}/replay", post(endpoints::replay))
         .route("/v1/event-rules", get(rules::list).post(rules::create))
         .route(
             "/v1/event-rules/{id}",
@@ -80,6 +85,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/events/batch", post(events::ingest_batch))
         .route("/v1/deliveries", get(deliveries::list))
         .route("/v1/deliveries/{id}", get(deliveries::show))
+        .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

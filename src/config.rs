@@ -66,6 +66,22 @@ pub struct Config {
     pub partition_buffer: usize,
     /// An endpoint actor with nothing to do stops after this many seconds.
     pub actor_idle_secs: u64,
+    /// Rate limit (deliveries per second) of endpoints that set none; unset: unlimited.
+    pub default_rate_per_second: Option<u32>,
+    /// Burst of that default limit.
+    pub default_rate_burst: u32,
+    /// Longest wait a receiver's `Retry-After` can impose, in seconds.
+    pub retry_after_ceiling_secs: u64,
+    /// Consecutive failed attempts that open an endpoint's circuit breaker.
+    pub breaker_threshold: u32,
+    /// First cool-down of an open breaker, in milliseconds (doubles after each failed probe).
+    pub breaker_cooldown_ms: u64,
+    /// Longest cool-down, in milliseconds.
+    pub breaker_max_cooldown_ms: u64,
+    /// An endpoint whose deliveries have failed for this long without a success is disabled.
+    pub auto_disable_after_secs: u64,
+    /// How long a rotated-out secret keeps signing, in seconds.
+    pub secret_grace_secs: u64,
 }
 
 impl Default for Config {
@@ -86,6 +102,14 @@ impl Default for Config {
             idempotency_ttl_secs: 24 * 3600,
             partition_buffer: 1024,
             actor_idle_secs: 300,
+            default_rate_per_second: None,
+            default_rate_burst: 1,
+            retry_after_ceiling_secs: 3600,
+            breaker_threshold: 5,
+            breaker_cooldown_ms: 30_000,
+            breaker_max_cooldown_ms: 600_000,
+            auto_disable_after_secs: 5 * 24 * 3600,
+            secret_grace_secs: 24 * 3600,
         }
     }
 }
@@ -168,6 +192,24 @@ impl Config {
         if let Some(v) = var("node_id") {
             self.node_id = v;
         }
+        if let Some(v) = var("default_rate_per_second") {
+            self.default_rate_per_second = Some(parse("default_rate_per_second", &v)?);
+        }
+        if let Some(v) = var("default_rate_burst") {
+            self.default_rate_burst = parse("default_rate_burst", &v)?;
+        }
+        if let Some(v) = var("breaker_threshold") {
+            self.breaker_threshold = parse("breaker_threshold", &v)?;
+        }
+        if let Some(v) = var("breaker_cooldown_ms") {
+            self.breaker_cooldown_ms = parse("breaker_cooldown_ms", &v)?;
+        }
+        if let Some(v) = var("auto_disable_after_secs") {
+            self.auto_disable_after_secs = parse("auto_disable_after_secs", &v)?;
+        }
+        if let Some(v) = var("secret_grace_secs") {
+            self.secret_grace_secs = parse("secret_grace_secs", &v)?;
+        }
         Ok(())
     }
 
@@ -200,6 +242,25 @@ impl Config {
         }
         if self.partition_buffer == 0 {
             return Err(invalid("partition_buffer", "must be at least 1"));
+        }
+        if self.default_rate_per_second == Some(0) {
+            return Err(invalid(
+                "default_rate_per_second",
+                "must be at least 1 (leave unset for no limit)",
+            ));
+        }
+        if self.default_rate_burst == 0 {
+            return Err(invalid("default_rate_burst", "must be at least 1"));
+        }
+        if self.breaker_threshold == 0 {
+            return Err(invalid("breaker_threshold", "must be at least 1"));
+        }
+        if self.breaker_cooldown_ms == 0 || self.breaker_cooldown_ms > self.breaker_max_cooldown_ms
+        {
+            return Err(invalid(
+                "breaker_cooldown_ms",
+                "must be 1 to breaker_max_cooldown_ms",
+            ));
         }
         if self.max_payload_bytes < 1024 {
             return Err(invalid("max_payload_bytes", "must be at least 1024"));

@@ -136,7 +136,12 @@ impl Deliverer {
         };
         match result {
             Ok((response, retry_after)) => {
-                let gone = response.status == 410;
+                // 410 Gone, or the receiver's explicit `webhook-delivery: abort`, ends the delivery.
+                let aborted = response
+                    .headers
+                    .get("webhook-delivery")
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("abort"));
+                let gone = response.status == 410 || aborted;
                 if !(200..300).contains(&response.status) {
                     attempt.error = Some(AttemptError {
                         kind: "status".into(),

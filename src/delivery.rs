@@ -67,6 +67,15 @@ pub struct Delivery {
     /// The exact bytes that are signed and POSTed.
     #[serde(skip)]
     pub body: String,
+    /// Ingest order: creation ms and the delivery's index in its request, `{ms:013}{i:06}`.
+    /// Sorts like the partition stream, so replays and the log index keep event order.
+    #[serde(skip)]
+    pub seq: String,
+}
+
+/// The [`Delivery::seq`] of the `index`-th delivery of a request accepted at `created_ms`.
+pub fn seq(created_ms: i64, index: usize) -> String {
+    format!("{created_ms:013}{index:06}")
 }
 
 /// What went wrong in an attempt that got no usable response.

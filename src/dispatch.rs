@@ -20,8 +20,10 @@
 //! router also decides idle stops, under the queue's lock, so a job can never be routed to an
 //! actor that is already stopping.
 
+pub mod breaker;
 mod consumer;
 mod endpoint_actor;
+pub mod policy;
 mod router;
 
 use std::collections::VecDeque;
@@ -43,6 +45,7 @@ pub struct DispatchContext {
     pub deliverer: Deliverer,
     /// An endpoint actor with an empty queue for this long asks to be stopped.
     pub idle: std::time::Duration,
+    pub policy: policy::DispatchPolicy,
 }
 
 /// A job and the consumer buffer slot it occupies until its final outcome.

@@ -12,6 +12,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::invalid::{Invalid, from_value};
+use crate::signing::SigningKey;
 
 /// Default per-attempt timeout: 15 s.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -245,6 +246,14 @@ impl EndpointSpec {
     }
 }
 
+/// A secret replaced by a rotation, still signing until `expires_at_ms` (unix ms).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredSecret {
+    pub secret: String,
+    pub expires_at_ms: i64,
+}
+
 /// A stored endpoint.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -254,8 +263,47 @@ pub struct Endpoint {
     pub spec: EndpointSpec,
     /// The current signing secret.
     pub secret: String,
+    /// Rotated-out secrets in their grace period. Stored, never shown by the API.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired_secrets: Vec<RetiredSecret>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl Endpoint {
+    /// Every secret that signs at `now_ms`: the current one first, then those in their grace.
+    pub fn signing_keys(&self, now_ms: i64) -> Vec<SigningKey> {
+        std::iter::once(self.secret.as_str())
+            .chain(
+                self.retired_secrets
+                    .iter()
+                    .filter(|r| r.expires_at_ms > now_ms)
+                    .map(|r| r.secret.as_str()),
+            )
+            .filter_map(|s| SigningKey::parse(s).ok())
+            .collect()
+    }
+
+    /// Replaces the secret; the old one keeps signing for `grace_ms`. Expired ones are dropped.
+    pub fn rotate(&mut self, new_secret: String, now_ms: i64, grace_ms: i64) {
+        self.retired_secrets.retain(|r| r.expires_at_ms > now_ms);
+        let old = std::mem::replace(&mut self.secret, new_secret);
+        if grace_ms > 0 {
+            self.retired_secrets.push(RetiredSecret {
+                secret: old,
+                expires_at_ms: now_ms + grace_ms,
+            });
+        }
+    }
+
+    /// The endpoint as the API shows it: without retired secrets.
+    pub fn public_view(&self) -> Value {
+        let mut v = serde_json::to_value(self).expect("an endpoint serialises");
+        if let Some(obj) = v.as_object_mut() {
+            obj.remove("retiredSecrets");
+        }
+        v
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +368,25 @@ mod tests {
             field(json!({"url": "https://x.io", "colour": "red"})),
             "colour"
         );
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_secret_signing_for_its_grace_only() {
+        let (spec, _) = EndpointSpec::from_json(&json!({"url": "https://x.io"})).unwrap();
+        let first = crate::signing::generate_secret();
+        let mut ep = Endpoint {
+            id: "ep".into(),
+            spec,
+            secret: first.clone(),
+            retired_secrets: vec![],
+            created_at: String::new(),
+            updated_at: String::new(),
+        };
+        ep.rotate(crate::signing::generate_secret(), 1_000, 500);
+        assert_eq!(ep.signing_keys(1_000).len(), 2);
+        assert_eq!(ep.signing_keys(1_500).len(), 1);
+        assert!(ep.public_view().get("retiredSecrets").is_none());
+        assert_ne!(ep.public_view()["secret"], first);
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub async fn run(
         store: store.clone(),
         deliverer,
         idle: Duration::from_secs(config.actor_idle_secs),
+        policy: crate::dispatch::policy::DispatchPolicy::from_config(&config),
     });
     let (router, router_done) = Actor::spawn(None, RuleRouter, ctx)
         .await

@@ -30,6 +30,7 @@
 //! slot.
 
 mod deliveries;
+mod health;
 mod jobs;
 
 use std::time::Duration;
@@ -42,6 +43,7 @@ use crate::rule::Rule;
 use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 pub use deliveries::{DeliveryFilter, NewEvent, Page};
+pub use health::{Counts, Health};
 pub use jobs::JobReader;
 
 /// The consumer group of every partition stream.
@@ -124,7 +126,7 @@ impl Store {
         format!("{}:{}", self.prefix, rest)
     }
 
-    fn ws_key(&self, ws: &str, rest: &str) -> String {
+    pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
         if rest.is_empty() {
             self.key(&format!("ws:{ws}"))
         } else {

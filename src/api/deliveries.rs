@@ -89,3 +89,32 @@ pub async fn show(
     body["payload"] = serde_json::from_str::<Value>(&d.body).unwrap_or(Value::Null);
     Ok(Json(body))
 }
+
+/// `POST /v1/deliveries/{id}/retry`: one more attempt of a finished delivery, now, behind the
+/// endpoint's queue and within its rate limit.
+pub async fn retry(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let d = state
+        .store
+        .delivery(&ws.uuid, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    if !state
+        .store
+        .requeue(&ws.uuid, &d, &[Status::Failed, Status::Succeeded])
+        .await?
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "delivery_in_progress",
+            "the delivery is still pending or retrying; it will be attempted on its schedule",
+        ));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": "pending"})),
+    ))
+}

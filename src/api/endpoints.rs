@@ -8,13 +8,17 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use url::Url;
 
 use super::{ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_body};
-use crate::delivery::now_rfc3339;
+use crate::delivery::{now_rfc3339, rfc3339};
 use crate::dispatch::RouterMsg;
+use crate::dispatch::breaker::{Breaker, BreakerState};
+use crate::dispatch::policy::DispatchPolicy;
 use crate::endpoint::{Endpoint, EndpointSpec};
+use crate::invalid::Invalid;
 use crate::invalid::from_body;
 use crate::signing::generate_secret;
 use crate::ssrf::SsrfError;
@@ -44,11 +48,12 @@ pub async fn create(
         id: format!("ep_{}", uuid::Uuid::now_v7().simple()),
         spec,
         secret: generate_secret(),
+        retired_secrets: Vec::new(),
         created_at: now.clone(),
         updated_at: now,
     };
     state.store.put_endpoint(&ws.uuid, &ep).await?;
-    Ok(created(ep))
+    Ok(created(ep.public_view()))
 }
 
 pub async fn list(
@@ -58,20 +63,52 @@ pub async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let params = ListParams::from_query(&q)?;
     let eps = state.store.endpoints(&ws.uuid).await?;
-    Ok(Json(paginate(eps, |e| e.id.clone(), &params)?))
+    let page = paginate(eps, |e| e.id.clone(), &params)?;
+    let data: Vec<Value> = page.data.iter().map(Endpoint::public_view).collect();
+    Ok(Json(json!({"data": data, "nextCursor": page.next_cursor})))
 }
 
+async fn load(state: &AppState, ws: &str, id: &str) -> Result<Endpoint, ApiError> {
+    state
+        .store
+        .endpoint(ws, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("endpoint"))
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
+/// `GET /v1/endpoints/{id}`: the endpoint and its `health` (breaker, failure clock, counts).
 pub async fn show(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let ep = state
-        .store
-        .endpoint(&ws.uuid, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("endpoint"))?;
-    Ok(Json(ep))
+    let ep = load(&state, &ws.uuid, &id).await?;
+    let health = state.store.health(&ws.uuid, &id).await?;
+    let counts = state.store.counts(&ws.uuid, &id).await?;
+    let policy = DispatchPolicy::from_config(&state.config);
+    let breaker = health
+        .breaker
+        .unwrap_or_else(|| Breaker::new(&policy.breaker, 0));
+    let mut view = ep.public_view();
+    view["health"] = json!({
+        "breaker": {
+            "state": breaker.state,
+            "since": (breaker.since_ms > 0).then(|| rfc3339_ms(breaker.since_ms)),
+            "consecutiveFailures": breaker.consecutive_failures,
+            "openUntil": (breaker.state != BreakerState::Closed).then(|| rfc3339_ms(breaker.open_until_ms)),
+        },
+        "failingSince": health.failing_since_ms.map(rfc3339_ms),
+        "lastError": health.last_error,
+        "lastErrorAt": health.last_error_at,
+        "deliveries": counts,
+    });
+    Ok(Json(view))
 }
 
 pub async fn update(
@@ -82,11 +119,7 @@ pub async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = read_body(body, state.config.max_payload_bytes).await?;
     let patch: Value = from_body(&body)?;
-    let mut ep = state
-        .store
-        .endpoint(&ws.uuid, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("endpoint"))?;
+    let mut ep = load(&state, &ws.uuid, &id).await?;
     let (spec, url) = ep.spec.patched(&patch)?;
     if spec.url != ep.spec.url {
         check_destination(&state, &url).await?;
@@ -97,7 +130,7 @@ pub async fn update(
     let _ = state
         .router
         .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
-    Ok(Json(ep))
+    Ok(Json(ep.public_view()))
 }
 
 pub async fn remove(
@@ -112,4 +145,83 @@ pub async fn remove(
         .router
         .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Rotate {
+    /// How long the old secret keeps signing (default: the node's `secret_grace_secs`).
+    grace_seconds: Option<u64>,
+}
+
+/// `POST /v1/endpoints/{id}/secret/rotate`: a new secret; the old one signs too for a grace period.
+pub async fn rotate_secret(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = read_body(body, state.config.max_payload_bytes).await?;
+    let req: Rotate = if body.is_empty() {
+        Rotate::default()
+    } else {
+        from_body(&body)?
+    };
+    let grace_s = req.grace_seconds.unwrap_or(state.config.secret_grace_secs);
+    if grace_s > 30 * 24 * 3600 {
+        return Err(Invalid::field("graceSeconds", "must be at most 30 days").into());
+    }
+    let mut ep = load(&state, &ws.uuid, &id).await?;
+    let now = chrono::Utc::now();
+    ep.rotate(
+        generate_secret(),
+        now.timestamp_millis(),
+        grace_s as i64 * 1000,
+    );
+    ep.updated_at = rfc3339(now);
+    state.store.put_endpoint(&ws.uuid, &ep).await?;
+    let _ = state
+        .router
+        .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
+    let grace_until = rfc3339(now + chrono::Duration::seconds(grace_s as i64));
+    Ok(Json(
+        json!({"secret": ep.secret, "previousSecretValidUntil": grace_until}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Replay {
+    since: String,
+    until: Option<String>,
+}
+
+fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(v)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| Invalid::field(field, "must be an RFC 3339 time").into())
+}
+
+/// `POST /v1/endpoints/{id}/replay`: re-sends the endpoint's failed deliveries of a window (by
+/// the time they failed), in their original order, each once.
+pub async fn replay(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let body = read_body(body, state.config.max_payload_bytes).await?;
+    let req: Replay = from_body(&body)?;
+    let since = parse_time("since", &req.since)?;
+    let until = req
+        .until
+        .as_deref()
+        .map(|u| parse_time("until", u))
+        .transpose()?;
+    if until.is_some_and(|u| u < since) {
+        return Err(Invalid::field("until", "must not be before since").into());
+    }
+    load(&state, &ws.uuid, &id).await?;
+    let replayed = state.store.replay(&ws.uuid, &id, since, until).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": replayed}))))
 }

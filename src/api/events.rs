@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Tenant, read_body};
 use crate::delivery::{
-    Delivery, NewDelivery, Status, delivery_id, event_id, partition_of, rfc3339,
+    Delivery, NewDelivery, Status, delivery_id, event_id, partition_of, rfc3339, seq,
 };
 use crate::endpoint::Endpoint;
 use crate::event::Event;
@@ -159,6 +159,7 @@ async fn plan(
         state.store.endpoints_by_id(&ws.uuid, wanted).await?;
     let workspace_block = json!({"uuid": ws.uuid, "name": ws.name});
     let now = chrono::Utc::now();
+    let mut index = 0;
     let mut out = Vec::with_capacity(events.len());
     for ((event, key), rules) in events.into_iter().zip(matched) {
         let id = event_id(&ws.uuid, key.as_deref());
@@ -190,7 +191,9 @@ async fn plan(
                     attempt_count: 0,
                     next_attempt_at: None,
                     body: body.clone(),
+                    seq: seq(now.timestamp_millis(), index),
                 };
+                index += 1;
                 let partition = partition_of(&ep.id, state.store.partitions());
                 new_deliveries.push(NewDelivery {
                     delivery,
@@ -202,7 +205,6 @@ async fn plan(
             id,
             event_type: event.event_type,
             created_at: rfc3339(now),
-            created_ms: now.timestamp_millis(),
             deliveries: new_deliveries
                 .iter()
                 .map(|d| d.delivery.id.clone())

@@ -20,17 +20,17 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
+use super::breaker::Permit;
+use super::policy::decide;
 use super::router::RouterMsg;
 use super::{DispatchContext, EndpointKey, EndpointQueue};
 use crate::deliverer::Outcome;
-use crate::delivery::{AttemptError, Delivery, Job, Status, rfc3339};
-use crate::endpoint::{Endpoint, Ordering};
-use crate::signing::SigningKey;
+use crate::delivery::{AttemptError, Delivery, Job, Status, now_rfc3339, rfc3339};
+use crate::endpoint::{Endpoint, Ordering, RateLimit};
+use crate::store::Health;
 
 /// Queued jobs an unordered endpoint looks through for one it may start.
 const UNORDERED_SCAN: usize = 1024;
-/// Longest wait a `Retry-After` header can impose.
-const RETRY_AFTER_CEILING: Duration = Duration::from_secs(3600);
 /// Wait before retrying after the store could not be read or written.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -66,8 +66,9 @@ pub struct EndpointState {
     endpoint: Option<Endpoint>,
     /// Whether `endpoint` was read from the store at least once (`None` means deleted only then).
     endpoint_known: bool,
-    keys: Vec<SigningKey>,
-    limiter: Option<DefaultDirectRateLimiter>,
+    /// Breaker and failure clock, persisted on every change so a new owner resumes them.
+    health: Option<Health>,
+    limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
     /// Deliveries of queued jobs, by stream entry id, loaded when they near the head.
     loaded: HashMap<String, Delivery>,
     in_flight: HashSet<String>,
@@ -75,13 +76,15 @@ pub struct EndpointState {
     idle_timer: bool,
 }
 
-fn limiter_for(ep: &Endpoint) -> Option<DefaultDirectRateLimiter> {
-    let rl = ep.spec.rate_limit?;
+fn limiter_for(rl: RateLimit) -> Option<(RateLimit, DefaultDirectRateLimiter)> {
     let per_second = NonZeroU32::new(rl.per_second)?;
     let burst = NonZeroU32::new(rl.burst).unwrap_or(NonZeroU32::MIN);
-    Some(RateLimiter::direct(
-        Quota::per_second(per_second).allow_burst(burst),
-    ))
+    let quota = Quota::per_second(per_second).allow_burst(burst);
+    Some((rl, RateLimiter::direct(quota)))
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
 }
 
 fn instant_of(rfc: &str) -> Option<Instant> {
@@ -93,15 +96,17 @@ fn instant_of(rfc: &str) -> Option<Instant> {
 impl EndpointState {
     async fn load_endpoint(&mut self) -> Result<(), ActorProcessingErr> {
         let ep = self.ctx.store.endpoint(&self.key.0, &self.key.1).await?;
-        let rate_changed = ep.as_ref().map(|e| e.spec.rate_limit)
-            != self.endpoint.as_ref().map(|e| e.spec.rate_limit);
-        if rate_changed || self.limiter.is_none() {
-            self.limiter = ep.as_ref().and_then(limiter_for);
+        if self.health.is_none() {
+            self.health = Some(self.ctx.store.health(&self.key.0, &self.key.1).await?);
         }
-        self.keys = ep
-            .iter()
-            .filter_map(|e| SigningKey::parse(&e.secret).ok())
-            .collect();
+        // A PATCHed limit takes effect now; an unchanged one keeps its state.
+        let rate = ep
+            .as_ref()
+            .and_then(|e| e.spec.rate_limit)
+            .or(self.ctx.policy.default_rate);
+        if rate != self.limiter.as_ref().map(|(r, _)| *r) {
+            self.limiter = rate.and_then(limiter_for);
+        }
         self.endpoint = ep;
         self.endpoint_known = true;
         Ok(())
@@ -204,7 +209,25 @@ impl EndpointState {
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
                 if strict { break } else { continue }
             }
-            if let Some(limiter) = &self.limiter
+            match self
+                .health
+                .as_mut()
+                .and_then(|h| h.breaker.as_mut())
+                .map(|b| b.permit(now_ms()))
+            {
+                Some(Permit::WaitUntil(ms)) => {
+                    earliest =
+                        Some(Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64));
+                    break;
+                }
+                Some(Permit::Probe) if !self.in_flight.is_empty() => break,
+                Some(Permit::Probe) => {
+                    self.start_attempt(myself, ep, &job);
+                    break;
+                }
+                _ => {}
+            }
+            if let Some((_, limiter)) = &self.limiter
                 && let Err(not_until) = limiter.check()
             {
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
@@ -223,10 +246,10 @@ impl EndpointState {
     fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint, job: &Job) {
         let d = self.loaded[&job.entry_id].clone();
         self.in_flight.insert(job.entry_id.clone());
-        let (ctx, ep, keys, me, entry_id) = (
+        let keys = ep.signing_keys(now_ms());
+        let (ctx, ep, me, entry_id) = (
             self.ctx.clone(),
             ep.clone(),
-            self.keys.clone(),
             myself.clone(),
             job.entry_id.clone(),
         );
@@ -259,31 +282,26 @@ impl EndpointState {
             .iter()
             .find(|q| q.job.entry_id == entry_id)
             .map(|q| q.job.clone());
-        let (Some(job), Some(ep)) = (job, self.endpoint.clone()) else {
+        let (Some(job), Some(ep), Some(from)) = (
+            job,
+            self.endpoint.clone(),
+            self.loaded.get(&entry_id).map(|d| d.status),
+        ) else {
             return Ok(());
         };
-        let n = outcome.attempt.attempt;
-        let status = if outcome.attempt.succeeded() {
-            Status::Succeeded
-        } else if outcome.final_failure || n >= ep.spec.retry.max_attempts {
-            Status::Failed
-        } else {
-            Status::Retrying
-        };
-        if status == Status::Retrying {
-            let backoff = ep.spec.retry.jittered_delay_after(n);
-            let delay = outcome
-                .retry_after
-                .map_or(backoff, |ra| ra.min(RETRY_AFTER_CEILING));
-            let next = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let mut health = self.health.clone().unwrap_or_default();
+        let decision = decide(&self.ctx.policy, &ep, &outcome, &mut health, now_ms());
+        if let Some(wait) = decision.retry_in {
+            let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
             outcome.attempt.next_attempt_at = Some(rfc3339(next));
         }
-        if let Err(e) = self
+        let status = decision.status;
+        let recorded = self
             .ctx
             .store
-            .record_attempt(&job, &outcome.attempt, status)
-            .await
-        {
+            .record_attempt(&job, &outcome.attempt, from, status)
+            .await;
+        if let Err(e) = recorded {
             // The attempt happened but its record did not land: forget the loaded state so the
             // delivery is re-read and re-attempted (at-least-once) once the store is back.
             tracing::error!(delivery = %job.delivery_id, error = %e, "cannot record an attempt");
@@ -291,32 +309,38 @@ impl EndpointState {
             self.wake(myself, Instant::now() + STORE_RETRY);
             return Ok(());
         }
-        tracing::debug!(delivery = %job.delivery_id, attempt = n, status = status.as_str(), "attempt recorded");
+        if self.health.as_ref() != Some(&health) {
+            if let Err(e) = self
+                .ctx
+                .store
+                .save_health(&self.key.0, &self.key.1, &health)
+                .await
+            {
+                tracing::warn!(endpoint = %ep.id, error = %e, "cannot save endpoint health");
+            }
+            self.health = Some(health);
+        }
+        tracing::debug!(delivery = %job.delivery_id, attempt = outcome.attempt.attempt, status = status.as_str(), "attempt recorded");
         if status.is_final() {
             self.remove(&entry_id);
         } else if let Some(d) = self.loaded.get_mut(&entry_id) {
             d.status = status;
-            d.attempt_count = n;
+            d.attempt_count = outcome.attempt.attempt;
             d.next_attempt_at = outcome.attempt.next_attempt_at.clone();
         }
-        if outcome
-            .attempt
-            .response
-            .as_ref()
-            .is_some_and(|r| r.status == 410)
-        {
-            self.disable(ep).await;
+        if let Some(reason) = decision.disable {
+            self.disable(ep, &reason).await;
         }
         self.pump(myself).await
     }
 
-    /// `410 Gone`: the receiver says the endpoint is no more. Stop sending until re-enabled.
-    async fn disable(&mut self, mut ep: Endpoint) {
+    /// Stops sending until an operator re-enables the endpoint; its queue is kept.
+    async fn disable(&mut self, mut ep: Endpoint, reason: &str) {
         ep.spec.enabled = false;
-        ep.updated_at = crate::delivery::now_rfc3339();
+        ep.updated_at = now_rfc3339();
         match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
             Ok(()) => {
-                tracing::warn!(endpoint = %ep.id, "endpoint answered 410 Gone; disabled");
+                tracing::warn!(endpoint = %ep.id, reason, "endpoint disabled");
                 self.endpoint = Some(ep);
             }
             Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),
@@ -332,7 +356,11 @@ impl EndpointState {
                 .collect()
         };
         for job in jobs {
-            self.ctx.store.fail_without_attempt(&job).await?;
+            let from = self
+                .loaded
+                .get(&job.entry_id)
+                .map_or(Status::Pending, |d| d.status);
+            self.ctx.store.fail_without_attempt(&job, from).await?;
             self.remove(&job.entry_id);
         }
         Ok(())
@@ -343,7 +371,7 @@ fn panicked_attempt(number: u32, message: String) -> Outcome {
     Outcome {
         attempt: crate::delivery::Attempt {
             attempt: number,
-            started_at: crate::delivery::now_rfc3339(),
+            started_at: now_rfc3339(),
             duration_ms: 0,
             request: crate::delivery::AttemptRequest {
                 url: String::new(),
@@ -379,7 +407,7 @@ impl Actor for EndpointActor {
             router: args.router,
             endpoint: None,
             endpoint_known: false,
-            keys: Vec::new(),
+            health: None,
             limiter: None,
             loaded: HashMap::new(),
             in_flight: HashSet::new(),

@@ -15,13 +15,13 @@ use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
 /// job for each one created. Deterministic delivery ids make a retried (or concurrent, on two
 /// nodes) ingest of the same event a no-op instead of a duplicate.
 ///
-/// KEYS: ws index, jobs stream, then per delivery: delivery hash, endpoint index.
+/// KEYS: ws index, jobs stream, then per delivery: delivery hash, endpoint index, endpoint stats.
 /// ARGV: workspace, then per delivery: index member, endpoint id, delivery id, field count,
 /// field/value pairs.
 const CREATE_DELIVERIES: &str = r#"
 local created = 0
 local a = 2
-for i = 3, #KEYS, 2 do
+for i = 3, #KEYS, 3 do
   local member, endpoint, id, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local fields = {}
   for j = 1, n do fields[j] = ARGV[a + 3 + j] end
@@ -30,6 +30,7 @@ for i = 3, #KEYS, 2 do
     redis.call('HSET', KEYS[i], unpack(fields))
     redis.call('ZADD', KEYS[1], 0, member)
     redis.call('ZADD', KEYS[i + 1], 0, member)
+    redis.call('HINCRBY', KEYS[i + 2], 'pending', 1)
     redis.call('XADD', KEYS[2], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
     created = created + 1
   end
@@ -39,6 +40,26 @@ return created
 
 static CREATE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CREATE_DELIVERIES));
+
+/// Puts a finished delivery back in its partition stream for one more attempt (manual retry,
+/// replay): only if it is still final, so two replays of one window send it once.
+///
+/// KEYS: delivery hash, endpoint stats, jobs stream. ARGV: workspace, endpoint, delivery id,
+/// the statuses it may be requeued from (space-separated).
+const REQUEUE: &str = r#"
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or not string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'pending', 'nextAttemptAt', '')
+redis.call('HINCRBY', KEYS[2], status, -1)
+redis.call('HINCRBY', KEYS[2], 'pending', 1)
+redis.call('XADD', KEYS[3], '*', 'w', ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
+return 1
+"#;
+
+static REQUEUE_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(REQUEUE));
 
 /// Deliveries examined per round trip when a list is filtered.
 const SCAN_CHUNK: usize = 200;
@@ -52,7 +73,6 @@ pub struct NewEvent {
     pub id: String,
     pub event_type: String,
     pub created_at: String,
-    pub created_ms: i64,
     pub deliveries: Vec<String>,
     #[serde(skip)]
     pub new_deliveries: Vec<NewDelivery>,
@@ -76,8 +96,8 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-fn index_member(created_ms: i64, id: &str) -> String {
-    format!("{created_ms:013}|{id}")
+fn index_member(seq: &str, id: &str) -> String {
+    format!("{seq}|{id}")
 }
 
 fn delivery_fields(d: &Delivery) -> Vec<(&'static str, String)> {
@@ -91,6 +111,7 @@ fn delivery_fields(d: &Delivery) -> Vec<(&'static str, String)> {
         ("createdAt", d.created_at.clone()),
         ("attemptCount", d.attempt_count.to_string()),
         ("body", d.body.clone()),
+        ("seq", d.seq.clone()),
     ]
 }
 
@@ -112,6 +133,7 @@ fn delivery_from_hash(mut h: HashMap<String, String>) -> Result<Option<Delivery>
         attempt_count: take("attemptCount").parse().unwrap_or(0),
         next_attempt_at: Some(take("nextAttemptAt")).filter(|s| !s.is_empty()),
         body: take("body"),
+        seq: take("seq"),
     };
     Ok(Some(d))
 }
@@ -125,7 +147,7 @@ impl Store {
     /// one script call per partition, all concurrently. Returns once all of it is written (as
     /// durable as Redis is configured to be: run it with AOF). Returns the deliveries created.
     pub async fn ingest(&self, ws: &str, events: &[NewEvent]) -> Result<u32> {
-        let mut by_partition: HashMap<u32, Vec<(&NewEvent, &NewDelivery)>> = HashMap::new();
+        let mut by_partition: HashMap<u32, Vec<&NewDelivery>> = HashMap::new();
         let mut records = redis::pipe();
         for event in events {
             records
@@ -135,10 +157,7 @@ impl Store {
                 )
                 .ignore();
             for nd in &event.new_deliveries {
-                by_partition
-                    .entry(nd.partition)
-                    .or_default()
-                    .push((event, nd));
+                by_partition.entry(nd.partition).or_default().push(nd);
             }
         }
         let mut conn = self.conn();
@@ -148,12 +167,13 @@ impl Store {
             inv.key(self.ws_key(ws, "dlvs"))
                 .key(self.stream_key(partition))
                 .arg(ws);
-            for (event, nd) in ds {
+            for nd in ds {
                 let d = &nd.delivery;
                 let fields = delivery_fields(d);
                 inv.key(self.ws_key(ws, &format!("dlv:{}", d.id)))
                     .key(self.ws_key(ws, &format!("ep:{}:dlvs", d.endpoint_id)))
-                    .arg(index_member(event.created_ms, &d.id))
+                    .key(self.stats_key(ws, &d.endpoint_id))
+                    .arg(index_member(&d.seq, &d.id))
                     .arg(&d.endpoint_id)
                     .arg(&d.id)
                     .arg(fields.len() * 2);
@@ -212,7 +232,13 @@ impl Store {
     /// Records one attempt: appended to the delivery's attempts and the workspace's log, the
     /// delivery's status and schedule updated, and, at a final outcome, the job acknowledged,
     /// all in one transaction so a crash cannot leave an acknowledged job without its outcome.
-    pub async fn record_attempt(&self, job: &Job, attempt: &Attempt, status: Status) -> Result<()> {
+    pub async fn record_attempt(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        from: Status,
+        status: Status,
+    ) -> Result<()> {
         let ws = &job.workspace;
         let dkey = self.ws_key(ws, &format!("dlv:{}", job.delivery_id));
         let json = serde_json::to_string(attempt)?;
@@ -240,11 +266,102 @@ impl Store {
                     ("attempt", &json),
                 ],
             );
+        self.count_transition(&mut pipe, job, from, status);
+        if status == Status::Failed {
+            self.dead_letter(&mut pipe, job);
+        }
         if status.is_final() {
             pipe.xack(self.stream_key(job.partition), GROUP, &[&job.entry_id]);
         }
         pipe.exec_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    fn count_transition(&self, pipe: &mut redis::Pipeline, job: &Job, from: Status, to: Status) {
+        if from != to {
+            let key = self.stats_key(&job.workspace, &job.endpoint_id);
+            pipe.hincr(&key, from.as_str(), -1)
+                .ignore()
+                .hincr(&key, to.as_str(), 1)
+                .ignore();
+        }
+    }
+
+    /// The dead-letter stream of a workspace: one entry per exhausted delivery, read by replay.
+    fn dead_key(&self, ws: &str) -> String {
+        self.ws_key(ws, "dead")
+    }
+
+    fn dead_letter(&self, pipe: &mut redis::Pipeline, job: &Job) {
+        pipe.xadd(
+            self.dead_key(&job.workspace),
+            "*",
+            &[
+                ("delivery", job.delivery_id.as_str()),
+                ("endpoint", job.endpoint_id.as_str()),
+            ],
+        )
+        .ignore();
+    }
+
+    /// Requeues one finished delivery (from one of `from`); `false` when it was not in them.
+    pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
+        let partition = crate::delivery::partition_of(&d.endpoint_id, self.partitions);
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let done: u32 = REQUEUE_SCRIPT
+            .key(self.ws_key(ws, &format!("dlv:{}", d.id)))
+            .key(self.stats_key(ws, &d.endpoint_id))
+            .key(self.stream_key(partition))
+            .arg(ws)
+            .arg(&d.endpoint_id)
+            .arg(&d.id)
+            .arg(from.join(" "))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// Requeues, in creation order, the deliveries of `endpoint` that went to the dead letter
+    /// between `since_ms` and `until_ms` and are still failed. Returns how many.
+    pub async fn replay(
+        &self,
+        ws: &str,
+        endpoint: &str,
+        since_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<u32> {
+        let end = until_ms.map_or("+".to_string(), |u| u.to_string());
+        let entries: redis::streams::StreamRangeReply = self
+            .conn()
+            .xrange(self.dead_key(ws), since_ms.to_string(), end)
+            .await?;
+        let mut ids: Vec<String> = Vec::new();
+        for e in entries.ids {
+            let get = |k: &str| match e.map.get(k) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8(b.clone()).ok(),
+                _ => None,
+            };
+            if get("endpoint").as_deref() == Some(endpoint)
+                && let Some(id) = get("delivery")
+                && !ids.contains(&id)
+            {
+                ids.push(id);
+            }
+        }
+        let mut deliveries = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(d) = self.delivery(ws, &id).await? {
+                deliveries.push(d);
+            }
+        }
+        deliveries.sort_by(|a, b| a.seq.cmp(&b.seq));
+        let mut replayed = 0;
+        for d in &deliveries {
+            if self.requeue(ws, d, &[Status::Failed]).await? {
+                replayed += 1;
+            }
+        }
+        Ok(replayed)
     }
 
     /// Acknowledges a job without an attempt (its delivery was already final, or is gone).
@@ -257,14 +374,14 @@ impl Store {
     }
 
     /// Marks a delivery failed without an attempt (its endpoint was deleted) and acks its job.
-    pub async fn fail_without_attempt(&self, job: &Job) -> Result<()> {
+    pub async fn fail_without_attempt(&self, job: &Job, from: Status) -> Result<()> {
         let dkey = self.ws_key(&job.workspace, &format!("dlv:{}", job.delivery_id));
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .hset(&dkey, "status", Status::Failed.as_str())
-            .xack(self.stream_key(job.partition), GROUP, &[&job.entry_id])
-            .exec_async(&mut self.conn())
-            .await?;
+            .xack(self.stream_key(job.partition), GROUP, &[&job.entry_id]);
+        self.count_transition(&mut pipe, job, from, Status::Failed);
+        pipe.exec_async(&mut self.conn()).await?;
         Ok(())
     }
 

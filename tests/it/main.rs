@@ -3,4 +3,5 @@
 mod api_errors;
 mod controls;
 mod delivery;
+mod operations;
 mod support;

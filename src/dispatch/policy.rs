@@ -1,0 +1,225 @@
+//! What an attempt's outcome means for its delivery and its endpoint: the next status, when to
+//! try again, the breaker, the auto-disable clock. Pure, so every rule is unit-tested.
+
+use std::time::Duration;
+
+use crate::deliverer::Outcome;
+use crate::delivery::Status;
+use crate::endpoint::{Endpoint, RateLimit};
+use crate::store::Health;
+
+use super::breaker::{Breaker, BreakerPolicy};
+
+/// Node-wide settings of the dispatcher.
+#[derive(Debug, Clone)]
+pub struct DispatchPolicy {
+    pub breaker: BreakerPolicy,
+    pub retry_after_ceiling: Duration,
+    pub auto_disable_after_ms: i64,
+    /// The limit of endpoints that set none.
+    pub default_rate: Option<RateLimit>,
+}
+
+impl DispatchPolicy {
+    pub fn from_config(c: &crate::config::Config) -> DispatchPolicy {
+        DispatchPolicy {
+            breaker: BreakerPolicy {
+                threshold: c.breaker_threshold,
+                cooldown_ms: c.breaker_cooldown_ms,
+                max_cooldown_ms: c.breaker_max_cooldown_ms,
+            },
+            retry_after_ceiling: Duration::from_secs(c.retry_after_ceiling_secs),
+            auto_disable_after_ms: (c.auto_disable_after_secs as i64).saturating_mul(1000),
+            default_rate: c.default_rate_per_second.map(|per_second| RateLimit {
+                per_second,
+                burst: c.default_rate_burst,
+            }),
+        }
+    }
+}
+
+/// The consequences of one attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub status: Status,
+    /// When the next attempt may start (only for `Retrying`).
+    pub retry_in: Option<Duration>,
+    /// Disable the endpoint, for this reason.
+    pub disable: Option<String>,
+}
+
+/// Applies an outcome to the endpoint's health and decides the delivery's fate.
+pub fn decide(
+    policy: &DispatchPolicy,
+    ep: &Endpoint,
+    outcome: &Outcome,
+    health: &mut Health,
+    now_ms: i64,
+) -> Decision {
+    let attempt = &outcome.attempt;
+    let breaker = health
+        .breaker
+        .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms));
+    if attempt.succeeded() {
+        breaker.success(&policy.breaker, now_ms);
+        health.failing_since_ms = None;
+        return Decision {
+            status: Status::Succeeded,
+            retry_in: None,
+            disable: None,
+        };
+    }
+    breaker.failure(&policy.breaker, now_ms);
+    health.last_error = attempt
+        .error
+        .as_ref()
+        .map(|e| format!("{}: {}", e.kind, e.message));
+    health.last_error_at = Some(attempt.started_at.clone());
+    let failing_since = *health.failing_since_ms.get_or_insert(now_ms);
+    let gone = attempt.response.as_ref().is_some_and(|r| r.status == 410);
+    let disable = if gone {
+        Some("the endpoint answered 410 Gone".to_string())
+    } else if now_ms - failing_since >= policy.auto_disable_after_ms {
+        Some(format!(
+            "every attempt failed for {} s",
+            (now_ms - failing_since) / 1000
+        ))
+    } else {
+        None
+    };
+    if outcome.final_failure || attempt.attempt >= ep.spec.retry.max_attempts {
+        return Decision {
+            status: Status::Failed,
+            retry_in: None,
+            disable,
+        };
+    }
+    let backoff = ep.spec.retry.jittered_delay_after(attempt.attempt);
+    let retry_in = outcome
+        .retry_after
+        .map_or(backoff, |ra| ra.min(policy.retry_after_ceiling));
+    Decision {
+        status: Status::Retrying,
+        retry_in: Some(retry_in),
+        disable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse};
+    use crate::dispatch::breaker::BreakerState;
+    use crate::endpoint::EndpointSpec;
+    use serde_json::json;
+
+    fn policy() -> DispatchPolicy {
+        DispatchPolicy {
+            breaker: BreakerPolicy {
+                threshold: 2,
+                cooldown_ms: 1000,
+                max_cooldown_ms: 4000,
+            },
+            retry_after_ceiling: Duration::from_secs(60),
+            auto_disable_after_ms: 10_000,
+            default_rate: None,
+        }
+    }
+
+    fn endpoint() -> Endpoint {
+        let (spec, _) =
+            EndpointSpec::from_json(&json!({"url": "https://x.io", "retry": {"maxAttempts": 3}}))
+                .unwrap();
+        Endpoint {
+            id: "ep".into(),
+            spec,
+            secret: String::new(),
+            retired_secrets: vec![],
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    fn outcome(n: u32, status: u16, retry_after: Option<u64>) -> Outcome {
+        let ok = (200..300).contains(&status);
+        Outcome {
+            attempt: Attempt {
+                attempt: n,
+                started_at: "t".into(),
+                duration_ms: 1,
+                request: AttemptRequest {
+                    url: String::new(),
+                    headers: Default::default(),
+                    body: None,
+                },
+                response: Some(AttemptResponse {
+                    status,
+                    headers: Default::default(),
+                    body: String::new(),
+                    truncated: false,
+                }),
+                error: (!ok).then(|| AttemptError {
+                    kind: "status".into(),
+                    message: format!("{status}"),
+                }),
+                next_attempt_at: None,
+            },
+            retry_after: retry_after.map(Duration::from_secs),
+            final_failure: status == 410,
+        }
+    }
+
+    #[test]
+    fn retries_until_max_attempts_then_fails() {
+        let (p, ep, mut h) = (policy(), endpoint(), Health::default());
+        let d1 = decide(&p, &ep, &outcome(1, 500, None), &mut h, 0);
+        assert_eq!(d1.status, Status::Retrying);
+        let wait = d1.retry_in.unwrap().as_secs_f64();
+        assert!((9.0..=11.0).contains(&wait), "{wait}");
+        assert_eq!(
+            decide(&p, &ep, &outcome(3, 500, None), &mut h, 1).status,
+            Status::Failed
+        );
+        assert_eq!(h.breaker.as_ref().unwrap().state, BreakerState::Open);
+        assert_eq!(h.last_error.as_deref(), Some("status: 500"));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_clamped() {
+        let (p, ep, mut h) = (policy(), endpoint(), Health::default());
+        assert_eq!(
+            decide(&p, &ep, &outcome(1, 429, Some(2)), &mut h, 0).retry_in,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            decide(&p, &ep, &outcome(1, 503, Some(999)), &mut h, 0).retry_in,
+            Some(Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn gone_fails_and_disables_and_a_long_failure_disables() {
+        let (p, ep, mut h) = (policy(), endpoint(), Health::default());
+        let d = decide(&p, &ep, &outcome(1, 410, None), &mut h, 0);
+        assert_eq!(d.status, Status::Failed);
+        assert!(d.disable.is_some());
+        let mut h = Health::default();
+        assert!(
+            decide(&p, &ep, &outcome(1, 500, None), &mut h, 0)
+                .disable
+                .is_none()
+        );
+        assert!(
+            decide(&p, &ep, &outcome(2, 500, None), &mut h, 9_999)
+                .disable
+                .is_none()
+        );
+        assert!(
+            decide(&p, &ep, &outcome(1, 500, None), &mut h, 10_000)
+                .disable
+                .is_some()
+        );
+        decide(&p, &ep, &outcome(1, 200, None), &mut h, 10_001);
+        assert_eq!(h.failing_since_ms, None, "a success clears the clock");
+    }
+}

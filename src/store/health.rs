@@ -1,0 +1,68 @@
+//! Endpoint health: the breaker and failure clock an endpoint actor persists, and the delivery
+//! counts kept up to date by every status change, so any node can answer
+//! `GET /v1/endpoints/{id}` without asking the owner.
+
+use std::collections::HashMap;
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Store};
+use crate::dispatch::breaker::Breaker;
+
+/// What the owner of an endpoint persists about its health.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub breaker: Option<Breaker>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// Unix ms of the first failure since the last success (the auto-disable clock).
+    pub failing_since_ms: Option<i64>,
+}
+
+/// Deliveries of an endpoint by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub pending: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+impl Store {
+    pub(crate) fn health_key(&self, ws: &str, ep: &str) -> String {
+        self.ws_key(ws, &format!("ep:{ep}:health"))
+    }
+
+    pub(crate) fn stats_key(&self, ws: &str, ep: &str) -> String {
+        self.ws_key(ws, &format!("ep:{ep}:stats"))
+    }
+
+    pub async fn save_health(&self, ws: &str, ep: &str, health: &Health) -> Result<()> {
+        let _: () = self
+            .conn()
+            .set(self.health_key(ws, ep), serde_json::to_string(health)?)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn health(&self, ws: &str, ep: &str) -> Result<Health> {
+        let json: Option<String> = self.conn().get(self.health_key(ws, ep)).await?;
+        Ok(json
+            .map(|j| serde_json::from_str(&j))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    pub async fn counts(&self, ws: &str, ep: &str) -> Result<Counts> {
+        let h: HashMap<String, i64> = self.conn().hgetall(self.stats_key(ws, ep)).await?;
+        let get = |k: &str| h.get(k).copied().unwrap_or(0).max(0);
+        Ok(Counts {
+            pending: get("pending"),
+            retrying: get("retrying"),
+            succeeded: get("succeeded"),
+            failed: get("failed"),
+        })
+    }
+}

@@ -1,0 +1,225 @@
+//! Operator actions on endpoints and deliveries: secret rotation, manual retry, replay.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard::signing::{SigningKey, verify};
+
+use crate::support::{Node, Receiver, Redis, Reply, prefix, record_event, test_config, wait_until};
+
+fn verifies(secret: &str, r: &crate::support::receiver::Received) -> bool {
+    let key = SigningKey::parse(secret).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    verify(
+        &key,
+        r.header("webhook-id"),
+        r.header("webhook-timestamp"),
+        r.header("webhook-signature"),
+        &r.body,
+        now,
+    )
+    .is_ok()
+}
+
+#[tokio::test]
+async fn during_a_rotation_both_secrets_sign_and_after_it_only_the_new_one() {
+    let redis = Redis::start();
+    let node = Node::start(test_config(&redis, &prefix("rotate"))).await;
+    let api = node.workspace("Rotate").await;
+    let receiver = Receiver::ok().await;
+    let ep = api.endpoint(json!({"url": receiver.url})).await;
+    let ep_id = ep["id"].as_str().unwrap();
+    let old = ep["secret"].as_str().unwrap().to_string();
+    api.rule(json!({"name": "all", "events": ["*"], "actions": [{"type": "webhook", "endpointId": ep_id}]})).await;
+
+    let (status, rotated) = api
+        .post(
+            &format!("/v1/endpoints/{ep_id}/secret/rotate"),
+            json!({"graceSeconds": 2}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    let (_, shown) = api.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(shown["secret"], new.as_str());
+    assert!(
+        !shown.to_string().contains(&old),
+        "GET never shows the old secret"
+    );
+
+    api.post("/v1/events", record_event(1, "high")).await;
+    wait_until(Duration::from_secs(10), "the first delivery", || async {
+        receiver.count() == 1
+    })
+    .await;
+    let during = &receiver.received()[0];
+    assert_eq!(during.header("webhook-signature").split(' ').count(), 2);
+    assert!(
+        verifies(&new, during) && verifies(&old, during),
+        "both secrets sign during the grace period"
+    );
+
+    let grace_end =
+        chrono::DateTime::parse_from_rfc3339(rotated["previousSecretValidUntil"].as_str().unwrap())
+            .unwrap();
+    wait_until(
+        Duration::from_secs(5),
+        "the grace period to end",
+        || async { chrono::Utc::now() > grace_end },
+    )
+    .await;
+    api.post("/v1/events", record_event(2, "high")).await;
+    wait_until(Duration::from_secs(10), "the second delivery", || async {
+        receiver.count() == 2
+    })
+    .await;
+    let after = &receiver.received()[1];
+    assert_eq!(after.header("webhook-signature").split(' ').count(), 1);
+    assert!(
+        verifies(&new, after) && !verifies(&old, after),
+        "only the new secret signs after the grace"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn replay_resends_exactly_the_failed_deliveries_of_the_window_once_in_order() {
+    let redis = Redis::start();
+    // Six failures in a row would open the breaker (threshold 5) and hold the late ones back.
+    let config = switchyard::config::Config {
+        breaker_threshold: 100,
+        ..test_config(&redis, &prefix("replay"))
+    };
+    let node = Node::start(config).await;
+    let api = node.workspace("Replay").await;
+    let up = Arc::new(AtomicBool::new(false));
+    let flag = up.clone();
+    let receiver = Receiver::start(move |_, _| {
+        Reply::status(if flag.load(Ordering::SeqCst) {
+            200
+        } else {
+            500
+        })
+    })
+    .await;
+    let ep = api
+        .endpoint(json!({"url": receiver.url, "retry": {"maxAttempts": 1}}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    api.rule(json!({"name": "all", "events": ["*"], "actions": [{"type": "webhook", "endpointId": ep_id}]})).await;
+    let send = |from: u64| {
+        let api = api.clone();
+        async move {
+            let events: Vec<_> = (from..from + 3).map(|i| record_event(i, "high")).collect();
+            let (_, b) = api
+                .post("/v1/events/batch", json!({"events": events}))
+                .await;
+            b["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all_failed = |ids: Vec<String>| {
+        let api = api.clone();
+        async move {
+            for id in &ids {
+                if api.delivery_status(id).await.as_deref() != Some("failed") {
+                    return false;
+                }
+            }
+            true
+        }
+    };
+    let early = send(0).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the early deliveries to fail",
+        || all_failed(early.clone()),
+    )
+    .await;
+    // The window starts after the early failures (the dead letter is stamped at failure time).
+    wait_until(Duration::from_secs(2), "the clock to move on", || async {
+        receiver.received().last().unwrap().at.elapsed() > Duration::from_millis(5)
+    })
+    .await;
+    let since = chrono::Utc::now().to_rfc3339();
+    let late = send(3).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the late deliveries to fail",
+        || all_failed(late.clone()),
+    )
+    .await;
+    assert_eq!(receiver.count(), 6);
+
+    up.store(true, Ordering::SeqCst);
+    let (status, body) = api
+        .post(
+            &format!("/v1/endpoints/{ep_id}/replay"),
+            json!({"since": since}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["replayed"].as_u64()),
+        (202, Some(3)),
+        "{body}"
+    );
+    let (_, again) = api
+        .post(
+            &format!("/v1/endpoints/{ep_id}/replay"),
+            json!({"since": since}),
+        )
+        .await;
+    assert_eq!(
+        again["replayed"], 0,
+        "a second replay of the window sends nothing more"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the replayed deliveries",
+        || async { receiver.count() == 9 },
+    )
+    .await;
+    let replayed: Vec<String> = receiver.received()[6..]
+        .iter()
+        .map(|r| r.header("webhook-id").to_string())
+        .collect();
+    assert_eq!(
+        replayed, late,
+        "exactly the window's failures, once each, in order"
+    );
+    for id in &late {
+        assert_eq!(api.delivery_status(id).await.as_deref(), Some("succeeded"));
+    }
+
+    // Manual retry of one early failure: one more attempt, numbered after the first.
+    let (status, _) = api
+        .post(&format!("/v1/deliveries/{}/retry", early[1]), json!({}))
+        .await;
+    assert_eq!(status, 202);
+    wait_until(Duration::from_secs(10), "the retried delivery", || async {
+        api.delivery_status(&early[1]).await.as_deref() == Some("succeeded")
+    })
+    .await;
+    let (_, d) = api.get(&format!("/v1/deliveries/{}", early[1])).await;
+    let numbers: Vec<u64> = d["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["attempt"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![1, 2]);
+    assert_eq!(receiver.count(), 10);
+    assert_eq!(
+        api.delivery_status(&early[0]).await.as_deref(),
+        Some("failed"),
+        "outside the window, not replayed"
+    );
+    node.stop().await;
+}
