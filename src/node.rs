@@ -22,9 +22,7 @@ use crate::store::{Store, StoreError};
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    #[error("redis_url (SWITCHYARD_REDIS_URL) is not set; this version needs Redis")]
-    NoStore,
-    #[error("cannot reach the store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Deliverer(#[from] DelivererError),
@@ -36,12 +34,18 @@ pub enum NodeError {
 
 /// Runs a node until `shutdown` completes.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
-    let url = config.redis_url.clone().ok_or(NodeError::NoStore)?;
-    let store = Store::connect(&url, &config.key_prefix, config.partitions).await?;
+    let store = Store::open(&config).await?;
+    let generated_token = match (&config.admin_token, &store) {
+        (None, Store::Embedded(_)) => {
+            config.admin_token = Some(admin_token_in(&config.data_dir)?);
+            true
+        }
+        _ => false,
+    };
     store.ping().await?;
     let deliverer = Deliverer::new(&config)?;
     let guard = deliverer.guard().clone();
@@ -63,14 +67,16 @@ pub async fn run(
         stop.clone(),
     );
     let state = AppState {
-        store,
+        store: store.clone(),
         rules: Arc::new(RuleCache::default()),
         guard,
         router: router.clone(),
         config: Arc::new(config.clone()),
         stopping: stop.clone(),
     };
-    tracing::info!(listen = %listener.local_addr()?, node = %config.node_id, partitions = config.partitions, "switchyard node started");
+    let addr = listener.local_addr()?;
+    tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");
+    tracing::info!("{}", banner(&config, addr, generated_token));
     let stop_api = stop.clone();
     let served = axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {
@@ -84,6 +90,59 @@ pub async fn run(
     let _ = router_done.await;
     tracing::info!("switchyard node stopped");
     Ok(served?)
+}
+
+/// The embedded default's admin token: read from `data_dir/admin-token`, or generated there
+/// (mode 0600) on first start, so a new user can create a workspace at once and the token
+/// survives restarts. A configured token always wins; with Redis none is generated (api.md).
+fn admin_token_in(dir: &std::path::Path) -> Result<String, NodeError> {
+    let path = dir.join("admin-token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && token.trim().len() >= 16
+    {
+        return Ok(token.trim().to_string());
+    }
+    let token = format!(
+        "sya_{}",
+        crate::workspace::generate_api_key().trim_start_matches(crate::workspace::API_KEY_PREFIX)
+    );
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    use std::io::Write;
+    options
+        .open(&path)
+        .and_then(|mut f| f.write_all(token.as_bytes()))?;
+    Ok(token)
+}
+
+/// What a new user needs to see at start: where the API is, where data goes, how to begin.
+fn banner(config: &Config, addr: std::net::SocketAddr, generated_token: bool) -> String {
+    let store = match &config.redis_url {
+        Some(_) => format!("redis (key prefix `{}`)", config.key_prefix),
+        None => format!(
+            "embedded, in {} (single node; set SWITCHYARD_REDIS_URL for a cluster)",
+            config.data_dir.display()
+        ),
+    };
+    let token = match (&config.admin_token, generated_token) {
+        (Some(t), true) => format!(
+            "{t} (generated, kept in {})",
+            config.data_dir.join("admin-token").display()
+        ),
+        (Some(_), false) => "as configured (SWITCHYARD_ADMIN_TOKEN)".to_string(),
+        (None, _) => "none: set SWITCHYARD_ADMIN_TOKEN to create workspaces".to_string(),
+    };
+    let shown = match (&config.admin_token, generated_token) {
+        (Some(t), true) => t.clone(),
+        _ => "$SWITCHYARD_ADMIN_TOKEN".to_string(),
+    };
+    format!(
+        "\n  Switchyard {} is running\n  API:         http://{addr}\n  store:       {store}\n  admin token: {token}\n  \
+         create a workspace:\n    curl -s -X POST http://{addr}/v1/workspaces -H 'Authorization: Bearer {shown}' -d '{{\"name\": \"Acme\"}}'\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -1,82 +1,42 @@
-//! The store: every durable byte of Switchyard, in Redis.
+//! The store: every durable byte of Switchyard, behind one type with two backends.
 //!
-//! One `ConnectionManager` (multiplexed, reconnecting) carries every command except the
-//! blocking stream reads, which each partition consumer makes on a connection of its own with
-//! no response timeout (see `crates.md`: a blocking read stalls a multiplexed connection and
-//! the default 500 ms response timeout would cut `BLOCK` short).
+//! - [`RedisStore`]: the cluster backend (streams, hashes, Lua scripts), in `store::redis`.
+//! - [`EmbeddedStore`]: a single-node, on-disk default built on `redb`, in `store::embedded`,
+//!   so `switchyard serve` works on a fresh machine with nothing else installed.
 //!
-//! # Key layout
-//!
-//! Every key starts with the configured prefix `P` (`sy` by default).
-//!
-//! | key | type | holds |
-//! | --- | --- | --- |
-//! | `P:ws:{W}` | hash | workspace `uuid`, `name`, `createdAt` |
-//! | `P:key:{sha256}` | string | workspace uuid of an API key (only the hash is stored) |
-//! | `P:ws:{W}:ep` | hash | endpoint id → endpoint JSON |
-//! | `P:ws:{W}:rules` | hash | rule id → rule JSON |
-//! | `P:ws:{W}:rules:seq` | string | last rule id (INCR) |
-//! | `P:ws:{W}:rules:ver` | string | rule-set version, bumped on every rule change |
-//! | `P:ws:{W}:evt:{E}` | string | event record: id, type, createdAt, delivery ids |
-//! | `P:ws:{W}:idem:{K}` | string | the 202 answer of an `Idempotency-Key`, with a TTL |
-//! | `P:ws:{W}:dlv:{D}` | hash | delivery record: status, attempt count, next attempt, body |
-//! | `P:ws:{W}:dlv:{D}:att` | list | the delivery's attempts, JSON, in order |
-//! | `P:ws:{W}:dlvs` | zset | index of deliveries, newest last: `"{ms:013}|{D}"` (lex) |
-//! | `P:ws:{W}:ep:{EP}:dlvs` | zset | the same index per endpoint |
-//! | `P:ws:{W}:log` | stream | the delivery log: one entry per attempt |
-//! | `P:{p<N>}:jobs` | stream | partition N's jobs (`w`, `e`, `d`), consumer group `dispatch` |
-//!
-//! The partition streams carry a hash tag so that each partition's keys share a Redis Cluster
-//! slot.
+//! [`Store`] is an enum rather than a trait object: the set of backends is closed, every call
+//! is a plain `match` (no boxing of futures on the hot path), and both backends answer the
+//! same conformance tests (`tests/it/store_conformance.rs`). Logic that is the same for both
+//! (replay ordering) lives here once.
 
-mod deliveries;
-mod health;
-mod jobs;
+pub mod embedded;
+pub mod redis;
 
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
 
-use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
-
+use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
+use crate::dispatch::breaker::Breaker;
 use crate::endpoint::Endpoint;
 use crate::rule::Rule;
-use crate::workspace::{Workspace, generate_api_key, hash_api_key};
-
-pub use deliveries::{DeliveryFilter, NewEvent, Page};
-pub use health::{Counts, Health};
-pub use jobs::JobReader;
-
-/// The consumer group of every partition stream.
-pub const GROUP: &str = "dispatch";
-
-/// Response timeout of the shared connection: long enough for a pipelined ingest of a batch,
-/// short enough that an unreachable Redis turns into a 503 quickly.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::workspace::Workspace;
+pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Redis could not be reached or did not answer in time: the caller may retry later.
+    /// The backend could not be reached or did not answer in time: retry later.
     #[error("the store is unavailable: {0}")]
-    Unavailable(redis::RedisError),
+    Unavailable(String),
     #[error("store error: {0}")]
-    Redis(redis::RedisError),
+    Backend(String),
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
-}
-
-impl From<redis::RedisError> for StoreError {
-    fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error()
-            || e.is_timeout()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-        {
-            StoreError::Unavailable(e)
-        } else {
-            StoreError::Redis(e)
-        }
-    }
+    #[error("the cursor is not a cursor of this list")]
+    BadCursor,
+    /// The embedded store's directory is open in another process.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl From<serde_json::Error> for StoreError {
@@ -87,229 +47,294 @@ impl From<serde_json::Error> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The Redis store. Cheap to clone: the connection manager is shared.
+/// An accepted event and its deliveries, written at ingest.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub created_at: String,
+    pub deliveries: Vec<String>,
+    #[serde(skip)]
+    pub new_deliveries: Vec<NewDelivery>,
+}
+
+/// Filters of `GET /v1/deliveries`.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    pub endpoint_id: Option<String>,
+    pub event_id: Option<String>,
+    pub status: Option<Status>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+/// One page of a list, newest first.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    pub data: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// What the owner of an endpoint persists about its health.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub breaker: Option<Breaker>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// Unix ms of the first failure since the last success (the auto-disable clock).
+    pub failing_since_ms: Option<i64>,
+}
+
+/// Deliveries of an endpoint by status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Counts {
+    pub pending: i64,
+    pub retrying: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
+/// The store of a node.
 #[derive(Clone)]
-pub struct Store {
-    client: redis::Client,
-    conn: ConnectionManager,
-    prefix: String,
-    partitions: u32,
+pub enum Store {
+    Redis(RedisStore),
+    Embedded(EmbeddedStore),
+}
+
+macro_rules! each {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            Store::Redis($s) => $e,
+            Store::Embedded($s) => $e,
+        }
+    };
 }
 
 impl Store {
-    /// Connects (and keeps reconnecting in the background when the link drops).
-    pub async fn connect(url: &str, prefix: &str, partitions: u32) -> Result<Store> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Store {
-            client,
-            conn,
-            prefix: prefix.to_string(),
-            partitions,
-        })
+    /// The Redis store when `redis_url` is set, else the embedded store in `data_dir`.
+    pub async fn open(config: &crate::config::Config) -> Result<Store> {
+        match &config.redis_url {
+            Some(url) => Ok(Store::Redis(
+                RedisStore::connect(url, &config.key_prefix, config.partitions).await?,
+            )),
+            None => Ok(Store::Embedded(EmbeddedStore::open(
+                &config.data_dir,
+                config.partitions,
+            )?)),
+        }
     }
 
     pub fn partitions(&self) -> u32 {
-        self.partitions
+        each!(self, s => s.partitions())
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
-    }
-
-    pub(crate) fn key(&self, rest: &str) -> String {
-        format!("{}:{}", self.prefix, rest)
-    }
-
-    pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
-        if rest.is_empty() {
-            self.key(&format!("ws:{ws}"))
-        } else {
-            self.key(&format!("ws:{ws}:{rest}"))
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Redis(_) => "redis",
+            Store::Embedded(_) => "embedded",
         }
     }
 
-    /// Round trip to Redis, for `/readyz`.
     pub async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
-        Ok(())
+        each!(self, s => s.ping().await)
     }
 
-    // ---- workspaces -------------------------------------------------------------------------
-
-    /// Creates a workspace and its first API key (returned in clear, once).
     pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
-        let key = generate_api_key();
-        redis::pipe()
-            .atomic()
-            .hset_multiple(
-                self.ws_key(&ws.uuid, ""),
-                &[
-                    ("uuid", &ws.uuid),
-                    ("name", &ws.name),
-                    ("createdAt", &ws.created_at),
-                ],
-            )
-            .set(self.key(&format!("key:{}", hash_api_key(&key))), &ws.uuid)
-            .exec_async(&mut self.conn())
-            .await?;
-        Ok(key)
+        each!(self, s => s.create_workspace(ws).await)
     }
 
     pub async fn workspace(&self, uuid: &str) -> Result<Option<Workspace>> {
-        let (name, created): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.ws_key(uuid, ""))
-            .arg("name")
-            .arg("createdAt")
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(name.map(|name| Workspace {
-            uuid: uuid.to_string(),
-            name,
-            created_at: created.unwrap_or_default(),
-        }))
+        each!(self, s => s.workspace(uuid).await)
     }
 
-    /// Adds an API key to an existing workspace; `None` when there is no such workspace.
     pub async fn add_api_key(&self, uuid: &str) -> Result<Option<String>> {
-        if self.workspace(uuid).await?.is_none() {
-            return Ok(None);
-        }
-        let key = generate_api_key();
-        let _: () = self
-            .conn()
-            .set(self.key(&format!("key:{}", hash_api_key(&key))), uuid)
-            .await?;
-        Ok(Some(key))
+        each!(self, s => s.add_api_key(uuid).await)
     }
 
-    /// The workspace an API key belongs to.
     pub async fn workspace_for_key(&self, key: &str) -> Result<Option<Workspace>> {
-        let uuid: Option<String> = self
-            .conn()
-            .get(self.key(&format!("key:{}", hash_api_key(key))))
-            .await?;
-        match uuid {
-            Some(uuid) => self.workspace(&uuid).await,
-            None => Ok(None),
-        }
+        each!(self, s => s.workspace_for_key(key).await)
     }
-
-    // ---- endpoints --------------------------------------------------------------------------
 
     pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {
-        let json = serde_json::to_string(ep)?;
-        let _: () = self
-            .conn()
-            .hset(self.ws_key(ws, "ep"), &ep.id, json)
-            .await?;
-        Ok(())
+        each!(self, s => s.put_endpoint(ws, ep).await)
     }
 
     pub async fn endpoint(&self, ws: &str, id: &str) -> Result<Option<Endpoint>> {
-        let json: Option<String> = self.conn().hget(self.ws_key(ws, "ep"), id).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
-            .transpose()
+        each!(self, s => s.endpoint(ws, id).await)
     }
 
-    /// Every endpoint of a workspace, newest first (ids are time-ordered UUIDv7).
+    /// Every endpoint of a workspace, newest first.
     pub async fn endpoints(&self, ws: &str) -> Result<Vec<Endpoint>> {
-        let all: Vec<String> = self.conn().hvals(self.ws_key(ws, "ep")).await?;
-        let mut eps = all
-            .iter()
-            .map(|j| serde_json::from_str::<Endpoint>(j))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        eps.sort_by(|a, b| b.id.cmp(&a.id));
-        Ok(eps)
+        each!(self, s => s.endpoints(ws).await)
     }
 
-    /// The endpoints of these ids that exist, in one round trip.
+    /// The endpoints of these ids that exist.
     pub async fn endpoints_by_id(
         &self,
         ws: &str,
         ids: std::collections::HashSet<&str>,
     ) -> Result<std::collections::HashMap<String, Endpoint>> {
-        let ids: Vec<&str> = ids.into_iter().collect();
-        if ids.is_empty() {
-            return Ok(Default::default());
-        }
-        let found: Vec<Option<String>> = redis::cmd("HMGET")
-            .arg(self.ws_key(ws, "ep"))
-            .arg(&ids)
-            .query_async(&mut self.conn())
-            .await?;
-        let mut out = std::collections::HashMap::new();
-        for json in found.into_iter().flatten() {
-            let ep: Endpoint = serde_json::from_str(&json)?;
-            out.insert(ep.id.clone(), ep);
-        }
-        Ok(out)
+        each!(self, s => s.endpoints_by_id(ws, ids).await)
     }
 
-    /// Deletes an endpoint; `false` when it did not exist.
     pub async fn delete_endpoint(&self, ws: &str, id: &str) -> Result<bool> {
-        let n: u32 = self.conn().hdel(self.ws_key(ws, "ep"), id).await?;
-        Ok(n > 0)
+        each!(self, s => s.delete_endpoint(ws, id).await)
     }
-
-    // ---- rules ------------------------------------------------------------------------------
 
     pub async fn next_rule_id(&self, ws: &str) -> Result<u64> {
-        Ok(self.conn().incr(self.ws_key(ws, "rules:seq"), 1).await?)
+        each!(self, s => s.next_rule_id(ws).await)
     }
 
-    /// Saves a rule and bumps the rule-set version in one transaction, so every node's cache
-    /// sees the change on its next version check.
+    /// Saves a rule and bumps the workspace's rule version in one write.
     pub async fn put_rule(&self, ws: &str, rule: &Rule) -> Result<()> {
-        let json = serde_json::to_string(rule)?;
-        redis::pipe()
-            .atomic()
-            .hset(self.ws_key(ws, "rules"), rule.id, json)
-            .incr(self.ws_key(ws, "rules:ver"), 1)
-            .exec_async(&mut self.conn())
-            .await?;
-        Ok(())
+        each!(self, s => s.put_rule(ws, rule).await)
     }
 
     pub async fn rule(&self, ws: &str, id: u64) -> Result<Option<Rule>> {
-        let json: Option<String> = self.conn().hget(self.ws_key(ws, "rules"), id).await?;
-        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
-            .transpose()
+        each!(self, s => s.rule(ws, id).await)
     }
 
     pub async fn delete_rule(&self, ws: &str, id: u64) -> Result<bool> {
-        let (n, _): (u32, u64) = redis::pipe()
-            .atomic()
-            .hdel(self.ws_key(ws, "rules"), id)
-            .incr(self.ws_key(ws, "rules:ver"), 1)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(n > 0)
+        each!(self, s => s.delete_rule(ws, id).await)
     }
 
     pub async fn rules_version(&self, ws: &str) -> Result<u64> {
-        let v: Option<u64> = self.conn().get(self.ws_key(ws, "rules:ver")).await?;
-        Ok(v.unwrap_or(0))
+        each!(self, s => s.rules_version(ws).await)
     }
 
-    /// All rules of a workspace with the version they were read at (one transaction).
+    /// All rules of a workspace (newest first) and the version they were read at.
     pub async fn rules(&self, ws: &str) -> Result<(u64, Vec<Rule>)> {
-        let (ver, all): (Option<u64>, Vec<String>) = redis::pipe()
-            .atomic()
-            .get(self.ws_key(ws, "rules:ver"))
-            .hvals(self.ws_key(ws, "rules"))
-            .query_async(&mut self.conn())
-            .await?;
-        let mut rules = all
-            .iter()
-            .map(|j| serde_json::from_str::<Rule>(j))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
-        rules.sort_by_key(|r| std::cmp::Reverse(r.id));
-        Ok((ver.unwrap_or(0), rules))
+        each!(self, s => s.rules(ws).await)
+    }
+
+    /// Writes events, their deliveries (each only if its id is new) and their jobs; returns
+    /// once all of it is durable. Returns how many deliveries were created.
+    pub async fn ingest(&self, ws: &str, events: &[NewEvent]) -> Result<u32> {
+        each!(self, s => s.ingest(ws, events).await)
+    }
+
+    pub async fn idempotent_answer(&self, ws: &str, key: &str) -> Result<Option<String>> {
+        each!(self, s => s.idempotent_answer(ws, key).await)
+    }
+
+    pub async fn remember_answer(
+        &self,
+        ws: &str,
+        key: &str,
+        answer: &str,
+        ttl_secs: u64,
+    ) -> Result<()> {
+        each!(self, s => s.remember_answer(ws, key, answer, ttl_secs).await)
+    }
+
+    pub async fn delivery(&self, ws: &str, id: &str) -> Result<Option<Delivery>> {
+        each!(self, s => s.delivery(ws, id).await)
+    }
+
+    pub async fn attempts(&self, ws: &str, id: &str) -> Result<Vec<Attempt>> {
+        each!(self, s => s.attempts(ws, id).await)
+    }
+
+    /// Records one attempt and the delivery's new status; at a final outcome acknowledges the
+    /// job in the same write, and a `failed` delivery goes to the dead letter.
+    pub async fn record_attempt(
+        &self,
+        job: &Job,
+        attempt: &Attempt,
+        from: Status,
+        to: Status,
+    ) -> Result<()> {
+        each!(self, s => s.record_attempt(job, attempt, from, to).await)
+    }
+
+    /// Acknowledges a job whose delivery was already final (a duplicate) or is gone.
+    pub async fn ack(&self, job: &Job) -> Result<()> {
+        each!(self, s => s.ack(job).await)
+    }
+
+    /// Fails a delivery without an attempt (its endpoint was deleted) and acks its job.
+    pub async fn fail_without_attempt(&self, job: &Job, from: Status) -> Result<()> {
+        each!(self, s => s.fail_without_attempt(job, from).await)
+    }
+
+    /// Puts a finished delivery (in one of `from`) back in its partition for one more attempt.
+    pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
+        each!(self, s => s.requeue(ws, d, from).await)
+    }
+
+    /// Requeues, in ingest order, the deliveries of `endpoint` that went to the dead letter in
+    /// the window and are still failed. Returns how many.
+    pub async fn replay(
+        &self,
+        ws: &str,
+        endpoint: &str,
+        since_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<u32> {
+        let ids = each!(self, s => s.dead_letters(ws, endpoint, since_ms, until_ms).await)?;
+        let mut deliveries = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(d) = self.delivery(ws, &id).await? {
+                deliveries.push(d);
+            }
+        }
+        deliveries.sort_by(|a, b| a.seq.cmp(&b.seq));
+        let mut replayed = 0;
+        for d in &deliveries {
+            if self.requeue(ws, d, &[Status::Failed]).await? {
+                replayed += 1;
+            }
+        }
+        Ok(replayed)
+    }
+
+    /// Lists deliveries newest first.
+    pub async fn list_deliveries(
+        &self,
+        ws: &str,
+        filter: &DeliveryFilter,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<Delivery>> {
+        each!(self, s => s.list_deliveries(ws, filter, limit, cursor).await)
+    }
+
+    pub async fn save_health(&self, ws: &str, ep: &str, health: &Health) -> Result<()> {
+        each!(self, s => s.save_health(ws, ep, health).await)
+    }
+
+    pub async fn health(&self, ws: &str, ep: &str) -> Result<Health> {
+        each!(self, s => s.health(ws, ep).await)
+    }
+
+    pub async fn counts(&self, ws: &str, ep: &str) -> Result<Counts> {
+        each!(self, s => s.counts(ws, ep).await)
+    }
+
+    /// A reader of `partition`'s jobs: this consumer's unfinished jobs first, in order, then new.
+    pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
+        Ok(match self {
+            Store::Redis(s) => JobReader::Redis(s.job_reader(partition).await?),
+            Store::Embedded(s) => JobReader::Embedded(s.job_reader(partition)),
+        })
+    }
+}
+
+/// A partition's job reader.
+pub enum JobReader {
+    Redis(redis::JobReader),
+    Embedded(embedded::JobReader),
+}
+
+impl JobReader {
+    /// Up to `count` jobs, waiting up to `block` for new ones.
+    pub async fn read(&mut self, count: usize, block: std::time::Duration) -> Result<Vec<Job>> {
+        match self {
+            JobReader::Redis(r) => r.read(count, block).await,
+            JobReader::Embedded(r) => r.read(count, block).await,
+        }
     }
 }

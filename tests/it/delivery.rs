@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::json;
 use switchyard::signing::{SigningKey, verify};
 
-use crate::support::{Node, Receiver, Redis, Reply, prefix, record_event, test_config, wait_until};
+use crate::support::{
+    Node, Receiver, Redis, Reply, embedded_config, prefix, record_event, test_config, wait_until,
+};
 
 fn verify_received(
     secret: &str,
@@ -28,7 +30,17 @@ fn verify_received(
 #[tokio::test]
 async fn a_matching_event_is_delivered_once_signed_and_logged() {
     let redis = Redis::start();
-    let node = Node::start(test_config(&redis, &prefix("e2e"))).await;
+    signed_delivery_scenario(test_config(&redis, &prefix("e2e"))).await;
+}
+
+#[tokio::test]
+async fn a_matching_event_is_delivered_once_signed_and_logged_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    signed_delivery_scenario(embedded_config(dir.path())).await;
+}
+
+async fn signed_delivery_scenario(config: switchyard::config::Config) {
+    let node = Node::start(config).await;
     let api = node.workspace("Acme Health").await;
     let receiver = Receiver::ok().await;
     let ep = api
@@ -198,9 +210,19 @@ async fn always_failing_stops_after_max_attempts() {
 
 #[tokio::test]
 async fn a_strict_endpoint_receives_first_successes_in_event_order() {
-    const EVENTS: u64 = 200;
     let redis = Redis::start();
-    let node = Node::start(test_config(&redis, &prefix("order"))).await;
+    order_scenario(test_config(&redis, &prefix("order"))).await;
+}
+
+#[tokio::test]
+async fn a_strict_endpoint_receives_first_successes_in_event_order_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    order_scenario(embedded_config(dir.path())).await;
+}
+
+async fn order_scenario(config: switchyard::config::Config) {
+    const EVENTS: u64 = 200;
+    let node = Node::start(config).await;
     let api = node.workspace("Order").await;
     // Fails at random (about half) the first time it sees each delivery.
     let seen = Mutex::new(HashSet::new());

@@ -4,4 +4,5 @@ mod api_errors;
 mod controls;
 mod delivery;
 mod operations;
+mod store_conformance;
 mod support;

@@ -123,6 +123,19 @@ pub fn test_config(redis: &Redis, prefix: &str) -> Config {
     }
 }
 
+/// The same, on the embedded store in `dir` (no Redis).
+pub fn embedded_config(dir: &std::path::Path) -> Config {
+    Config {
+        redis_url: None,
+        data_dir: dir.to_path_buf(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        partitions: 4,
+        allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        extra_root_certs: Some(receiver::ca_pem_path().into()),
+        ..Config::default()
+    }
+}
+
 /// A node running in this process.
 pub struct Node {
     pub base: String,

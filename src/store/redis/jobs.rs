@@ -10,8 +10,9 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 
-use super::{GROUP, Result, Store};
+use super::{GROUP, RedisStore};
 use crate::delivery::Job;
+use crate::store::Result;
 
 enum Phase {
     /// Replaying this consumer's pending entries after the given id.
@@ -36,7 +37,7 @@ fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<Stri
     }
 }
 
-impl Store {
+impl RedisStore {
     /// Opens a reader for `partition`, creating the stream and group when missing.
     pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
         let config = redis::AsyncConnectionConfig::new()

@@ -5,32 +5,11 @@
 use std::collections::HashMap;
 
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 
-use super::{Result, Store};
-use crate::dispatch::breaker::Breaker;
+use super::RedisStore;
+use crate::store::{Counts, Health, Result};
 
-/// What the owner of an endpoint persists about its health.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Health {
-    pub breaker: Option<Breaker>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-    /// Unix ms of the first failure since the last success (the auto-disable clock).
-    pub failing_since_ms: Option<i64>,
-}
-
-/// Deliveries of an endpoint by status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Counts {
-    pub pending: i64,
-    pub retrying: i64,
-    pub succeeded: i64,
-    pub failed: i64,
-}
-
-impl Store {
+impl RedisStore {
     pub(crate) fn health_key(&self, ws: &str, ep: &str) -> String {
         self.ws_key(ws, &format!("ep:{ep}:health"))
     }

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use redis::AsyncCommands;
-use serde::{Deserialize, Serialize};
 
-use super::{GROUP, Result, Store, StoreError};
+use super::{GROUP, RedisStore};
 use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
+use crate::store::{DeliveryFilter, NewEvent, Page, Result, StoreError};
 
 /// Creates the deliveries of one partition, each only if it does not exist yet, and appends a
 /// job for each one created. Deterministic delivery ids make a retried (or concurrent, on two
@@ -66,36 +66,6 @@ const SCAN_CHUNK: usize = 200;
 /// Round trips a filtered list may make before it answers with what it found and a cursor.
 const SCAN_ROUNDS: usize = 10;
 
-/// An accepted event and its deliveries, written at ingest.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NewEvent {
-    pub id: String,
-    pub event_type: String,
-    pub created_at: String,
-    pub deliveries: Vec<String>,
-    #[serde(skip)]
-    pub new_deliveries: Vec<NewDelivery>,
-}
-
-/// Filters of `GET /v1/deliveries`.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryFilter {
-    pub endpoint_id: Option<String>,
-    pub event_id: Option<String>,
-    pub status: Option<Status>,
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-}
-
-/// One page of a list, newest first.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Page<T> {
-    pub data: Vec<T>,
-    pub next_cursor: Option<String>,
-}
-
 fn index_member(seq: &str, id: &str) -> String {
     format!("{seq}|{id}")
 }
@@ -138,7 +108,7 @@ fn delivery_from_hash(mut h: HashMap<String, String>) -> Result<Option<Delivery>
     Ok(Some(d))
 }
 
-impl Store {
+impl RedisStore {
     pub(crate) fn stream_key(&self, partition: u32) -> String {
         self.key(&format!("{{p{partition}}}:jobs"))
     }
@@ -321,15 +291,15 @@ impl Store {
         Ok(done == 1)
     }
 
-    /// Requeues, in creation order, the deliveries of `endpoint` that went to the dead letter
-    /// between `since_ms` and `until_ms` and are still failed. Returns how many.
-    pub async fn replay(
+    /// The deliveries of `endpoint` that went to the dead letter between `since_ms` and
+    /// `until_ms`, each once, in the order they failed.
+    pub async fn dead_letters(
         &self,
         ws: &str,
         endpoint: &str,
         since_ms: i64,
         until_ms: Option<i64>,
-    ) -> Result<u32> {
+    ) -> Result<Vec<String>> {
         let end = until_ms.map_or("+".to_string(), |u| u.to_string());
         let entries: redis::streams::StreamRangeReply = self
             .conn()
@@ -348,20 +318,7 @@ impl Store {
                 ids.push(id);
             }
         }
-        let mut deliveries = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(d) = self.delivery(ws, &id).await? {
-                deliveries.push(d);
-            }
-        }
-        deliveries.sort_by(|a, b| a.seq.cmp(&b.seq));
-        let mut replayed = 0;
-        for d in &deliveries {
-            if self.requeue(ws, d, &[Status::Failed]).await? {
-                replayed += 1;
-            }
-        }
-        Ok(replayed)
+        Ok(ids)
     }
 
     /// Acknowledges a job without an attempt (its delivery was already final, or is gone).
@@ -398,7 +355,7 @@ impl Store {
                 B64.decode(c)
                     .ok()
                     .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| StoreError::Corrupt("bad cursor".into()))?,
+                    .ok_or(StoreError::BadCursor)?,
             ),
             None => None,
         };

@@ -1,0 +1,271 @@
+//! The Redis backend: the cluster store.
+//!
+//! One `ConnectionManager` (multiplexed, reconnecting) carries every command except the
+//! blocking stream reads, which each partition consumer makes on a connection of its own with
+//! no response timeout (a blocking read stalls a multiplexed connection, and the default 500 ms
+//! response timeout would cut `BLOCK` short). The key layout is in `docs/architecture.md`.
+
+mod deliveries;
+mod health;
+mod jobs;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+
+use crate::endpoint::Endpoint;
+use crate::rule::Rule;
+use crate::workspace::{Workspace, generate_api_key, hash_api_key};
+
+pub use jobs::JobReader;
+
+use super::{Result, StoreError};
+
+/// The consumer group of every partition stream.
+pub const GROUP: &str = "dispatch";
+
+/// Response timeout of the shared connection: long enough for a pipelined ingest of a batch,
+/// short enough that an unreachable Redis turns into a 503 quickly.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        let unavailable = e.is_io_error()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal();
+        if unavailable {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
+    }
+}
+
+/// The Redis store. Cheap to clone: the connection manager is shared.
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    conn: ConnectionManager,
+    prefix: String,
+    partitions: u32,
+}
+
+impl RedisStore {
+    /// Connects (and keeps reconnecting in the background when the link drops).
+    pub async fn connect(url: &str, prefix: &str, partitions: u32) -> Result<RedisStore> {
+        let client = redis::Client::open(url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(RedisStore {
+            client,
+            conn,
+            prefix: prefix.to_string(),
+            partitions,
+        })
+    }
+
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    pub(crate) fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    pub(crate) fn key(&self, rest: &str) -> String {
+        format!("{}:{}", self.prefix, rest)
+    }
+
+    pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
+        if rest.is_empty() {
+            self.key(&format!("ws:{ws}"))
+        } else {
+            self.key(&format!("ws:{ws}:{rest}"))
+        }
+    }
+
+    /// Round trip to Redis, for `/readyz`.
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    // ---- workspaces -------------------------------------------------------------------------
+
+    /// Creates a workspace and its first API key (returned in clear, once).
+    pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
+        let key = generate_api_key();
+        redis::pipe()
+            .atomic()
+            .hset_multiple(
+                self.ws_key(&ws.uuid, ""),
+                &[
+                    ("uuid", &ws.uuid),
+                    ("name", &ws.name),
+                    ("createdAt", &ws.created_at),
+                ],
+            )
+            .set(self.key(&format!("key:{}", hash_api_key(&key))), &ws.uuid)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(key)
+    }
+
+    pub async fn workspace(&self, uuid: &str) -> Result<Option<Workspace>> {
+        let (name, created): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.ws_key(uuid, ""))
+            .arg("name")
+            .arg("createdAt")
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(name.map(|name| Workspace {
+            uuid: uuid.to_string(),
+            name,
+            created_at: created.unwrap_or_default(),
+        }))
+    }
+
+    /// Adds an API key to an existing workspace; `None` when there is no such workspace.
+    pub async fn add_api_key(&self, uuid: &str) -> Result<Option<String>> {
+        if self.workspace(uuid).await?.is_none() {
+            return Ok(None);
+        }
+        let key = generate_api_key();
+        let _: () = self
+            .conn()
+            .set(self.key(&format!("key:{}", hash_api_key(&key))), uuid)
+            .await?;
+        Ok(Some(key))
+    }
+
+    /// The workspace an API key belongs to.
+    pub async fn workspace_for_key(&self, key: &str) -> Result<Option<Workspace>> {
+        let uuid: Option<String> = self
+            .conn()
+            .get(self.key(&format!("key:{}", hash_api_key(key))))
+            .await?;
+        match uuid {
+            Some(uuid) => self.workspace(&uuid).await,
+            None => Ok(None),
+        }
+    }
+
+    // ---- endpoints --------------------------------------------------------------------------
+
+    pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {
+        let json = serde_json::to_string(ep)?;
+        let _: () = self
+            .conn()
+            .hset(self.ws_key(ws, "ep"), &ep.id, json)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn endpoint(&self, ws: &str, id: &str) -> Result<Option<Endpoint>> {
+        let json: Option<String> = self.conn().hget(self.ws_key(ws, "ep"), id).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Every endpoint of a workspace, newest first (ids are time-ordered UUIDv7).
+    pub async fn endpoints(&self, ws: &str) -> Result<Vec<Endpoint>> {
+        let all: Vec<String> = self.conn().hvals(self.ws_key(ws, "ep")).await?;
+        let mut eps = all
+            .iter()
+            .map(|j| serde_json::from_str::<Endpoint>(j))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        eps.sort_by(|a, b| b.id.cmp(&a.id));
+        Ok(eps)
+    }
+
+    /// The endpoints of these ids that exist, in one round trip.
+    pub async fn endpoints_by_id(
+        &self,
+        ws: &str,
+        ids: std::collections::HashSet<&str>,
+    ) -> Result<std::collections::HashMap<String, Endpoint>> {
+        let ids: Vec<&str> = ids.into_iter().collect();
+        if ids.is_empty() {
+            return Ok(Default::default());
+        }
+        let found: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(self.ws_key(ws, "ep"))
+            .arg(&ids)
+            .query_async(&mut self.conn())
+            .await?;
+        let mut out = std::collections::HashMap::new();
+        for json in found.into_iter().flatten() {
+            let ep: Endpoint = serde_json::from_str(&json)?;
+            out.insert(ep.id.clone(), ep);
+        }
+        Ok(out)
+    }
+
+    /// Deletes an endpoint; `false` when it did not exist.
+    pub async fn delete_endpoint(&self, ws: &str, id: &str) -> Result<bool> {
+        let n: u32 = self.conn().hdel(self.ws_key(ws, "ep"), id).await?;
+        Ok(n > 0)
+    }
+
+    // ---- rules ------------------------------------------------------------------------------
+
+    pub async fn next_rule_id(&self, ws: &str) -> Result<u64> {
+        Ok(self.conn().incr(self.ws_key(ws, "rules:seq"), 1).await?)
+    }
+
+    /// Saves a rule and bumps the rule-set version in one transaction, so every node's cache
+    /// sees the change on its next version check.
+    pub async fn put_rule(&self, ws: &str, rule: &Rule) -> Result<()> {
+        let json = serde_json::to_string(rule)?;
+        redis::pipe()
+            .atomic()
+            .hset(self.ws_key(ws, "rules"), rule.id, json)
+            .incr(self.ws_key(ws, "rules:ver"), 1)
+            .exec_async(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn rule(&self, ws: &str, id: u64) -> Result<Option<Rule>> {
+        let json: Option<String> = self.conn().hget(self.ws_key(ws, "rules"), id).await?;
+        json.map(|j| serde_json::from_str(&j).map_err(StoreError::from))
+            .transpose()
+    }
+
+    pub async fn delete_rule(&self, ws: &str, id: u64) -> Result<bool> {
+        let (n, _): (u32, u64) = redis::pipe()
+            .atomic()
+            .hdel(self.ws_key(ws, "rules"), id)
+            .incr(self.ws_key(ws, "rules:ver"), 1)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(n > 0)
+    }
+
+    pub async fn rules_version(&self, ws: &str) -> Result<u64> {
+        let v: Option<u64> = self.conn().get(self.ws_key(ws, "rules:ver")).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// All rules of a workspace with the version they were read at (one transaction).
+    pub async fn rules(&self, ws: &str) -> Result<(u64, Vec<Rule>)> {
+        let (ver, all): (Option<u64>, Vec<String>) = redis::pipe()
+            .atomic()
+            .get(self.ws_key(ws, "rules:ver"))
+            .hvals(self.ws_key(ws, "rules"))
+            .query_async(&mut self.conn())
+            .await?;
+        let mut rules = all
+            .iter()
+            .map(|j| serde_json::from_str::<Rule>(j))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        rules.sort_by_key(|r| std::cmp::Reverse(r.id));
+        Ok((ver.unwrap_or(0), rules))
+    }
+}
