@@ -82,6 +82,8 @@ pub struct Config {
     pub auto_disable_after_secs: u64,
     /// How long a rotated-out secret keeps signing, in seconds.
     pub secret_grace_secs: u64,
+    /// On shutdown, how long in-flight attempts may take to finish, in seconds.
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for Config {
@@ -110,6 +112,7 @@ impl Default for Config {
             breaker_max_cooldown_ms: 600_000,
             auto_disable_after_secs: 5 * 24 * 3600,
             secret_grace_secs: 24 * 3600,
+            drain_timeout_secs: 30,
         }
     }
 }
@@ -206,6 +209,9 @@ impl Config {
         }
         if let Some(v) = var("auto_disable_after_secs") {
             self.auto_disable_after_secs = parse("auto_disable_after_secs", &v)?;
+        }
+        if let Some(v) = var("drain_timeout_secs") {
+            self.drain_timeout_secs = parse("drain_timeout_secs", &v)?;
         }
         if let Some(v) = var("secret_grace_secs") {
             self.secret_grace_secs = parse("secret_grace_secs", &v)?;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{AppState, app};
 use crate::config::Config;
 use crate::deliverer::{Deliverer, DelivererError};
-use crate::dispatch::{DispatchContext, RuleRouter, spawn_consumers};
+use crate::dispatch::{DispatchContext, RouterMsg, RuleRouter, spawn_consumers};
 use crate::rule::cache::RuleCache;
 use crate::store::{Store, StoreError};
 
@@ -86,6 +86,13 @@ pub async fn run(
         .await;
     stop.cancel();
     consumers.join_all().await;
+    // Let in-flight attempts finish and be recorded (bounded): their jobs are then acked, not
+    // redelivered as duplicates on the next start. Anything not finished stays pending.
+    let drain = Duration::from_secs(config.drain_timeout_secs);
+    match ractor::call_t!(router, RouterMsg::Drain, drain.as_millis() as u64) {
+        Ok(()) => tracing::info!("in-flight attempts drained"),
+        Err(e) => tracing::warn!(error = %e, "drain timed out; unfinished jobs stay pending"),
+    }
     router.stop(Some("shutdown".into()));
     let _ = router_done.await;
     tracing::info!("switchyard node stopped");

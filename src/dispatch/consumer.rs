@@ -86,6 +86,9 @@ async fn consume(
                 }
             };
             retry = RETRY_MIN;
+            if !jobs.is_empty() {
+                tracing::debug!(partition, jobs = jobs.len(), "read jobs");
+            }
             let mut first = Some(first);
             for job in jobs {
                 let permit = match first.take() {

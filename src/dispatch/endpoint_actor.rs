@@ -31,6 +31,9 @@ use crate::store::Health;
 
 /// Queued jobs an unordered endpoint looks through for one it may start.
 const UNORDERED_SCAN: usize = 1024;
+/// Queued jobs a strict endpoint looks through per pump: the head, and duplicates behind it
+/// that are already final (after a crash, a handoff or a recreated consumer group).
+const STRICT_SCAN: usize = 64;
 /// Wait before retrying after the store could not be read or written.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -55,6 +58,8 @@ pub enum EndpointMsg {
     },
     /// The idle timer fired.
     IdleCheck,
+    /// The node is stopping: start nothing new; answer once no attempt is in flight.
+    Drain(tokio::sync::oneshot::Sender<()>),
 }
 
 pub struct EndpointState {
@@ -72,6 +77,8 @@ pub struct EndpointState {
     /// Deliveries of queued jobs, by stream entry id, loaded when they near the head.
     loaded: HashMap<String, Delivery>,
     in_flight: HashSet<String>,
+    /// Set by `Drain`: the waiter to tell when the last in-flight attempt is recorded.
+    draining: Option<Option<tokio::sync::oneshot::Sender<()>>>,
     wake_at: Option<Instant>,
     idle_timer: bool,
 }
@@ -131,6 +138,14 @@ impl EndpointState {
     }
 
     async fn pump(&mut self, myself: &ActorRef<EndpointMsg>) -> Result<(), ActorProcessingErr> {
+        if let Some(waiter) = &mut self.draining {
+            if self.in_flight.is_empty()
+                && let Some(done) = waiter.take()
+            {
+                let _ = done.send(());
+            }
+            return Ok(());
+        }
         if !self.endpoint_known {
             return Ok(());
         }
@@ -155,7 +170,8 @@ impl EndpointState {
         } else {
             ep.spec.max_in_flight as usize
         };
-        let scan = if strict { 1 } else { UNORDERED_SCAN };
+        // Strict mode looks past the head only to drop jobs that are already final.
+        let scan = if strict { STRICT_SCAN } else { UNORDERED_SCAN };
         let candidates: Vec<Job> = {
             let q = self.queue.lock().expect("queue lock");
             q.iter()
@@ -163,7 +179,9 @@ impl EndpointState {
                 .map(|q| q.job.clone())
                 .collect()
         };
+        let scanned = candidates.len();
         let mut earliest: Option<Instant> = None;
+        let mut dropped = 0;
         for job in candidates {
             if self.in_flight.len() >= max {
                 break;
@@ -185,6 +203,7 @@ impl EndpointState {
                         tracing::warn!(delivery = %job.delivery_id, "job without a delivery record; acknowledging it");
                         if self.ctx.store.ack(&job).await.is_ok() {
                             self.remove(&job.entry_id);
+                            dropped += 1;
                         }
                         continue;
                     }
@@ -200,6 +219,7 @@ impl EndpointState {
                 // Already finished (a duplicate job after a crash or handoff): just acknowledge.
                 if self.ctx.store.ack(&job).await.is_ok() {
                     self.remove(&job.entry_id);
+                    dropped += 1;
                 }
                 continue;
             }
@@ -240,6 +260,10 @@ impl EndpointState {
         }
         if let Some(at) = earliest {
             self.wake(myself, at);
+        }
+        // The whole look-ahead was finished duplicates: look again at what follows them.
+        if dropped > 0 && dropped == scanned {
+            let _ = myself.cast(EndpointMsg::Pump);
         }
     }
 
@@ -411,6 +435,7 @@ impl Actor for EndpointActor {
             limiter: None,
             loaded: HashMap::new(),
             in_flight: HashSet::new(),
+            draining: None,
             wake_at: None,
             idle_timer: false,
         };
@@ -442,6 +467,14 @@ impl Actor for EndpointActor {
             }
             EndpointMsg::AttemptDone { entry_id, outcome } => {
                 state.attempt_done(&myself, entry_id, *outcome).await?
+            }
+            EndpointMsg::Drain(done) => {
+                if state.in_flight.is_empty() {
+                    let _ = done.send(());
+                    state.draining = Some(None);
+                } else {
+                    state.draining = Some(Some(done));
+                }
             }
             EndpointMsg::IdleCheck => {
                 state.idle_timer = false;

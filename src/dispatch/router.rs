@@ -17,6 +17,9 @@ pub enum RouterMsg {
     EndpointChanged(EndpointKey),
     /// An endpoint actor found its queue empty for the idle time.
     Idle(EndpointKey, ractor::ActorId),
+    /// The node is stopping: every actor finishes its in-flight attempts and starts no more;
+    /// the reply comes when all have (the caller bounds the wait).
+    Drain(ractor::RpcReplyPort<()>),
 }
 
 struct Child {
@@ -87,6 +90,20 @@ impl Actor for RuleRouter {
                 if let Some(child) = state.children.get(&key) {
                     let _ = child.actor.cast(EndpointMsg::Reload);
                 }
+            }
+            RouterMsg::Drain(reply) => {
+                let waits: Vec<_> = state
+                    .children
+                    .values()
+                    .filter_map(|c| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        c.actor.cast(EndpointMsg::Drain(tx)).ok().map(|_| rx)
+                    })
+                    .collect();
+                tokio::spawn(async move {
+                    futures::future::join_all(waits).await;
+                    let _ = reply.send(());
+                });
             }
             RouterMsg::Idle(key, actor_id) => {
                 let idle = state.children.get(&key).is_some_and(|c| {

@@ -232,3 +232,39 @@ async fn lists_page_with_a_cursor_and_idempotency_keys_hold() {
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_nodes_at_once_gives_one_set_of_deliveries() {
+    let redis = Redis::start();
+    let key_prefix = prefix("idem2");
+    let a = Node::start(test_config(&redis, &key_prefix)).await;
+    let b = Node::start(test_config(&redis, &key_prefix)).await;
+    let api_a = a.workspace("Two nodes").await;
+    let receiver = Receiver::ok().await;
+    for _ in 0..3 {
+        let ep = api_a.endpoint(json!({"url": receiver.url})).await;
+        api_a.rule(json!({"name": "r", "events": ["*"], "actions": [{"type": "webhook", "endpointId": ep["id"]}]})).await;
+    }
+    let key = api_a.token().to_string();
+    let api_b = b.api(&key);
+    let body = record_event(1, "high").to_string();
+    for round in 0..10 {
+        let idem = format!("same-{round}");
+        let headers = [("Idempotency-Key", idem.as_str())];
+        let (ra, rb) = tokio::join!(
+            api_a.post_raw("/v1/events", &body, &headers),
+            api_b.post_raw("/v1/events", &body, &headers)
+        );
+        assert_eq!((ra.0, rb.0), (202, 202));
+        assert_eq!(ra.1, rb.1, "both nodes give the same answer");
+        assert_eq!(ra.1["deliveries"].as_array().unwrap().len(), 3);
+    }
+    let (_, listed) = api_b.get("/v1/deliveries?limit=1000").await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        30,
+        "one set of deliveries per key"
+    );
+    a.stop().await;
+    b.stop().await;
+}

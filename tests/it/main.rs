@@ -2,7 +2,9 @@
 
 mod api_errors;
 mod controls;
+mod crash;
 mod delivery;
 mod operations;
+mod outage;
 mod store_conformance;
 mod support;

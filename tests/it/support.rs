@@ -1,5 +1,6 @@
 //! Test fixtures: a real `redis-server`, real HTTPS receivers, a node on port 0, an API client.
 
+pub mod process;
 pub mod receiver;
 
 use std::net::TcpListener as StdListener;
@@ -29,7 +30,7 @@ where
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -39,38 +40,44 @@ fn free_port() -> u16 {
 
 /// A `redis-server` of this test's own, on a free port, killed on drop.
 pub struct Redis {
-    child: Child,
+    child: Option<Child>,
     pub url: String,
+    port: u16,
+    args: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Redis {
+    /// A throwaway Redis (no persistence).
     pub fn start() -> Redis {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A Redis with AOF on and fsync at every write, restartable with its data.
+    pub fn start_aof() -> Redis {
+        Self::start_with(&[
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ])
+    }
+
+    fn start_with(persistence: &[&str]) -> Redis {
         for _ in 0..5 {
             let dir = tempfile::tempdir().unwrap();
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (see .ci/run)");
+            let args: Vec<String> = persistence.iter().map(|s| s.to_string()).collect();
             let mut redis = Redis {
-                child,
+                child: None,
                 url: format!("redis://127.0.0.1:{port}/"),
+                port,
+                args,
                 _dir: dir,
             };
+            redis.spawn();
             if redis.wait_ready() {
                 return redis;
             }
@@ -78,11 +85,39 @@ impl Redis {
         panic!("could not start redis-server");
     }
 
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(&self.args)
+            .arg("--dir")
+            .arg(self._dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (see .ci/run)");
+        self.child = Some(child);
+    }
+
+    /// Kills the server (SIGKILL: with AOF `always`, every acknowledged write is on disk).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn();
+        assert!(self.wait_ready(), "redis-server did not come back");
+    }
+
     fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(5);
         let client = redis::Client::open(self.url.as_str()).unwrap();
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
             if let Ok(mut c) = client.get_connection()
@@ -94,12 +129,20 @@ impl Redis {
         }
         false
     }
+
+    /// A command on a fresh connection.
+    pub fn cmd<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> T {
+        let mut c = redis::Client::open(self.url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        cmd.query(&mut c).unwrap()
+    }
 }
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -235,9 +278,46 @@ impl Api {
         (status, body)
     }
 
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The status of a GET, or `None` when nothing answers (a node that is down).
+    pub async fn try_get(&self, path: &str) -> Option<u16> {
+        let req = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(2));
+        req.send().await.ok().map(|r| r.status().as_u16())
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await
+    }
+
+    /// A POST that reports a node that is down (or a non-JSON answer) as `None` instead of panicking.
+    pub async fn try_post(
+        &self,
+        path: &str,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> Option<(u16, Value)> {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(10))
+            .json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if !self.token.is_empty() {
+            req = req.bearer_auth(&self.token);
+        }
+        let resp = req.send().await.ok()?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.ok()?;
+        Some((status, body))
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {

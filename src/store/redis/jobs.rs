@@ -96,6 +96,7 @@ impl JobReader {
                 .await;
             let reply = match reply {
                 Err(e) if e.code() == Some("NOGROUP") => {
+                    tracing::warn!(stream = %self.stream, "consumer group vanished (NOGROUP); recreating it");
                     self.ensure_group().await?;
                     self.phase = Phase::Pending("0".into());
                     continue;

@@ -1,0 +1,98 @@
+//! A node as a real `switchyard serve` process, for tests that kill it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{Api, wait_until};
+
+/// A `switchyard serve` child process with its environment, restartable on the same port.
+pub struct NodeProcess {
+    child: Option<Child>,
+    pub base: String,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+    starts: u32,
+}
+
+impl NodeProcess {
+    /// Starts a node with these `SWITCHYARD_*` settings (the listen address is chosen here).
+    pub async fn start(env: Vec<(String, String)>, log_dir: &std::path::Path) -> NodeProcess {
+        let port = super::free_port();
+        let mut env = env;
+        env.push(("SWITCHYARD_LISTEN".into(), format!("127.0.0.1:{port}")));
+        let mut node = NodeProcess {
+            child: None,
+            base: format!("http://127.0.0.1:{port}"),
+            env,
+            log: log_dir.join(format!("node-{port}.log")),
+            starts: 0,
+        };
+        node.spawn().await;
+        node
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("serve")
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info,switchyard=info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let api = Api::new(&self.base, "");
+        let log = self.log.clone();
+        wait_until(
+            Duration::from_secs(20),
+            &format!("the node to be ready (log: {})", log.display()),
+            || async { api.try_get("/readyz").await == Some(200) },
+        )
+        .await;
+    }
+
+    /// SIGKILL: no drain, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for the process to exit; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        send_sigterm(c.id());
+        c.wait().unwrap()
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop it first");
+        self.spawn().await;
+    }
+}
+
+/// Sends SIGTERM with the `kill` command (no libc binding needed in the tests).
+fn send_sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -TERM {pid}");
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
