@@ -1,1 +1,145 @@
-fn main() {}
+//! Micro-benchmarks of the hot paths that do not touch the network: rule matching, payload
+//! build and serialisation, signing, SSRF address classification.
+//!
+//! `cargo bench --bench micro`
+
+use std::hint::black_box;
+use std::net::IpAddr;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Map, Value, json};
+use switchyard::rule::{Action, Rule, RuleSet, RuleSpec};
+use switchyard::signing::{SigningKey, generate_secret, signature_header};
+use switchyard::ssrf::{Guard, forbidden_reason};
+
+const TYPES: [&str; 10] = [
+    "data_record:created",
+    "data_record:updated",
+    "data_record:deleted",
+    "member:created",
+    "member:updated",
+    "member:deleted",
+    "call:started",
+    "call:completed",
+    "chat:started",
+    "chat:completed",
+];
+
+/// 1,000 rules over the 10 event types: exact types, family wildcards and a few catch-alls,
+/// most with a condition, as a busy workspace would have.
+fn rules() -> Vec<Rule> {
+    (0..1000u64)
+        .map(|i| {
+            let events = match i % 20 {
+                0 => vec!["*".to_string()],
+                1..=4 => vec![format!("{}:*", TYPES[(i % 10) as usize].split(':').next().unwrap())],
+                _ => vec![TYPES[(i % 10) as usize].to_string()],
+            };
+            let conditions = (i % 3 != 0).then(|| {
+                json!({"all": [
+                    {"field": "dataRecord.fields.priority", "op": "eq", "value": if i % 2 == 0 { "high" } else { "low" }},
+                    {"field": "member.labels", "op": "contains", "value": format!("label-{}", i % 7)}]})
+            });
+            Rule {
+                id: i + 1,
+                uuid: format!("u{i}"),
+                spec: RuleSpec {
+                    name: format!("rule {i}"),
+                    events: Some(events),
+                    conditions,
+                    actions: vec![Action::Webhook { endpoint_id: format!("ep_{i}") }],
+                    enabled: true,
+                    schedule: None,
+                    payload: None,
+                },
+                created_at: String::new(),
+                updated_at: String::new(),
+            }
+        })
+        .collect()
+}
+
+fn event(t: &str) -> Map<String, Value> {
+    json!({"event": t, "dataType": {"uuid": "5f3c", "type": "Contact Form", "slug": "contact_form"},
+        "member": {"id": 123, "name": "John Doe", "email": "john@example.com", "labels": ["vip", "label-3"]},
+        "dataRecord": {"id": 4567, "fields": {"message": "Hello!", "priority": "high"}}})
+    .as_object()
+    .unwrap()
+    .clone()
+}
+
+fn rule_matching(c: &mut Criterion) {
+    let set = RuleSet::build(&rules());
+    let events: Vec<_> = TYPES.iter().map(|t| (t.to_string(), event(t))).collect();
+    let mut g = c.benchmark_group("rules");
+    g.throughput(Throughput::Elements(events.len() as u64));
+    g.bench_function("match 10 events against 1000 rules", |b| {
+        b.iter(|| {
+            for (t, body) in &events {
+                black_box(set.matching(t, body));
+            }
+        })
+    });
+    g.finish();
+}
+
+fn payload(c: &mut Criterion) {
+    let body = event("data_record:created");
+    let rule = json!({"id": 88, "uuid": "a1b2", "name": "Notify CRM"});
+    let ws = json!({"uuid": "9e8d", "name": "Acme Health"});
+    c.bench_function("payload build + serialise", |b| {
+        b.iter(|| {
+            let mut p = body.clone();
+            p.insert("eventRule".into(), rule.clone());
+            p.insert("workspace".into(), ws.clone());
+            black_box(serde_json::to_string(&p).unwrap())
+        })
+    });
+}
+
+fn signing(c: &mut Criterion) {
+    let key = SigningKey::parse(&generate_secret()).unwrap();
+    let body = vec![b'x'; 1024];
+    let mut g = c.benchmark_group("signing");
+    g.throughput(Throughput::Bytes(1024));
+    g.bench_function("sign 1 KiB", |b| {
+        b.iter(|| {
+            black_box(signature_header(
+                std::slice::from_ref(&key),
+                "msg_1",
+                1_700_000_000,
+                &body,
+            ))
+        })
+    });
+    g.finish();
+}
+
+fn ssrf(c: &mut Criterion) {
+    let ips: Vec<IpAddr> = [
+        "8.8.8.8",
+        "10.1.2.3",
+        "::ffff:127.0.0.1",
+        "2606:4700::1111",
+        "100.64.1.1",
+        "198.51.100.7",
+    ]
+    .iter()
+    .map(|s| s.parse().unwrap())
+    .collect();
+    let guard = Guard::default();
+    let mut g = c.benchmark_group("ssrf");
+    g.throughput(Throughput::Elements(ips.len() as u64));
+    g.bench_function("classify 6 addresses", |b| {
+        b.iter(|| {
+            for ip in &ips {
+                black_box(forbidden_reason(*ip));
+                black_box(guard.check_ip(*ip).is_ok());
+            }
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, rule_matching, payload, signing, ssrf);
+criterion_main!(benches);

@@ -52,6 +52,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Cancelled when the node shuts down: `/readyz` then answers 503.
     pub stopping: CancellationToken,
+    /// The partitions this node owns (Redis clusters; `None` on a single embedded node).
+    pub cluster: Option<Arc<crate::cluster::ClusterView>>,
 }
 
 /// The API's routes.
@@ -59,6 +61,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/cluster", get(workspaces::cluster))
         .route("/v1/workspaces", post(workspaces::create))
         .route("/v1/workspaces/{uuid}/api-keys", post(workspaces::add_key))
         .route(

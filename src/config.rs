@@ -84,6 +84,13 @@ pub struct Config {
     pub secret_grace_secs: u64,
     /// On shutdown, how long in-flight attempts may take to finish, in seconds.
     pub drain_timeout_secs: u64,
+    /// How long finished deliveries, their attempts, the log and the dead letter are kept.
+    pub retention_secs: u64,
+    /// How long a partition lease lasts without renewal (Redis clusters): the takeover time
+    /// after a crash. Shorter is faster failover but less tolerance of Redis stalls.
+    pub lease_ms: u64,
+    /// How often a node heartbeats and renews its leases.
+    pub heartbeat_ms: u64,
 }
 
 impl Default for Config {
@@ -113,6 +120,9 @@ impl Default for Config {
             auto_disable_after_secs: 5 * 24 * 3600,
             secret_grace_secs: 24 * 3600,
             drain_timeout_secs: 30,
+            retention_secs: 30 * 24 * 3600,
+            lease_ms: 5_000,
+            heartbeat_ms: 1_000,
         }
     }
 }
@@ -210,6 +220,15 @@ impl Config {
         if let Some(v) = var("auto_disable_after_secs") {
             self.auto_disable_after_secs = parse("auto_disable_after_secs", &v)?;
         }
+        if let Some(v) = var("lease_ms") {
+            self.lease_ms = parse("lease_ms", &v)?;
+        }
+        if let Some(v) = var("heartbeat_ms") {
+            self.heartbeat_ms = parse("heartbeat_ms", &v)?;
+        }
+        if let Some(v) = var("retention_secs") {
+            self.retention_secs = parse("retention_secs", &v)?;
+        }
         if let Some(v) = var("drain_timeout_secs") {
             self.drain_timeout_secs = parse("drain_timeout_secs", &v)?;
         }
@@ -245,6 +264,18 @@ impl Config {
             && redis::Client::open(url.as_str()).is_err()
         {
             return Err(invalid("redis_url", format!("`{url}` is not a Redis URL")));
+        }
+        if self.heartbeat_ms < 50 {
+            return Err(invalid("heartbeat_ms", "must be at least 50"));
+        }
+        if self.lease_ms < 3 * self.heartbeat_ms {
+            return Err(invalid(
+                "lease_ms",
+                "must be at least three heartbeats (heartbeat_ms)",
+            ));
+        }
+        if self.retention_secs == 0 {
+            return Err(invalid("retention_secs", "must be at least 1"));
         }
         if self.partition_buffer == 0 {
             return Err(invalid("partition_buffer", "must be at least 1"));

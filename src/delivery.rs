@@ -148,6 +148,9 @@ pub struct Job {
     pub workspace: String,
     pub endpoint_id: String,
     pub delivery_id: String,
+    /// The partition lease (`node:token`) this job was read under; writes with a stale one are
+    /// refused. `None` on a single node (the embedded store).
+    pub fence: Option<String>,
 }
 
 /// The id of the delivery of (event, rule, endpoint): deterministic, so re-ingest is idempotent.

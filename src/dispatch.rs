@@ -35,7 +35,7 @@ use crate::deliverer::Deliverer;
 use crate::delivery::Job;
 use crate::store::Store;
 
-pub use consumer::spawn_consumers;
+pub use consumer::{spawn_consumers, spawn_fenced_consumer};
 pub use endpoint_actor::{EndpointActor, EndpointMsg};
 pub use router::{RouterMsg, RuleRouter};
 

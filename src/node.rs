@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{AppState, app};
+use crate::cluster::{ClusterConfig, ClusterView, Coordinator};
 use crate::config::Config;
 use crate::deliverer::{Deliverer, DelivererError};
 use crate::dispatch::{DispatchContext, RouterMsg, RuleRouter, spawn_consumers};
@@ -59,13 +60,10 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let stop = CancellationToken::new();
-    let consumers = spawn_consumers(
-        store.clone(),
-        0..config.partitions,
-        router.clone(),
-        config.partition_buffer,
-        stop.clone(),
-    );
+    let (consumers, coordinator, cluster_view) =
+        start_delivering(&config, &store, &router, &stop, listener.local_addr()?);
+    let trimmer = tokio::spawn(trim_periodically(store.clone(), stop.clone()));
+
     let state = AppState {
         store: store.clone(),
         rules: Arc::new(RuleCache::default()),
@@ -73,6 +71,7 @@ pub async fn run(
         router: router.clone(),
         config: Arc::new(config.clone()),
         stopping: stop.clone(),
+        cluster: cluster_view,
     };
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");
@@ -86,6 +85,10 @@ pub async fn run(
         .await;
     stop.cancel();
     consumers.join_all().await;
+    // Leaving the cluster drains and releases each partition (others take them at once).
+    if let Some(c) = coordinator {
+        let _ = c.await;
+    }
     // Let in-flight attempts finish and be recorded (bounded): their jobs are then acked, not
     // redelivered as duplicates on the next start. Anything not finished stays pending.
     let drain = Duration::from_secs(config.drain_timeout_secs);
@@ -94,6 +97,7 @@ pub async fn run(
         Err(e) => tracing::warn!(error = %e, "drain timed out; unfinished jobs stay pending"),
     }
     router.stop(Some("shutdown".into()));
+    let _ = trimmer.await;
     let _ = router_done.await;
     tracing::info!("switchyard node stopped");
     Ok(served?)
@@ -150,6 +154,72 @@ fn banner(config: &Config, addr: std::net::SocketAddr, generated_token: bool) ->
          create a workspace:\n    curl -s -X POST http://{addr}/v1/workspaces -H 'Authorization: Bearer {shown}' -d '{{\"name\": \"Acme\"}}'\n",
         env!("CARGO_PKG_VERSION")
     )
+}
+
+/// Starts reading partitions: all of them on a single embedded node; on Redis, those this
+/// node's coordinator wins leases for (plus the listener of endpoint changes).
+fn start_delivering(
+    config: &Config,
+    store: &Store,
+    router: &ractor::ActorRef<RouterMsg>,
+    stop: &CancellationToken,
+    listen: std::net::SocketAddr,
+) -> (
+    tokio::task::JoinSet<()>,
+    Option<tokio::task::JoinHandle<()>>,
+    Option<Arc<ClusterView>>,
+) {
+    match store {
+        Store::Embedded(_) => {
+            let all = spawn_consumers(
+                store.clone(),
+                0..config.partitions,
+                router.clone(),
+                config.partition_buffer,
+                stop.clone(),
+            );
+            (all, None, None)
+        }
+        Store::Redis(redis) => {
+            let cluster = ClusterConfig {
+                node_id: config.node_id.clone(),
+                addr: listen.to_string(),
+                partitions: config.partitions,
+                lease: Duration::from_millis(config.lease_ms),
+                heartbeat: Duration::from_millis(config.heartbeat_ms),
+                partition_buffer: config.partition_buffer,
+                drain: Duration::from_secs(config.drain_timeout_secs),
+            };
+            let coordinator =
+                Coordinator::new(redis.clone(), store.clone(), router.clone(), cluster);
+            let view = coordinator.view();
+            let mut tasks = tokio::task::JoinSet::new();
+            tasks.spawn(crate::cluster::listen_for_changes(
+                redis.clone(),
+                router.clone(),
+                stop.clone(),
+            ));
+            let running = tokio::spawn(coordinator.run(stop.clone()));
+            (tasks, Some(running), Some(view))
+        }
+    }
+}
+
+/// How often the retention sweep runs (the embedded store; Redis expires by itself).
+const TRIM_EVERY: Duration = Duration::from_secs(60);
+
+async fn trim_periodically(store: Store, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        match store.trim().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "retention: removed finished deliveries"),
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
+    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The embedded store's directory is open in another process.
     #[error("{0}")]
     InUse(String),
+    /// A fenced write from a node that no longer holds the partition's lease.
+    #[error("partition {0} is no longer owned by this node")]
+    StaleLease(u32),
 }
 
 impl From<serde_json::Error> for StoreError {
@@ -46,6 +49,9 @@ impl From<serde_json::Error> for StoreError {
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// How long finished deliveries and their log are kept unless configured otherwise: 30 days.
+pub const DEFAULT_RETENTION: std::time::Duration = std::time::Duration::from_secs(30 * 24 * 3600);
 
 /// An accepted event and its deliveries, written at ingest.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +141,25 @@ impl Store {
         match self {
             Store::Redis(_) => "redis",
             Store::Embedded(_) => "embedded",
+        }
+    }
+
+    /// Removes what is past the retention. Redis does it by itself (TTLs set at a final
+    /// outcome, `MINID` on every stream append); the embedded store sweeps here. A delivery
+    /// that is not final is never removed. Returns the deliveries removed.
+    pub async fn trim(&self) -> Result<u64> {
+        match self {
+            Store::Redis(_) => Ok(0),
+            Store::Embedded(s) => s.trim().await,
+        }
+    }
+
+    /// Tells every node that an endpoint changed, so its owner reloads it (Redis pub/sub; a
+    /// single embedded node has only its own router, told directly by the API).
+    pub async fn publish_change(&self, ws: &str, endpoint: &str) -> Result<()> {
+        match self {
+            Store::Redis(s) => s.publish_change(ws, endpoint).await,
+            Store::Embedded(_) => Ok(()),
         }
     }
 
@@ -330,6 +355,14 @@ pub enum JobReader {
 }
 
 impl JobReader {
+    /// Stamps the jobs it reads with a lease holder (Redis; a single node needs no fence).
+    pub fn fenced(self, holder: Option<String>) -> Self {
+        match (self, holder) {
+            (JobReader::Redis(r), Some(h)) => JobReader::Redis(r.fenced(h)),
+            (reader, _) => reader,
+        }
+    }
+
     /// Up to `count` jobs, waiting up to `block` for new ones.
     pub async fn read(&mut self, count: usize, block: std::time::Duration) -> Result<Vec<Job>> {
         match self {

@@ -68,6 +68,16 @@ pub async fn list(
     Ok(Json(json!({"data": data, "nextCursor": page.next_cursor})))
 }
 
+/// Tells this node's router and (through the store) every other node that an endpoint changed.
+async fn changed(state: &AppState, ws: &str, id: &str) {
+    let _ = state
+        .router
+        .cast(RouterMsg::EndpointChanged((ws.to_string(), id.to_string())));
+    if let Err(e) = state.store.publish_change(ws, id).await {
+        tracing::warn!(endpoint = id, error = %e, "cannot publish an endpoint change; its owner reloads it within 30 s");
+    }
+}
+
 async fn load(state: &AppState, ws: &str, id: &str) -> Result<Endpoint, ApiError> {
     state
         .store
@@ -127,9 +137,7 @@ pub async fn update(
     ep.spec = spec;
     ep.updated_at = now_rfc3339();
     state.store.put_endpoint(&ws.uuid, &ep).await?;
-    let _ = state
-        .router
-        .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
+    changed(&state, &ws.uuid, &id).await;
     Ok(Json(ep.public_view()))
 }
 
@@ -141,9 +149,7 @@ pub async fn remove(
     if !state.store.delete_endpoint(&ws.uuid, &id).await? {
         return Err(ApiError::not_found("endpoint"));
     }
-    let _ = state
-        .router
-        .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
+    changed(&state, &ws.uuid, &id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -180,9 +186,7 @@ pub async fn rotate_secret(
     );
     ep.updated_at = rfc3339(now);
     state.store.put_endpoint(&ws.uuid, &ep).await?;
-    let _ = state
-        .router
-        .cast(RouterMsg::EndpointChanged((ws.uuid.clone(), id)));
+    changed(&state, &ws.uuid, &id).await;
     let grace_until = rfc3339(now + chrono::Duration::seconds(grace_s as i64));
     Ok(Json(
         json!({"secret": ep.secret, "previousSecretValidUntil": grace_until}),

@@ -1,5 +1,7 @@
-//! `POST /v1/workspaces` and `POST /v1/workspaces/{uuid}/api-keys` (admin token).
+//! The admin routes: `POST /v1/workspaces`, `POST /v1/workspaces/{uuid}/api-keys`, and
+//! `GET /v1/cluster` (nodes, their partitions, lag per partition).
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
@@ -38,4 +40,42 @@ pub async fn add_key(
         Some(key) => Ok(created(json!({"apiKey": key}))),
         None => Err(ApiError::not_found("workspace")),
     }
+}
+
+/// `GET /v1/cluster`: live nodes with their partitions, and per partition its owner, `lag`
+/// (entries not yet read) and `pending` (read, not finished).
+pub async fn cluster(
+    _: Admin,
+    State(state): State<AppState>,
+) -> Result<impl IntoResponse, ApiError> {
+    let crate::store::Store::Redis(redis) = &state.store else {
+        let all: Vec<u32> = (0..state.store.partitions()).collect();
+        return Ok(Json(
+            json!({"store": "embedded", "nodes": [{"id": state.config.node_id, "partitions": all}],
+            "partitions": [], "routinesLeader": state.config.node_id}),
+        ));
+    };
+    let ttl = state.config.heartbeat_ms * 3;
+    let nodes = redis.live_nodes(ttl).await?;
+    let holders = redis.lease_holders().await?;
+    let lags = futures::future::try_join_all(
+        (0..state.store.partitions()).map(|p| redis.partition_lag(p)),
+    )
+    .await?;
+    let partitions: Vec<_> = holders
+        .iter()
+        .zip(lags)
+        .enumerate()
+        .map(|(p, (holder, (lag, pending)))| {
+            let owner = holder
+                .as_deref()
+                .and_then(|h| h.rsplit_once(':'))
+                .map(|(node, _)| node.to_string());
+            json!({"partition": p, "owner": owner, "lag": lag, "pending": pending})
+        })
+        .collect();
+    Ok(Json(
+        json!({"store": "redis", "leaseMs": state.config.lease_ms, "heartbeatMs": state.config.heartbeat_ms,
+        "nodes": nodes, "partitions": partitions, "routinesLeader": null}),
+    ))
 }

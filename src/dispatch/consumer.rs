@@ -37,6 +37,7 @@ pub fn spawn_consumers(
         set.spawn(consume(
             store.clone(),
             p,
+            None,
             router.clone(),
             buffer,
             stop.clone(),
@@ -45,9 +46,30 @@ pub fn spawn_consumers(
     set
 }
 
+/// Starts the consumer of one partition owned under a lease: every job it reads carries the
+/// lease holder, so its outcome is refused if the lease has passed to another node.
+pub fn spawn_fenced_consumer(
+    store: Store,
+    partition: u32,
+    holder: String,
+    router: ActorRef<RouterMsg>,
+    buffer: usize,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(consume(
+        store,
+        partition,
+        Some(holder),
+        router,
+        buffer,
+        stop,
+    ))
+}
+
 async fn consume(
     store: Store,
     partition: u32,
+    fence: Option<String>,
     router: ActorRef<RouterMsg>,
     buffer: usize,
     stop: CancellationToken,
@@ -57,7 +79,7 @@ async fn consume(
     while !stop.is_cancelled() {
         let mut reader = tokio::select! {
             r = store.job_reader(partition) => match r {
-                Ok(r) => r,
+                Ok(r) => r.fenced(fence.clone()),
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot open partition stream; retrying");
                     backoff(&stop, &mut retry).await;

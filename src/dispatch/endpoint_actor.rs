@@ -34,6 +34,8 @@ const UNORDERED_SCAN: usize = 1024;
 /// Queued jobs a strict endpoint looks through per pump: the head, and duplicates behind it
 /// that are already final (after a crash, a handoff or a recreated consumer group).
 const STRICT_SCAN: usize = 64;
+/// How often an endpoint actor re-reads its endpoint even without a change message.
+const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// Wait before retrying after the store could not be read or written.
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
@@ -325,6 +327,12 @@ impl EndpointState {
             .store
             .record_attempt(&job, &outcome.attempt, from, status)
             .await;
+        if let Err(crate::store::StoreError::StaleLease(p)) = recorded {
+            // The partition has passed to another node: its owner will send this delivery.
+            tracing::warn!(delivery = %job.delivery_id, partition = p, "lease lost; leaving the delivery to the new owner");
+            self.remove(&entry_id);
+            return Ok(());
+        }
         if let Err(e) = recorded {
             // The attempt happened but its record did not land: forget the loaded state so the
             // delivery is re-read and re-attempted (at-least-once) once the store is back.
@@ -441,6 +449,9 @@ impl Actor for EndpointActor {
         };
         // Loading happens in the mailbox, so a store outage delays the actor but cannot fail it.
         myself.cast(EndpointMsg::Reload)?;
+        // Changes arrive by message (and pub/sub between nodes); a periodic reload bounds how
+        // long a missed message can leave the actor on an old configuration.
+        myself.send_interval(RELOAD_EVERY, || EndpointMsg::Reload);
         Ok(state)
     }
 

@@ -20,6 +20,17 @@ pub enum RouterMsg {
     /// The node is stopping: every actor finishes its in-flight attempts and starts no more;
     /// the reply comes when all have (the caller bounds the wait).
     Drain(ractor::RpcReplyPort<()>),
+    /// This node gives a partition up. Gracefully (rebalancing, leaving): its endpoints' actors
+    /// finish their in-flight attempts first, then stop; the reply says when. Not gracefully
+    /// (the lease could not be renewed): they stop at once; unfinished jobs stay pending for
+    /// the next owner.
+    ReleasePartition {
+        partition: u32,
+        graceful: bool,
+        reply: ractor::RpcReplyPort<()>,
+    },
+    /// Stops the actors of a partition and forgets their queues.
+    DropPartition(u32),
 }
 
 struct Child {
@@ -33,6 +44,24 @@ pub struct RouterState {
 }
 
 impl RouterState {
+    /// Stops the actors of a partition's endpoints and drops their queues (and so their
+    /// buffer permits). Their unfinished jobs stay pending in the store for the next owner.
+    fn drop_partition(&mut self, partition: u32) {
+        let partitions = self.ctx.store.partitions();
+        let keys: Vec<EndpointKey> = self
+            .children
+            .keys()
+            .filter(|k| crate::delivery::partition_of(&k.1, partitions) == partition)
+            .cloned()
+            .collect();
+        for key in keys {
+            if let Some(child) = self.children.remove(&key) {
+                child.actor.stop(Some("partition released".into()));
+                child.queue.lock().expect("queue lock").clear();
+            }
+        }
+    }
+
     async fn spawn(
         &mut self,
         myself: &ActorRef<RouterMsg>,
@@ -105,6 +134,36 @@ impl Actor for RuleRouter {
                     let _ = reply.send(());
                 });
             }
+            RouterMsg::ReleasePartition {
+                partition,
+                graceful,
+                reply,
+            } => {
+                let partitions = state.ctx.store.partitions();
+                let of_partition =
+                    |k: &EndpointKey| crate::delivery::partition_of(&k.1, partitions) == partition;
+                if !graceful {
+                    state.drop_partition(partition);
+                    let _ = reply.send(());
+                    return Ok(());
+                }
+                let waits: Vec<_> = state
+                    .children
+                    .iter()
+                    .filter(|(k, _)| of_partition(k))
+                    .filter_map(|(_, c)| {
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        c.actor.cast(EndpointMsg::Drain(tx)).ok().map(|_| rx)
+                    })
+                    .collect();
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    futures::future::join_all(waits).await;
+                    let _ = me.cast(RouterMsg::DropPartition(partition));
+                    let _ = reply.send(());
+                });
+            }
+            RouterMsg::DropPartition(partition) => state.drop_partition(partition),
             RouterMsg::Idle(key, actor_id) => {
                 let idle = state.children.get(&key).is_some_and(|c| {
                     c.actor.get_id() == actor_id && c.queue.lock().expect("queue lock").is_empty()

@@ -15,7 +15,7 @@
 //! Table `kv` (`&str` → bytes), keys by prefix, `W` workspace, `EP` endpoint, `D` delivery:
 //! `ws/W`, `key/{sha256}`, `ep/W/EP`, `rule/W/{id:020}`, `ruleseq/W`, `rulever/W`, `evt/W/E`,
 //! `idem/W/K`, `dlv/W/D`, `att/W/D/{n:06}`, `idx/W/{seq}|D`, `epidx/W/EP/{seq}|D`,
-//! `log/W/{n:020}`, `dead/W/{ms:013}{n:07}`, `health/W/EP`, `stats/W/EP`.
+//! `log/W/{ms:013}{n:07}`, `dead/W/{ms:013}{n:07}`, `health/W/EP`, `stats/W/EP`.
 //! Table `jobs` (`(partition, seq)` → job): the unfinished jobs; acknowledging deletes.
 
 mod deliveries;
@@ -75,6 +75,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// How long finished deliveries and the log are kept ([`EmbeddedStore::trim`]).
+    pub(crate) retention: std::time::Duration,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -157,7 +159,16 @@ impl EmbeddedStore {
             .name("embedded-store-writer".into())
             .spawn(move || writer_loop(weak, rx, AtomicU64::new(next)))
             .map_err(backend)?;
-        Ok(EmbeddedStore { inner })
+        Ok(EmbeddedStore {
+            inner,
+            retention: super::DEFAULT_RETENTION,
+        })
+    }
+
+    /// Keeps finished records for `retention` (default 30 days).
+    pub fn with_retention(mut self, retention: std::time::Duration) -> Self {
+        self.retention = retention;
+        self
     }
 
     pub fn partitions(&self) -> u32 {

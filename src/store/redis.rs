@@ -5,6 +5,7 @@
 //! no response timeout (a blocking read stalls a multiplexed connection, and the default 500 ms
 //! response timeout would cut `BLOCK` short). The key layout is in `docs/architecture.md`.
 
+mod cluster;
 mod deliveries;
 mod health;
 mod jobs;
@@ -18,6 +19,7 @@ use crate::endpoint::Endpoint;
 use crate::rule::Rule;
 use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
+pub use cluster::NodeInfo;
 pub use jobs::JobReader;
 
 use super::{Result, StoreError};
@@ -50,6 +52,8 @@ pub struct RedisStore {
     conn: ConnectionManager,
     prefix: String,
     partitions: u32,
+    /// How long finished deliveries, attempts, log and dead-letter entries are kept.
+    retention: Duration,
 }
 
 impl RedisStore {
@@ -67,7 +71,23 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             partitions,
+            retention: super::DEFAULT_RETENTION,
         })
+    }
+
+    /// Keeps finished records for `retention` (default 30 days).
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The oldest stream id (unix ms) a trimmed stream keeps.
+    pub(crate) fn retention_cutoff_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() - self.retention.as_millis() as i64
+    }
+
+    pub(crate) fn retention_secs(&self) -> i64 {
+        self.retention.as_secs().max(1) as i64
     }
 
     pub fn partitions(&self) -> u32 {

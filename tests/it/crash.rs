@@ -6,7 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::process::NodeProcess;
-use crate::support::{ADMIN_TOKEN, Api, Receiver, Redis, Reply, prefix, receiver, wait_until};
+use crate::support::{ADMIN_TOKEN, Api, Receiver, Redis, Reply, prefix, wait_until};
+use switchyard::load::receiver;
 
 const BATCH: u64 = 100;
 
@@ -22,6 +23,8 @@ fn base_env() -> Vec<(String, String)> {
             receiver::ca_pem_path().into(),
         ),
         ("SWITCHYARD_PARTITIONS".into(), "8".into()),
+        ("SWITCHYARD_LEASE_MS".into(), "2000".into()),
+        ("SWITCHYARD_HEARTBEAT_MS".into(), "250".into()),
     ]
 }
 

@@ -13,7 +13,7 @@ use crate::support::{
 
 fn verify_received(
     secret: &str,
-    r: &crate::support::receiver::Received,
+    r: &switchyard::load::receiver::Received,
 ) -> Result<(), switchyard::signing::SignatureError> {
     let key = SigningKey::parse(secret).unwrap();
     let now = chrono::Utc::now().timestamp();

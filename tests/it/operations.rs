@@ -9,7 +9,7 @@ use switchyard::signing::{SigningKey, verify};
 
 use crate::support::{Node, Receiver, Redis, Reply, prefix, record_event, test_config, wait_until};
 
-fn verifies(secret: &str, r: &crate::support::receiver::Received) -> bool {
+fn verifies(secret: &str, r: &switchyard::load::receiver::Received) -> bool {
     let key = SigningKey::parse(secret).unwrap();
     let now = chrono::Utc::now().timestamp();
     verify(

@@ -20,10 +20,15 @@ struct Backend {
 }
 
 async fn redis_backend() -> Backend {
+    redis_backend_keeping(switchyard::store::DEFAULT_RETENTION).await
+}
+
+async fn redis_backend_keeping(retention: Duration) -> Backend {
     let redis = Redis::start();
     let store = RedisStore::connect(&redis.url, &prefix("conf"), PARTITIONS)
         .await
-        .unwrap();
+        .unwrap()
+        .with_retention(retention);
     Backend {
         store: Store::Redis(store),
         _redis: Some(redis),
@@ -32,8 +37,14 @@ async fn redis_backend() -> Backend {
 }
 
 fn embedded_backend() -> Backend {
+    embedded_backend_keeping(switchyard::store::DEFAULT_RETENTION)
+}
+
+fn embedded_backend_keeping(retention: Duration) -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), PARTITIONS).unwrap();
+    let store = EmbeddedStore::open(dir.path(), PARTITIONS)
+        .unwrap()
+        .with_retention(retention);
     Backend {
         store: Store::Embedded(store),
         _redis: None,
@@ -297,3 +308,57 @@ conformance!(
         );
     }
 );
+
+/// Retention: finished deliveries (and their attempts) go after the retention; pending ones stay.
+async fn retention_case(store: Store) {
+    let ws = switchyard::workspace::Workspace {
+        uuid: WS.into(),
+        name: "w".into(),
+        created_at: String::new(),
+    };
+    store.create_workspace(&ws).await.unwrap();
+    store.ingest(WS, &[event("e5", 2, 0)]).await.unwrap();
+    let jobs = read_all(&store, partition_of(EP, PARTITIONS), 2).await;
+    store
+        .record_attempt(
+            &jobs[0],
+            &attempt(1, 200),
+            Status::Pending,
+            Status::Succeeded,
+        )
+        .await
+        .unwrap();
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "the finished delivery to expire",
+        || async {
+            store.trim().await.unwrap();
+            store.delivery(WS, "msg_e5_0").await.unwrap().is_none()
+        },
+    )
+    .await;
+    assert!(store.attempts(WS, "msg_e5_0").await.unwrap().is_empty());
+    let pending = store
+        .delivery(WS, "msg_e5_1")
+        .await
+        .unwrap()
+        .expect("a pending delivery is never trimmed");
+    assert_eq!(pending.status, Status::Pending);
+    let resumed = read_all(&store, partition_of(EP, PARTITIONS), 1).await;
+    assert_eq!(
+        resumed[0].delivery_id, "msg_e5_1",
+        "and its job is still there"
+    );
+}
+
+#[tokio::test]
+async fn retention_on_redis() {
+    let b = redis_backend_keeping(Duration::from_secs(1)).await;
+    retention_case(b.store.clone()).await;
+}
+
+#[tokio::test]
+async fn retention_on_embedded() {
+    let b = embedded_backend_keeping(Duration::from_millis(500));
+    retention_case(b.store.clone()).await;
+}

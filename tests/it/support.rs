@@ -1,7 +1,6 @@
 //! Test fixtures: a real `redis-server`, real HTTPS receivers, a node on port 0, an API client.
 
 pub mod process;
-pub mod receiver;
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +11,7 @@ use serde_json::{Value, json};
 use switchyard::config::Config;
 use tokio::sync::oneshot;
 
-pub use receiver::{Receiver, Reply};
+pub use switchyard::load::receiver::{self, Receiver, Reply};
 
 /// Polls `cond` every 20 ms until it holds; panics with `what` after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut cond: F)
@@ -162,6 +161,8 @@ pub fn test_config(redis: &Redis, prefix: &str) -> Config {
         partitions: 4,
         allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
         extra_root_certs: Some(receiver::ca_pem_path().into()),
+        lease_ms: 2_000,
+        heartbeat_ms: 250,
         ..Config::default()
     }
 }

@@ -177,16 +177,16 @@ impl EmbeddedStore {
                 stored.d.next_attempt_at = attempt.next_attempt_at.clone();
                 put_json(&mut kv, &key, &stored)?;
             }
-            let n = ctx.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let n = ctx.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10_000_000;
+            let now = chrono::Utc::now().timestamp_millis();
             let entry = serde_json::json!({"delivery": job.delivery_id, "endpoint": job.endpoint_id, "status": to.as_str(), "attempt": attempt});
-            put_json(&mut kv, &format!("log/{ws}/{n:020}"), &entry)?;
+            put_json(&mut kv, &format!("log/{ws}/{now:013}{n:07}"), &entry)?;
             if from != to {
                 bump(&mut kv, ws, &job.endpoint_id, Some(from), to)?;
             }
             if to == Status::Failed {
-                let now = chrono::Utc::now().timestamp_millis();
                 let dead = serde_json::json!({"delivery": job.delivery_id, "endpoint": job.endpoint_id});
-                put_json(&mut kv, &format!("dead/{ws}/{now:013}{:07}", n % 10_000_000), &dead)?;
+                put_json(&mut kv, &format!("dead/{ws}/{now:013}{n:07}"), &dead)?;
             }
             if let Some(seq) = seq {
                 txn.open_table(JOBS).map_err(backend)?.remove((job.partition, seq)).map_err(backend)?;
@@ -381,5 +381,87 @@ impl EmbeddedStore {
             succeeded: get("succeeded"),
             failed: get("failed"),
         })
+    }
+}
+
+/// Deliveries removed per trim, so one sweep never holds the writer for long.
+const TRIM_BATCH: usize = 5_000;
+
+impl EmbeddedStore {
+    /// Removes finished deliveries (with their attempts and index entries), log and dead-letter
+    /// entries older than the retention. A delivery that is not final is kept, whatever its age.
+    pub async fn trim(&self) -> Result<u64> {
+        let cutoff = chrono::Utc::now().timestamp_millis() - self.retention.as_millis() as i64;
+        let (deliveries, entries) = self.read(|kv| {
+            let workspaces: Vec<crate::workspace::Workspace> = scan_json(kv, "ws/")?;
+            let mut deliveries = Vec::new();
+            let mut entries = Vec::new();
+            for ws in workspaces.iter().map(|w| w.uuid.as_str()) {
+                let idx = format!("idx/{ws}/");
+                for item in kv
+                    .range(idx.as_str()..format!("{idx}{cutoff:013}").as_str())
+                    .map_err(backend)?
+                {
+                    let (k, _) = item.map_err(backend)?;
+                    let member = k.value()[idx.len()..].to_string();
+                    let id = member
+                        .split_once('|')
+                        .map_or(member.as_str(), |(_, id)| id)
+                        .to_string();
+                    if let Some(d) = get_json::<Stored>(kv, &dlv_key(ws, &id))?
+                        && d.d.status.is_final()
+                    {
+                        deliveries.push((ws.to_string(), id, member, d.d.endpoint_id.clone()));
+                    }
+                    if deliveries.len() >= TRIM_BATCH {
+                        break;
+                    }
+                }
+                for prefix in [format!("log/{ws}/"), format!("dead/{ws}/")] {
+                    for item in kv
+                        .range(prefix.as_str()..format!("{prefix}{cutoff:013}").as_str())
+                        .map_err(backend)?
+                        .take(TRIM_BATCH)
+                    {
+                        entries.push(item.map_err(backend)?.0.value().to_string());
+                    }
+                }
+            }
+            Ok((deliveries, entries))
+        })?;
+        if deliveries.is_empty() && entries.is_empty() {
+            return Ok(0);
+        }
+        self.write(move |txn, _| {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let mut removed = 0;
+            for (ws, id, member, endpoint) in &deliveries {
+                // Re-checked in the write: a replay may have made it pending since the read.
+                let final_now = get_json::<Stored>(&kv, &dlv_key(ws, id))?
+                    .is_some_and(|d| d.d.status.is_final());
+                if !final_now {
+                    continue;
+                }
+                let attempts = format!("att/{ws}/{id}/");
+                let keys: Vec<String> = kv
+                    .range(attempts.as_str()..format!("{attempts}\u{10FFFF}").as_str())
+                    .map_err(backend)?
+                    .map(|i| i.map(|(k, _)| k.value().to_string()).map_err(backend))
+                    .collect::<Result<_>>()?;
+                for k in keys.iter().map(String::as_str).chain([
+                    dlv_key(ws, id).as_str(),
+                    format!("idx/{ws}/{member}").as_str(),
+                    format!("epidx/{ws}/{endpoint}/{member}").as_str(),
+                ]) {
+                    kv.remove(k).map_err(backend)?;
+                }
+                removed += 1;
+            }
+            for k in &entries {
+                kv.remove(k.as_str()).map_err(backend)?;
+            }
+            Ok(removed)
+        })
+        .await
     }
 }

@@ -85,6 +85,7 @@ impl JobReader {
                 workspace: stored.w,
                 endpoint_id: stored.e,
                 delivery_id: stored.d,
+                fence: None,
             });
         }
         Ok(out)

@@ -52,11 +52,46 @@ if not status or not string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1,
   return 0
 end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'nextAttemptAt', '')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[1] .. ':att')
 redis.call('HINCRBY', KEYS[2], status, -1)
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('XADD', KEYS[3], '*', 'w', ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
 return 1
 "#;
+
+/// Records one attempt in one atomic step: the attempt, the delivery's status and schedule,
+/// the log, the counts, the dead letter, and at a final outcome the XACK and the retention
+/// TTLs. With a fencing holder (`node:token`), it refuses to write unless that holder still
+/// owns the partition's lease, so a node that lost a partition cannot record over its new owner.
+///
+/// KEYS: delivery, attempts, log, stats, dead letter, jobs stream, lease.
+/// ARGV: attempt JSON, status, attempt number, next attempt, previous status, MINID cutoff,
+/// delivery id, endpoint id, entry id, group, TTL seconds, holder ("" = not fenced).
+const RECORD: &str = r#"
+if ARGV[12] ~= '' and redis.call('GET', KEYS[7]) ~= ARGV[12] then
+  return redis.error_reply('STALE_LEASE this node no longer owns the partition')
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'attemptCount', ARGV[3], 'nextAttemptAt', ARGV[4])
+redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[6], '*', 'delivery', ARGV[7], 'endpoint', ARGV[8], 'status', ARGV[2], 'attempt', ARGV[1])
+if ARGV[5] ~= ARGV[2] then
+  redis.call('HINCRBY', KEYS[4], ARGV[5], -1)
+  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+end
+if ARGV[2] == 'failed' then
+  redis.call('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'delivery', ARGV[7], 'endpoint', ARGV[8])
+end
+if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
+  redis.call('XACK', KEYS[6], ARGV[10], ARGV[9])
+  redis.call('EXPIRE', KEYS[1], ARGV[11])
+  redis.call('EXPIRE', KEYS[2], ARGV[11])
+end
+return 1
+"#;
+
+static RECORD_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RECORD));
 
 static REQUEUE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(REQUEUE));
@@ -121,14 +156,39 @@ impl RedisStore {
         let mut records = redis::pipe();
         for event in events {
             records
-                .set(
+                .set_ex(
                     self.ws_key(ws, &format!("evt:{}", event.id)),
                     serde_json::to_string(event)?,
+                    self.retention_secs() as u64,
                 )
                 .ignore();
             for nd in &event.new_deliveries {
                 by_partition.entry(nd.partition).or_default().push(nd);
             }
+        }
+        // The list indexes forget entries older than the retention (the records themselves
+        // expire by TTL once final; a pending delivery keeps its record and its job).
+        let cutoff = format!("({:013}", self.retention_cutoff_ms());
+        let mut indexes = vec![self.ws_key(ws, "dlvs")];
+        indexes.extend(
+            events
+                .iter()
+                .flat_map(|e| {
+                    e.new_deliveries
+                        .iter()
+                        .map(|nd| nd.delivery.endpoint_id.as_str())
+                })
+                .collect::<std::collections::HashSet<_>>()
+                .into_iter()
+                .map(|ep| self.ws_key(ws, &format!("ep:{ep}:dlvs"))),
+        );
+        for index in indexes {
+            records
+                .cmd("ZREMRANGEBYLEX")
+                .arg(index)
+                .arg("-")
+                .arg(&cutoff)
+                .ignore();
         }
         let mut conn = self.conn();
         let records = records.exec_async(&mut conn);
@@ -212,39 +272,32 @@ impl RedisStore {
         let ws = &job.workspace;
         let dkey = self.ws_key(ws, &format!("dlv:{}", job.delivery_id));
         let json = serde_json::to_string(attempt)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .rpush(format!("{dkey}:att"), &json)
-            .hset_multiple(
-                &dkey,
-                &[
-                    ("status", status.as_str().to_string()),
-                    ("attemptCount", attempt.attempt.to_string()),
-                    (
-                        "nextAttemptAt",
-                        attempt.next_attempt_at.clone().unwrap_or_default(),
-                    ),
-                ],
-            )
-            .xadd(
-                self.ws_key(ws, "log"),
-                "*",
-                &[
-                    ("delivery", job.delivery_id.as_str()),
-                    ("endpoint", job.endpoint_id.as_str()),
-                    ("status", status.as_str()),
-                    ("attempt", &json),
-                ],
-            );
-        self.count_transition(&mut pipe, job, from, status);
-        if status == Status::Failed {
-            self.dead_letter(&mut pipe, job);
+        let done: redis::RedisResult<i64> = RECORD_SCRIPT
+            .key(&dkey)
+            .key(format!("{dkey}:att"))
+            .key(self.ws_key(ws, "log"))
+            .key(self.stats_key(ws, &job.endpoint_id))
+            .key(self.dead_key(ws))
+            .key(self.stream_key(job.partition))
+            .key(self.lease_key(job.partition))
+            .arg(&json)
+            .arg(status.as_str())
+            .arg(attempt.attempt)
+            .arg(attempt.next_attempt_at.clone().unwrap_or_default())
+            .arg(from.as_str())
+            .arg(self.retention_cutoff_ms())
+            .arg(&job.delivery_id)
+            .arg(&job.endpoint_id)
+            .arg(&job.entry_id)
+            .arg(GROUP)
+            .arg(self.retention_secs())
+            .arg(job.fence.as_deref().unwrap_or(""))
+            .invoke_async(&mut self.conn())
+            .await;
+        match done {
+            Err(e) if e.code() == Some("STALE_LEASE") => Err(StoreError::StaleLease(job.partition)),
+            other => other.map(drop).map_err(StoreError::from),
         }
-        if status.is_final() {
-            pipe.xack(self.stream_key(job.partition), GROUP, &[&job.entry_id]);
-        }
-        pipe.exec_async(&mut self.conn()).await?;
-        Ok(())
     }
 
     fn count_transition(&self, pipe: &mut redis::Pipeline, job: &Job, from: Status, to: Status) {
@@ -260,18 +313,6 @@ impl RedisStore {
     /// The dead-letter stream of a workspace: one entry per exhausted delivery, read by replay.
     fn dead_key(&self, ws: &str) -> String {
         self.ws_key(ws, "dead")
-    }
-
-    fn dead_letter(&self, pipe: &mut redis::Pipeline, job: &Job) {
-        pipe.xadd(
-            self.dead_key(&job.workspace),
-            "*",
-            &[
-                ("delivery", job.delivery_id.as_str()),
-                ("endpoint", job.endpoint_id.as_str()),
-            ],
-        )
-        .ignore();
     }
 
     /// Requeues one finished delivery (from one of `from`); `false` when it was not in them.

@@ -27,6 +27,8 @@ pub struct JobReader {
     consumer: String,
     partition: u32,
     phase: Phase,
+    /// The lease holder the jobs are read under (stamped on each job for fenced writes).
+    fence: Option<String>,
 }
 
 fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<String> {
@@ -53,6 +55,7 @@ impl RedisStore {
             consumer: format!("p{partition}"),
             partition,
             phase: Phase::Pending("0".into()),
+            fence: None,
         };
         reader.ensure_group().await?;
         Ok(reader)
@@ -60,6 +63,12 @@ impl RedisStore {
 }
 
 impl JobReader {
+    /// Stamps every job read from now on with this lease holder.
+    pub fn fenced(mut self, holder: String) -> Self {
+        self.fence = Some(holder);
+        self
+    }
+
     async fn ensure_group(&mut self) -> Result<()> {
         let created: redis::RedisResult<()> = self
             .conn
@@ -122,6 +131,7 @@ impl JobReader {
                     workspace: field(&e.map, "w").unwrap_or_default(),
                     endpoint_id: field(&e.map, "e").unwrap_or_default(),
                     delivery_id: field(&e.map, "d").unwrap_or_default(),
+                    fence: self.fence.clone(),
                     entry_id: e.id,
                 })
                 .collect();

@@ -1,0 +1,319 @@
+//! The cluster: which node delivers which partitions, over Redis.
+//!
+//! Every node runs one [`Coordinator`] task. Each heartbeat (`heartbeat_ms`, default 1 s) it
+//!
+//! 1. records itself in the membership (a sorted set scored by heartbeat time),
+//! 2. renews each lease it holds; a lease it could not renew for `lease_ms - 2 heartbeats` is
+//!    given up at once (self-fencing), before it can expire and pass to another node,
+//! 3. computes its fair share — `partitions / live nodes`, the remainder going to the first
+//!    nodes by id, so counts differ by at most one — then releases partitions above it
+//!    (gracefully: in-flight attempts finish first) or takes free ones below it.
+//!
+//! A partition's consumer reads as the fixed consumer `p<N>`, so a new owner inherits the old
+//! owner's pending entries in order. Each job carries its lease holder (`node:token`); the
+//! script that records an attempt refuses a stale holder, so even a paused node that wakes up
+//! late cannot write over the new owner's work.
+//!
+//! A crashed node's leases expire after `lease_ms` (default 5 s) and its heartbeat after three
+//! heartbeats, so survivors take its partitions over within `lease_ms` plus one heartbeat. The
+//! trade-off: a shorter lease means faster takeover but more renewal traffic and more risk of
+//! giving partitions up during a short Redis or network stall.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ractor::ActorRef;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{RouterMsg, spawn_fenced_consumer};
+use crate::store::redis::NodeInfo;
+use crate::store::{RedisStore, Store};
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: String,
+    pub addr: String,
+    pub partitions: u32,
+    pub lease: Duration,
+    pub heartbeat: Duration,
+    pub partition_buffer: usize,
+    /// How long a graceful release waits for in-flight attempts.
+    pub drain: Duration,
+}
+
+/// What the rest of the node may read: the partitions this node owns now.
+#[derive(Default)]
+pub struct ClusterView {
+    owned: Mutex<Vec<u32>>,
+}
+
+impl ClusterView {
+    pub fn owned(&self) -> Vec<u32> {
+        self.owned.lock().expect("cluster view").clone()
+    }
+}
+
+struct Owned {
+    holder: String,
+    renewed: Instant,
+    stop: CancellationToken,
+    consumer: JoinHandle<()>,
+}
+
+/// The per-node coordinator task.
+pub struct Coordinator {
+    redis: RedisStore,
+    store: Store,
+    router: ActorRef<RouterMsg>,
+    config: ClusterConfig,
+    owned: BTreeMap<u32, Owned>,
+    view: Arc<ClusterView>,
+    started_at: String,
+}
+
+/// This node's target number of partitions: `partitions / nodes`, plus one for the first
+/// `partitions % nodes` nodes in id order.
+pub fn fair_share(partitions: u32, live_ids: &[String], me: &str) -> u32 {
+    let n = live_ids.len().max(1) as u32;
+    let rank = live_ids
+        .iter()
+        .position(|id| id == me)
+        .unwrap_or(live_ids.len()) as u32;
+    partitions / n + u32::from(rank < partitions % n)
+}
+
+impl Coordinator {
+    pub fn new(
+        redis: RedisStore,
+        store: Store,
+        router: ActorRef<RouterMsg>,
+        config: ClusterConfig,
+    ) -> Coordinator {
+        Coordinator {
+            redis,
+            store,
+            router,
+            config,
+            owned: BTreeMap::new(),
+            view: Arc::new(ClusterView::default()),
+            started_at: crate::delivery::now_rfc3339(),
+        }
+    }
+
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.clone()
+    }
+
+    fn node_ttl(&self) -> u64 {
+        (self.config.heartbeat * 3).as_millis() as u64
+    }
+
+    /// Runs until `stop`, then leaves: drains and releases every partition.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(self.config.heartbeat);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.step().await,
+                _ = stop.cancelled() => break,
+            }
+        }
+        let _ = self.redis.leave(&self.config.node_id).await;
+        let all: Vec<u32> = self.owned.keys().copied().collect();
+        for p in all {
+            self.give_up(p, true).await;
+        }
+    }
+
+    async fn step(&mut self) {
+        let info = NodeInfo {
+            id: self.config.node_id.clone(),
+            addr: self.config.addr.clone(),
+            started_at: self.started_at.clone(),
+            partitions: self.owned.keys().copied().collect(),
+        };
+        if let Err(e) = self.redis.heartbeat(&info, self.node_ttl()).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        self.renew().await;
+        let live = match self.redis.live_nodes(self.node_ttl()).await {
+            Ok(nodes) => nodes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
+            Err(_) => return,
+        };
+        let target = fair_share(self.config.partitions, &live, &self.config.node_id) as usize;
+        if self.owned.len() > target {
+            let extra: Vec<u32> = self
+                .owned
+                .keys()
+                .rev()
+                .take(self.owned.len() - target)
+                .copied()
+                .collect();
+            for p in extra {
+                tracing::info!(partition = p, target, "rebalancing: releasing a partition");
+                self.give_up(p, true).await;
+            }
+        } else if self.owned.len() < target {
+            self.take_free(target).await;
+        }
+        *self.view.owned.lock().expect("cluster view") = self.owned.keys().copied().collect();
+    }
+
+    async fn renew(&mut self) {
+        let lease_ms = self.config.lease.as_millis() as u64;
+        let safe_for = self.config.lease.saturating_sub(self.config.heartbeat * 2);
+        let mut lost = Vec::new();
+        for (p, o) in self.owned.iter_mut() {
+            match self.redis.renew_lease(*p, &o.holder, lease_ms).await {
+                Ok(true) => o.renewed = Instant::now(),
+                Ok(false) => lost.push(*p),
+                Err(e) if o.renewed.elapsed() >= safe_for => {
+                    tracing::warn!(partition = p, error = %e, "cannot renew the lease in time; fencing myself");
+                    lost.push(*p);
+                }
+                Err(_) => {}
+            }
+        }
+        for p in lost {
+            tracing::warn!(
+                partition = p,
+                "lease lost; stopped delivering this partition"
+            );
+            self.give_up(p, false).await;
+        }
+    }
+
+    async fn take_free(&mut self, target: usize) {
+        let Ok(holders) = self.redis.lease_holders().await else {
+            return;
+        };
+        // Start at a node-specific offset so that nodes joining together reach for different
+        // partitions first.
+        let n = self.config.partitions;
+        let offset = crate::delivery::partition_of(&self.config.node_id, n);
+        let lease_ms = self.config.lease.as_millis() as u64;
+        for i in 0..n {
+            if self.owned.len() >= target {
+                break;
+            }
+            let p = (offset + i) % n;
+            if self.owned.contains_key(&p) || holders.get(p as usize).is_some_and(Option::is_some) {
+                continue;
+            }
+            match self
+                .redis
+                .acquire_lease(p, &self.config.node_id, lease_ms)
+                .await
+            {
+                Ok(Some(holder)) => self.start(p, holder),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, "cannot acquire a lease");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, partition: u32, holder: String) {
+        tracing::info!(partition, %holder, "partition acquired");
+        let stop = CancellationToken::new();
+        let consumer = spawn_fenced_consumer(
+            self.store.clone(),
+            partition,
+            holder.clone(),
+            self.router.clone(),
+            self.config.partition_buffer,
+            stop.clone(),
+        );
+        self.owned.insert(
+            partition,
+            Owned {
+                holder,
+                renewed: Instant::now(),
+                stop,
+                consumer,
+            },
+        );
+    }
+
+    /// Stops reading a partition and its actors (after their in-flight attempts when
+    /// `graceful`), then releases its lease.
+    async fn give_up(&mut self, partition: u32, graceful: bool) {
+        let Some(o) = self.owned.remove(&partition) else {
+            return;
+        };
+        o.stop.cancel();
+        let _ = o.consumer.await;
+        let wait = self.config.drain.as_millis() as u64;
+        let released = ractor::call_t!(
+            self.router,
+            |reply| RouterMsg::ReleasePartition {
+                partition,
+                graceful,
+                reply
+            },
+            wait
+        );
+        if released.is_err() {
+            let _ = self.router.cast(RouterMsg::DropPartition(partition));
+        }
+        if graceful && let Err(e) = self.redis.release_lease(partition, &o.holder).await {
+            tracing::warn!(partition, error = %e, "cannot release a lease; it will expire");
+        }
+        *self.view.owned.lock().expect("cluster view") = self.owned.keys().copied().collect();
+    }
+}
+
+/// Forwards endpoint changes published by any node to this node's router.
+pub async fn listen_for_changes(
+    redis: RedisStore,
+    router: ActorRef<RouterMsg>,
+    stop: CancellationToken,
+) {
+    use futures::StreamExt;
+    let channel = redis.changes_channel();
+    while !stop.is_cancelled() {
+        let mut pubsub = match redis.pubsub().await {
+            Ok(p) => p,
+            Err(_) => {
+                tokio::select! { _ = tokio::time::sleep(Duration::from_secs(1)) => continue, _ = stop.cancelled() => return }
+            }
+        };
+        if pubsub.subscribe(&channel).await.is_err() {
+            continue;
+        }
+        let mut messages = pubsub.on_message();
+        loop {
+            let msg = tokio::select! { m = messages.next() => m, _ = stop.cancelled() => return };
+            let Some(msg) = msg else { break };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            if let Some((ws, ep)) = payload.split_once('\t') {
+                let _ = router.cast(RouterMsg::EndpointChanged((ws.to_string(), ep.to_string())));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_differ_by_at_most_one_and_cover_every_partition() {
+        for nodes in 1..=7usize {
+            let ids: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+            let shares: Vec<u32> = ids.iter().map(|id| fair_share(64, &ids, id)).collect();
+            assert_eq!(shares.iter().sum::<u32>(), 64);
+            assert!(
+                shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1,
+                "{shares:?}"
+            );
+        }
+    }
+}
