@@ -106,9 +106,19 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         ));
     }
     state.store.ping().await?;
-    Ok(Json(
-        json!({"status": "ready", "node": state.config.node_id, "partitions": state.store.partitions()}),
-    ))
+    let owned = match &state.cluster {
+        Some(view) => view.owned().len() as u32,
+        None => state.store.partitions(),
+    };
+    let actors = ractor::call_t!(state.router, RouterMsg::CountActors, 1000).ok();
+    Ok(Json(json!({
+        "status": "ready",
+        "node": state.config.node_id,
+        "store": state.store.backend(),
+        "partitions": state.store.partitions(),
+        "partitionsOwned": owned,
+        "endpointActors": actors,
+    })))
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {

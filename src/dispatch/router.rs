@@ -31,6 +31,8 @@ pub enum RouterMsg {
     },
     /// Stops the actors of a partition and forgets their queues.
     DropPartition(u32),
+    /// How many endpoint actors are alive.
+    CountActors(ractor::RpcReplyPort<usize>),
 }
 
 struct Child {
@@ -164,6 +166,9 @@ impl Actor for RuleRouter {
                 });
             }
             RouterMsg::DropPartition(partition) => state.drop_partition(partition),
+            RouterMsg::CountActors(reply) => {
+                let _ = reply.send(state.children.len());
+            }
             RouterMsg::Idle(key, actor_id) => {
                 let idle = state.children.get(&key).is_some_and(|c| {
                     c.actor.get_id() == actor_id && c.queue.lock().expect("queue lock").is_empty()

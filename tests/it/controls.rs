@@ -270,3 +270,57 @@ async fn the_breaker_opens_after_5_failures_probes_once_and_drains_in_order() {
     assert_eq!(shown["health"]["deliveries"]["pending"], 0);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_actor_stops_and_its_successor_restores_the_breaker_from_the_store() {
+    let redis = Redis::start();
+    let config = switchyard::config::Config {
+        actor_idle_secs: 1,
+        breaker_threshold: 2,
+        breaker_cooldown_ms: 3_000,
+        ..test_config(&redis, &prefix("idle"))
+    };
+    let node = Node::start(config).await;
+    let api = node.workspace("Idle").await;
+    let receiver = Receiver::start(|_, i| Reply::status(if i < 2 { 500 } else { 200 })).await;
+    let ep = api
+        .endpoint(json!({"url": receiver.url, "retry": {"maxAttempts": 1}}))
+        .await;
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    all_rule(&api, &ep).await;
+    let failed = send(&api, 0, 2).await;
+    wait_until(Duration::from_secs(10), "two failures", || async {
+        api.delivery_status(&failed[1]).await.as_deref() == Some("failed")
+    })
+    .await;
+    let (_, shown) = api.get(&format!("/v1/endpoints/{ep_id}")).await;
+    assert_eq!(shown["health"]["breaker"]["state"], "open");
+    let open_until = chrono::DateTime::parse_from_rfc3339(
+        shown["health"]["breaker"]["openUntil"].as_str().unwrap(),
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the idle actor to stop",
+        || async { node.api("").get("/readyz").await.1["endpointActors"] == 0 },
+    )
+    .await;
+    // A new actor is spawned for the next delivery; it must not send before the stored cool-down ends.
+    let next = send(&api, 2, 1).await;
+    wait_until(
+        Duration::from_secs(10),
+        "the probe after the cool-down",
+        || async { api.delivery_status(&next[0]).await.as_deref() == Some("succeeded") },
+    )
+    .await;
+    let (_, d) = api.get(&format!("/v1/deliveries/{}", next[0])).await;
+    let sent =
+        chrono::DateTime::parse_from_rfc3339(d["attempts"][0]["startedAt"].as_str().unwrap())
+            .unwrap();
+    assert!(
+        sent >= open_until,
+        "the re-spawned actor sent at {sent} before the breaker's cool-down ended at {open_until}"
+    );
+    assert_eq!(receiver.count(), 3);
+    node.stop().await;
+}
