@@ -63,6 +63,7 @@ pub async fn run(
     let (consumers, coordinator, cluster_view) =
         start_delivering(&config, &store, &router, &stop, listener.local_addr()?);
     let trimmer = tokio::spawn(trim_periodically(store.clone(), stop.clone()));
+    let routines = tokio::spawn(crate::routine::Scheduler::new(store.clone()).run(stop.clone()));
 
     let state = AppState {
         store: store.clone(),
@@ -98,6 +99,7 @@ pub async fn run(
     }
     router.stop(Some("shutdown".into()));
     let _ = trimmer.await;
+    let _ = routines.await;
     let _ = router_done.await;
     tracing::info!("switchyard node stopped");
     Ok(served?)

@@ -29,9 +29,23 @@ pub enum Action {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schedule {
+    /// Cron, 5 fields (minute first) or 6 (seconds first).
     pub cron: String,
+    /// An IANA time zone (`Europe/Paris`).
     #[serde(default = "utc")]
     pub timezone: String,
+    /// Ticks missed while no node was up: fire the most recent once, or none.
+    #[serde(default)]
+    pub catch_up: CatchUp,
+}
+
+/// What happens to ticks missed while no node could fire them.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CatchUp {
+    #[default]
+    Latest,
+    None,
 }
 
 fn utc() -> String {
@@ -96,12 +110,8 @@ pub fn validate(spec: &RuleSpec) -> Result<(), Invalid> {
                 Pattern::parse(p).map_err(|e| e.under(&format!("events[{i}]")))?;
             }
         }
-        (None, Some(_)) => {
-            return Err(Invalid::new(
-                "unsupported",
-                "schedule",
-                "routines are not available in this version",
-            ));
+        (None, Some(schedule)) => {
+            crate::routine::CompiledSchedule::compile(schedule).map_err(|e| e.under("schedule"))?;
         }
     }
     if let Some(c) = &spec.conditions {
@@ -158,6 +168,23 @@ pub struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// The rule of a routine, which fires on its schedule instead of matching events.
+    pub fn for_routine(rule: &Rule) -> CompiledRule {
+        CompiledRule {
+            id: rule.id,
+            uuid: rule.uuid.clone(),
+            name: rule.spec.name.clone(),
+            condition: None,
+            endpoint_ids: rule
+                .spec
+                .actions
+                .iter()
+                .map(|Action::Webhook { endpoint_id }| endpoint_id.clone())
+                .collect(),
+            block: serde_json::json!({"id": rule.id, "uuid": rule.uuid, "name": rule.spec.name}),
+        }
+    }
+
     /// Compiles a stored rule; `None` for disabled rules and routines (they match no event).
     pub fn compile(rule: &Rule) -> Option<(CompiledRule, Vec<Pattern>)> {
         let events = rule.spec.events.as_ref()?;

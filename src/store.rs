@@ -226,6 +226,21 @@ impl Store {
         each!(self, s => s.delete_rule(ws, id).await)
     }
 
+    /// Every routine of every workspace.
+    pub async fn routines(&self) -> Result<Vec<(String, Rule)>> {
+        each!(self, s => s.routines().await)
+    }
+
+    /// Claims a routine's tick for this node; `false` when it was already claimed.
+    pub async fn claim_tick(&self, ws: &str, uuid: &str, at_ms: i64) -> Result<bool> {
+        each!(self, s => s.claim_tick(ws, uuid, at_ms).await)
+    }
+
+    /// The scheduled time (unix ms) of a routine's last claimed tick.
+    pub async fn routine_last(&self, ws: &str, uuid: &str) -> Result<Option<i64>> {
+        each!(self, s => s.routine_last(ws, uuid).await)
+    }
+
     pub async fn rules_version(&self, ws: &str) -> Result<u64> {
         each!(self, s => s.rules_version(ws).await)
     }

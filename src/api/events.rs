@@ -6,8 +6,6 @@
 //! succeeded before a crash) cannot create a second set of deliveries, because deliveries are
 //! created only if their id does not exist yet.
 
-use std::collections::{HashMap, HashSet};
-
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
@@ -17,11 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Tenant, read_body};
-use crate::delivery::{
-    Delivery, NewDelivery, Status, delivery_id, event_id, partition_of, rfc3339, seq,
-};
-use crate::endpoint::Endpoint;
 use crate::event::Event;
+use crate::ingest::Fired;
 use crate::invalid::{Invalid, from_body};
 use crate::store::NewEvent;
 use crate::workspace::Workspace;
@@ -146,71 +141,12 @@ async fn plan(
     events: Vec<(Event, Option<String>)>,
 ) -> Result<Vec<NewEvent>, ApiError> {
     let rules = state.rules.get(&state.store, &ws.uuid).await?;
-    let matched: Vec<_> = events
-        .iter()
-        .map(|(e, _)| rules.matching(&e.event_type, &e.body))
+    let fired: Vec<Fired> = events
+        .into_iter()
+        .map(|(event, key)| {
+            let rules = rules.matching(&event.event_type, &event.body);
+            Fired { event, key, rules }
+        })
         .collect();
-    let wanted: HashSet<&str> = matched
-        .iter()
-        .flatten()
-        .flat_map(|r| r.endpoint_ids.iter().map(String::as_str))
-        .collect();
-    let endpoints: HashMap<String, Endpoint> =
-        state.store.endpoints_by_id(&ws.uuid, wanted).await?;
-    let workspace_block = json!({"uuid": ws.uuid, "name": ws.name});
-    let now = chrono::Utc::now();
-    let mut index = 0;
-    let mut out = Vec::with_capacity(events.len());
-    for ((event, key), rules) in events.into_iter().zip(matched) {
-        let id = event_id(&ws.uuid, key.as_deref());
-        let mut new_deliveries = Vec::new();
-        for rule in rules {
-            let targets: Vec<&Endpoint> = rule
-                .endpoint_ids
-                .iter()
-                .filter_map(|e| endpoints.get(e))
-                .filter(|e| e.spec.enabled)
-                .collect();
-            if targets.is_empty() {
-                continue;
-            }
-            let mut payload = event.body.clone();
-            payload.insert("eventRule".into(), rule.block.clone());
-            payload.insert("workspace".into(), workspace_block.clone());
-            let body =
-                serde_json::to_string(&payload).map_err(|e| ApiError::Internal(e.to_string()))?;
-            for ep in targets {
-                let delivery = Delivery {
-                    id: delivery_id(&ws.uuid, &id, rule.id, &ep.id),
-                    event_id: id.clone(),
-                    event_type: event.event_type.clone(),
-                    endpoint_id: ep.id.clone(),
-                    rule_id: rule.id,
-                    status: Status::Pending,
-                    created_at: rfc3339(now),
-                    attempt_count: 0,
-                    next_attempt_at: None,
-                    body: body.clone(),
-                    seq: seq(now.timestamp_millis(), index),
-                };
-                index += 1;
-                let partition = partition_of(&ep.id, state.store.partitions());
-                new_deliveries.push(NewDelivery {
-                    delivery,
-                    partition,
-                });
-            }
-        }
-        out.push(NewEvent {
-            id,
-            event_type: event.event_type,
-            created_at: rfc3339(now),
-            deliveries: new_deliveries
-                .iter()
-                .map(|d| d.delivery.id.clone())
-                .collect(),
-            new_deliveries,
-        });
-    }
-    Ok(out)
+    Ok(crate::ingest::plan(&state.store, ws, fired).await?)
 }

@@ -76,6 +76,6 @@ pub async fn cluster(
         .collect();
     Ok(Json(
         json!({"store": "redis", "leaseMs": state.config.lease_ms, "heartbeatMs": state.config.heartbeat_ms,
-        "nodes": nodes, "partitions": partitions, "routinesLeader": null}),
+        "nodes": nodes, "partitions": partitions, "routinesLeader": "every node: each tick is claimed once in the store"}),
     ))
 }

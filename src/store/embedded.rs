@@ -331,6 +331,12 @@ impl EmbeddedStore {
         self.write(move |txn, _| {
             let mut kv = txn.open_table(KV).map_err(backend)?;
             put_json(&mut kv, &format!("rule/{ws}/{:020}", rule.id), &rule)?;
+            let marker = format!("routine/{ws}/{:020}", rule.id);
+            if rule.spec.schedule.is_some() {
+                kv.insert(marker.as_str(), [].as_slice()).map_err(backend)?;
+            } else {
+                kv.remove(marker.as_str()).map_err(backend)?;
+            }
             Self::bump_version(&mut kv, &ws)
         })
         .await
@@ -348,10 +354,52 @@ impl EmbeddedStore {
                 .remove(format!("rule/{ws}/{id:020}").as_str())
                 .map_err(backend)?
                 .is_some();
+            kv.remove(format!("routine/{ws}/{id:020}").as_str())
+                .map_err(backend)?;
             Self::bump_version(&mut kv, &ws)?;
             Ok(existed)
         })
         .await
+    }
+
+    pub async fn routines(&self) -> Result<Vec<(String, Rule)>> {
+        self.read(|kv| {
+            let mut out = Vec::new();
+            for item in kv.range("routine/".."routine0").map_err(backend)? {
+                let (k, _) = item.map_err(backend)?;
+                let rest = &k.value()["routine/".len()..];
+                let Some((ws, id)) = rest.split_once('/') else {
+                    continue;
+                };
+                if let Some(rule) = get_json::<Rule>(kv, &format!("rule/{ws}/{id}"))? {
+                    out.push((ws.to_string(), rule));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    pub async fn claim_tick(&self, ws: &str, uuid: &str, at_ms: i64) -> Result<bool> {
+        let (tick, last) = (
+            format!("tick/{ws}/{uuid}/{at_ms:013}"),
+            format!("routinelast/{ws}/{uuid}"),
+        );
+        self.write(move |txn, _| {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            if kv.get(tick.as_str()).map_err(backend)?.is_some() {
+                return Ok(false);
+            }
+            kv.insert(tick.as_str(), [].as_slice()).map_err(backend)?;
+            if get_json::<i64>(&kv, &last)?.is_none_or(|l| at_ms > l) {
+                put_json(&mut kv, &last, &at_ms)?;
+            }
+            Ok(true)
+        })
+        .await
+    }
+
+    pub async fn routine_last(&self, ws: &str, uuid: &str) -> Result<Option<i64>> {
+        self.read(|kv| get_json(kv, &format!("routinelast/{ws}/{uuid}")))
     }
 
     pub async fn rules_version(&self, ws: &str) -> Result<u64> {

@@ -24,6 +24,19 @@ pub use jobs::JobReader;
 
 use super::{Result, StoreError};
 
+/// Claims a routine tick once: KEYS tick, last-fired; ARGV scheduled ms, TTL seconds.
+const CLAIM: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tonumber(ARGV[1]) > last then redis.call('SET', KEYS[2], ARGV[1]) end
+  return 1
+end
+return 0
+"#;
+
+static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(CLAIM));
+
 /// The consumer group of every partition stream.
 pub const GROUP: &str = "dispatch";
 
@@ -243,13 +256,54 @@ impl RedisStore {
     /// sees the change on its next version check.
     pub async fn put_rule(&self, ws: &str, rule: &Rule) -> Result<()> {
         let json = serde_json::to_string(rule)?;
-        redis::pipe()
-            .atomic()
+        let member = format!("{ws}\t{}", rule.id);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
             .hset(self.ws_key(ws, "rules"), rule.id, json)
-            .incr(self.ws_key(ws, "rules:ver"), 1)
-            .exec_async(&mut self.conn())
-            .await?;
+            .incr(self.ws_key(ws, "rules:ver"), 1);
+        if rule.spec.schedule.is_some() {
+            pipe.sadd(self.key("routines"), &member);
+        } else {
+            pipe.srem(self.key("routines"), &member);
+        }
+        pipe.exec_async(&mut self.conn()).await?;
         Ok(())
+    }
+
+    /// Every routine of every workspace, with its workspace.
+    pub async fn routines(&self) -> Result<Vec<(String, Rule)>> {
+        let members: Vec<String> = self.conn().smembers(self.key("routines")).await?;
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            let Some((ws, id)) = m.split_once('\t') else {
+                continue;
+            };
+            if let Some(rule) = self.rule(ws, id.parse().unwrap_or(0)).await? {
+                out.push((ws.to_string(), rule));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Claims one tick of a routine for this node (`SET NX`, kept a week) and moves the
+    /// routine's last-fired mark forward; `false` when another node (or an earlier pass) has it.
+    pub async fn claim_tick(&self, ws: &str, uuid: &str, at_ms: i64) -> Result<bool> {
+        let claimed: i64 = CLAIM_SCRIPT
+            .key(self.ws_key(ws, &format!("tick:{uuid}:{at_ms}")))
+            .key(self.ws_key(ws, &format!("routine:{uuid}:last")))
+            .arg(at_ms)
+            .arg(7 * 24 * 3600)
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(claimed == 1)
+    }
+
+    /// The scheduled time (unix ms) of the routine's last claimed tick.
+    pub async fn routine_last(&self, ws: &str, uuid: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn()
+            .get(self.ws_key(ws, &format!("routine:{uuid}:last")))
+            .await?)
     }
 
     pub async fn rule(&self, ws: &str, id: u64) -> Result<Option<Rule>> {
@@ -259,10 +313,11 @@ impl RedisStore {
     }
 
     pub async fn delete_rule(&self, ws: &str, id: u64) -> Result<bool> {
-        let (n, _): (u32, u64) = redis::pipe()
+        let (n, _, _): (u32, u64, u32) = redis::pipe()
             .atomic()
             .hdel(self.ws_key(ws, "rules"), id)
             .incr(self.ws_key(ws, "rules:ver"), 1)
+            .srem(self.key("routines"), format!("{ws}\t{id}"))
             .query_async(&mut self.conn())
             .await?;
         Ok(n > 0)

@@ -7,5 +7,6 @@ mod crash;
 mod delivery;
 mod operations;
 mod outage;
+mod routines;
 mod store_conformance;
 mod support;
