@@ -179,7 +179,42 @@ impl Condition {
     }
 }
 
-fn lookup<'a>(event: &'a Map<String, Value>, path: &[Segment]) -> Option<&'a Value> {
+impl Condition {
+    /// A `field == value` that must hold for this condition to match (the leaf itself, or an
+    /// `eq` leaf of a top-level `all`): the rule set indexes rules by it.
+    pub fn discriminator(&self) -> Option<(&[Segment], &Value)> {
+        match self {
+            Condition::Leaf {
+                path,
+                op: Op::Eq,
+                value,
+            } => Some((path, value)),
+            Condition::All(cs) => cs.iter().find_map(|c| match c {
+                Condition::Leaf {
+                    path,
+                    op: Op::Eq,
+                    value,
+                } => Some((path.as_slice(), value)),
+                _ => None,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A key under which values that [`Op::Eq`] finds equal are equal (`1` and `1.0` alike).
+pub fn eq_key(v: &Value) -> String {
+    match v {
+        Value::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            format!("n:{}", if f == 0.0 { 0.0 } else { f })
+        }
+        other => format!("j:{other}"),
+    }
+}
+
+/// The value at a compiled path in an event.
+pub fn lookup<'a>(event: &'a Map<String, Value>, path: &[Segment]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     let mut cur = match first {
         Segment::Key(k) | Segment::Index(_, k) => event.get(k)?,

@@ -1,0 +1,120 @@
+//! The numbers of a load run, as a table for people and JSON for tools.
+
+use serde::Serialize;
+
+/// What one load run measured.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    pub store: String,
+    pub endpoints: usize,
+    pub events: usize,
+    pub offered_rate: Option<f64>,
+    pub events_accepted_per_s: f64,
+    pub deliveries: usize,
+    pub deliveries_per_s: f64,
+    pub latency_ms: Percentiles,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub order_violations: usize,
+    pub rate_limit_violations: usize,
+    pub node_cpu_s: Option<f64>,
+    pub node_peak_rss_mib: Option<f64>,
+    pub baseline_per_s: Option<f64>,
+    /// deliveries/s over the raw client's requests/s.
+    pub ratio: Option<f64>,
+}
+
+/// Latency from sending the event (its batch request) to its delivery's first arrival, ms.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut ms: Vec<f64>) -> Percentiles {
+        if ms.is_empty() {
+            return Percentiles::default();
+        }
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: ms[ms.len() - 1],
+        }
+    }
+}
+
+impl Report {
+    /// A summary table.
+    pub fn table(&self) -> String {
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
+        let l = &self.latency_ms;
+        let rows = [
+            ("store", self.store.clone()),
+            (
+                "endpoints / events",
+                format!("{} / {}", self.endpoints, self.events),
+            ),
+            ("offered rate", opt(self.offered_rate, " events/s")),
+            (
+                "events accepted",
+                format!("{:.0}/s", self.events_accepted_per_s),
+            ),
+            (
+                "deliveries",
+                format!("{} at {:.0}/s", self.deliveries, self.deliveries_per_s),
+            ),
+            (
+                "latency p50 / p90 / p99",
+                format!("{:.1} / {:.1} / {:.1} ms", l.p50, l.p90, l.p99),
+            ),
+            (
+                "latency p99.9 / max",
+                format!("{:.1} / {:.1} ms", l.p999, l.max),
+            ),
+            (
+                "lost / duplicates",
+                format!("{} / {}", self.lost, self.duplicates),
+            ),
+            (
+                "order / rate-limit violations",
+                format!("{} / {}", self.order_violations, self.rate_limit_violations),
+            ),
+            (
+                "node CPU / peak RSS",
+                format!(
+                    "{} / {}",
+                    opt(self.node_cpu_s, " s"),
+                    opt(self.node_peak_rss_mib, " MiB")
+                ),
+            ),
+            ("raw client baseline", opt(self.baseline_per_s, " req/s")),
+            ("dispatcher / raw client", opt(self.ratio, "")),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_pick_the_right_ranks() {
+        let p = Percentiles::of((1..=1000).map(f64::from).collect());
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (501.0, 900.0, 990.0, 1000.0));
+        assert_eq!(Percentiles::of(vec![]).max, 0.0);
+    }
+}

@@ -1,0 +1,420 @@
+//! One load run: set up, send, wait, measure.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::receiver::{Keep, Receiver, Reply, ca_pem_path};
+use super::report::{Percentiles, Report};
+
+/// Which node to load.
+pub enum NodeSpec {
+    /// A running node (e.g. a cluster behind a balancer) and its admin token.
+    Target { base: String, admin_token: String },
+    /// `binary serve` started here as a child, with these `SWITCHYARD_*` settings added.
+    Spawn {
+        binary: PathBuf,
+        env: Vec<(String, String)>,
+        label: String,
+    },
+}
+
+/// What to run.
+pub struct LoadConfig {
+    pub node: NodeSpec,
+    pub endpoints: usize,
+    pub events: usize,
+    /// Events per second offered; `None`: as fast as the API accepts them.
+    pub rate: Option<f64>,
+    /// Events per batch request.
+    pub batch: usize,
+    /// Batch requests in flight.
+    pub concurrency: usize,
+    /// The receiver holds each request for a time drawn uniformly from this range.
+    pub latency_ms: (u64, u64),
+    /// Share of requests the receiver answers 500 (they are retried).
+    pub error_rate: f64,
+    /// Per-endpoint `rateLimit.perSecond` (burst 1); `None`: unlimited.
+    pub rate_limit: Option<u32>,
+    pub baseline: bool,
+    /// How long to wait for every delivery.
+    pub timeout: Duration,
+    pub progress: bool,
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot start the node: {0}")]
+    Node(String),
+    #[error("the API refused a setup call: {0}")]
+    Api(String),
+}
+
+struct NodeChild {
+    child: Child,
+}
+
+impl Drop for NodeChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn proc_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> Result<Value, LoadError> {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| LoadError::Api(e.to_string()))?;
+    let status = resp.status();
+    let value: Value = resp
+        .json()
+        .await
+        .map_err(|e| LoadError::Api(e.to_string()))?;
+    if status.is_success() {
+        Ok(value)
+    } else {
+        Err(LoadError::Api(format!("{status}: {value}")))
+    }
+}
+
+async fn start_node(
+    node: &NodeSpec,
+) -> Result<(String, String, Option<NodeChild>, String), LoadError> {
+    match node {
+        NodeSpec::Target { base, admin_token } => {
+            Ok((base.clone(), admin_token.clone(), None, "target".into()))
+        }
+        NodeSpec::Spawn { binary, env, label } => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map_err(|e| LoadError::Node(e.to_string()))?
+                .port();
+            let token = format!("load-{}", crate::workspace::generate_api_key());
+            let child = Command::new(binary)
+                .arg("serve")
+                .envs(env.iter().cloned())
+                .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
+                .env("SWITCHYARD_ADMIN_TOKEN", &token)
+                .env("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32")
+                .env("SWITCHYARD_EXTRA_ROOT_CERTS", ca_pem_path())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .map_err(|e| LoadError::Node(format!("{}: {e}", binary.display())))?;
+            let child = NodeChild { child };
+            let base = format!("http://127.0.0.1:{port}");
+            let http = reqwest::Client::new();
+            for _ in 0..200 {
+                if http
+                    .get(format!("{base}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return Ok((base, token, Some(child), label.clone()));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(LoadError::Node(
+                "the node did not become ready in 10 s".into(),
+            ))
+        }
+    }
+}
+
+/// Runs one load and returns its report.
+pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
+    let (lo, hi) = cfg.latency_ms;
+    let error_rate = cfg.error_rate;
+    let receiver = Receiver::start_keeping(Keep::Arrivals, move |_, _| {
+        let status = if rand::random::<f64>() < error_rate {
+            500
+        } else {
+            200
+        };
+        Reply {
+            delay: Duration::from_millis(if hi > lo {
+                rand::random_range(lo..=hi)
+            } else {
+                lo
+            }),
+            ..Reply::status(status)
+        }
+    })
+    .await;
+    let (base, token, child, label) = start_node(&cfg.node).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| LoadError::Api(e.to_string()))?;
+    let ws = post(
+        &http,
+        &format!("{base}/v1/workspaces"),
+        &token,
+        &json!({"name": "load"}),
+    )
+    .await?;
+    let key = ws["apiKey"].as_str().unwrap_or_default().to_string();
+    for i in 0..cfg.endpoints {
+        let mut spec = json!({"url": format!("{}/ep/{i}", receiver.url), "retry": {"maxAttempts": 50, "initialDelayMs": 100, "multiplier": 1.0}});
+        if let Some(limit) = cfg.rate_limit {
+            spec["rateLimit"] = json!({"perSecond": limit, "burst": 1});
+        }
+        let ep = post(&http, &format!("{base}/v1/endpoints"), &key, &spec).await?;
+        let rule = json!({"name": format!("to {i}"), "events": ["member:updated"],
+            "conditions": {"field": "member.id", "op": "eq", "value": i}, "actions": [{"type": "webhook", "endpointId": ep["id"]}]});
+        post(&http, &format!("{base}/v1/event-rules"), &key, &rule).await?;
+    }
+    let pid = child.as_ref().map(|c| c.child.id());
+    let cpu_before = pid.and_then(cpu_seconds);
+
+    let bar = cfg.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(cfg.events as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:40}] {pos}/{len} delivered ({per_sec})",
+            )
+            .expect("template"),
+        );
+        bar
+    });
+    let started = Instant::now();
+    let accepted = send_all(&http, &base, &key, &cfg, started).await;
+    let accept_secs = accepted
+        .last_accept
+        .duration_since(started)
+        .as_secs_f64()
+        .max(1e-6);
+    let expected = accepted.deliveries.len();
+    let deadline = Instant::now() + cfg.timeout;
+    loop {
+        let unique = receiver.with_received(|r| {
+            let mut seen = std::collections::HashSet::new();
+            r.iter()
+                .filter(|x| x.answered == 200 && seen.insert(x.header("webhook-id").to_string()))
+                .count()
+        });
+        if let Some(bar) = &bar {
+            bar.set_position(unique as u64);
+        }
+        if unique >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let cpu = match (pid.and_then(cpu_seconds), cpu_before) {
+        (Some(after), Some(before)) => Some(after - before),
+        _ => None,
+    };
+    let rss = pid
+        .and_then(|p| proc_field(p, "VmHWM:"))
+        .map(|kib| kib as f64 / 1024.0);
+    let mut report = measure(&receiver, &accepted, started, &cfg);
+    report.store = label;
+    report.events_accepted_per_s = cfg.events as f64 / accept_secs;
+    report.node_cpu_s = cpu;
+    report.node_peak_rss_mib = rss;
+    drop(child);
+    if cfg.baseline {
+        let requests = expected.clamp(1_000, 50_000);
+        let rate = super::baseline::raw_client_rate(
+            &receiver.url,
+            ca_pem_path(),
+            requests,
+            cfg.endpoints.clamp(1, 512),
+        )
+        .await;
+        report.baseline_per_s = Some(rate);
+        report.ratio = Some(report.deliveries_per_s / rate);
+    }
+    Ok(report)
+}
+
+struct Accepted {
+    /// delivery id → (endpoint index, event seq, when its batch was sent)
+    deliveries: HashMap<String, (usize, usize, Instant)>,
+    last_accept: Instant,
+}
+
+async fn send_all(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    cfg: &LoadConfig,
+    started: Instant,
+) -> Accepted {
+    let url = Arc::new(format!("{base}/v1/events/batch"));
+    let gate = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let batches = cfg.events.div_ceil(cfg.batch.max(1));
+    for b in 0..batches {
+        if let Some(rate) = cfg.rate {
+            let due = started + Duration::from_secs_f64((b * cfg.batch) as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = gate.clone().acquire_owned().await.expect("open");
+        let range = b * cfg.batch..((b + 1) * cfg.batch).min(cfg.events);
+        let events: Vec<Value> = range.clone().map(|k| json!({"event": "member:updated", "member": {"id": k % cfg.endpoints, "seq": k}})).collect();
+        let (http, url, key, endpoints) =
+            (http.clone(), url.clone(), key.to_string(), cfg.endpoints);
+        tasks.spawn(async move {
+            let _permit = permit;
+            let body = json!({"events": events});
+            for _ in 0..20 {
+                // Latency counts from the moment the batch is sent: a delivery can arrive before
+                // its batch's 202 is back, so the 202 would under-count it.
+                let sent = Instant::now();
+                if let Ok(resp) = http
+                    .post(url.as_str())
+                    .bearer_auth(&key)
+                    .header("Idempotency-Key", format!("load-{}", range.start))
+                    .json(&body)
+                    .send()
+                    .await
+                    && resp.status().as_u16() == 202
+                    && let Ok(answer) = resp.json::<Value>().await
+                {
+                    let at = sent;
+                    let mut out = Vec::new();
+                    for (i, r) in answer["results"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .enumerate()
+                    {
+                        let k = range.start + i;
+                        for d in r["deliveries"].as_array().into_iter().flatten() {
+                            out.push((
+                                d.as_str().unwrap_or_default().to_string(),
+                                (k % endpoints, k, at),
+                            ));
+                        }
+                    }
+                    return out;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Vec::new()
+        });
+    }
+    let mut deliveries = HashMap::new();
+    let mut last_accept = started;
+    while let Some(Ok(batch)) = tasks.join_next().await {
+        for (id, v) in batch {
+            last_accept = last_accept.max(v.2);
+            deliveries.insert(id, v);
+        }
+    }
+    Accepted {
+        deliveries,
+        last_accept,
+    }
+}
+
+fn measure(receiver: &Receiver, accepted: &Accepted, started: Instant, cfg: &LoadConfig) -> Report {
+    receiver.with_received(|got| {
+        let mut first: HashMap<&str, Instant> = HashMap::new();
+        let mut duplicates = 0;
+        let mut per_endpoint: HashMap<usize, Vec<(Instant, usize)>> = HashMap::new();
+        for r in got.iter().filter(|r| r.answered == 200) {
+            let id = r.header("webhook-id");
+            let Some(&(ep, seq, _)) = accepted.deliveries.get(id) else {
+                continue;
+            };
+            if first.contains_key(id) {
+                duplicates += 1;
+                continue;
+            }
+            first.insert(id, r.at);
+            per_endpoint.entry(ep).or_default().push((r.at, seq));
+        }
+        let latencies: Vec<f64> = first
+            .iter()
+            .filter_map(|(id, at)| {
+                accepted
+                    .deliveries
+                    .get(*id)
+                    .map(|d| at.duration_since(d.2).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        let last = first.values().max().copied().unwrap_or(started);
+        // Ingest order is only defined within one batch (batches are posted concurrently), or
+        // everywhere when one batch is in flight at a time.
+        let batch = cfg.batch.max(1);
+        let ordered = |a: usize, b: usize| cfg.concurrency == 1 || a / batch == b / batch;
+        let order_violations = per_endpoint
+            .values()
+            .map(|v| {
+                v.windows(2)
+                    .filter(|w| w[1].1 < w[0].1 && ordered(w[0].1, w[1].1))
+                    .count()
+            })
+            .sum();
+        let rate_limit_violations = cfg.rate_limit.map_or(0, |limit| {
+            per_endpoint
+                .values()
+                .filter(|v| {
+                    (0..v.len()).any(|i| {
+                        v[i..]
+                            .iter()
+                            .take_while(|x| x.0.duration_since(v[i].0) < Duration::from_secs(1))
+                            .count()
+                            > limit as usize + 1
+                    })
+                })
+                .count()
+        });
+        Report {
+            endpoints: cfg.endpoints,
+            events: cfg.events,
+            offered_rate: cfg.rate,
+            deliveries: first.len(),
+            deliveries_per_s: first.len() as f64
+                / last.duration_since(started).as_secs_f64().max(1e-6),
+            latency_ms: Percentiles::of(latencies),
+            lost: accepted.deliveries.len().saturating_sub(first.len()),
+            duplicates,
+            order_violations,
+            rate_limit_violations,
+            ..Report::default()
+        }
+    })
+}
