@@ -61,6 +61,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/cluster", get(workspaces::cluster))
         .route("/v1/workspaces", post(workspaces::create))
         .route("/v1/workspaces/{uuid}/api-keys", post(workspaces::add_key))
@@ -119,6 +120,17 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         "partitionsOwned": owned,
         "endpointActors": actors,
     })))
+}
+
+async fn metrics() -> impl IntoResponse {
+    let text = crate::telemetry::handle().render();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {

@@ -135,8 +135,15 @@ impl Coordinator {
             started_at: self.started_at.clone(),
             partitions: self.owned.keys().copied().collect(),
         };
-        if let Err(e) = self.redis.heartbeat(&info, self.node_ttl()).await {
-            tracing::warn!(error = %e, "heartbeat failed");
+        let sent = Instant::now();
+        match self.redis.heartbeat(&info, self.node_ttl()).await {
+            Ok(()) => crate::telemetry::store_roundtrip(&self.config.node_id, sent.elapsed()),
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+        }
+        for p in self.owned.keys() {
+            if let Ok((lag, pending)) = self.redis.partition_lag(*p).await {
+                crate::telemetry::partition(&self.config.node_id, *p, lag, pending);
+            }
         }
         self.renew().await;
         let live = match self.redis.live_nodes(self.node_ttl()).await {

@@ -46,6 +46,8 @@ pub struct DispatchContext {
     /// An endpoint actor with an empty queue for this long asks to be stopped.
     pub idle: std::time::Duration,
     pub policy: policy::DispatchPolicy,
+    /// This node's id, the `node` label of its metrics.
+    pub node: String,
 }
 
 /// A job and the consumer buffer slot it occupies until its final outcome.

@@ -16,4 +16,5 @@ pub mod rule;
 pub mod signing;
 pub mod ssrf;
 pub mod store;
+pub mod telemetry;
 pub mod workspace;

@@ -39,6 +39,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    crate::telemetry::handle();
     let store = Store::open(&config).await?;
     let generated_token = match (&config.admin_token, &store) {
         (None, Store::Embedded(_)) => {
@@ -55,6 +56,7 @@ pub async fn run(
         deliverer,
         idle: Duration::from_secs(config.actor_idle_secs),
         policy: crate::dispatch::policy::DispatchPolicy::from_config(&config),
+        node: config.node_id.clone(),
     });
     let (router, router_done) = Actor::spawn(None, RuleRouter, ctx)
         .await

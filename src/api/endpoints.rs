@@ -25,6 +25,9 @@ use crate::ssrf::SsrfError;
 
 async fn check_destination(state: &AppState, url: &Url) -> Result<(), ApiError> {
     state.guard.check_destination(url).await.map_err(|e| {
+        if matches!(e, SsrfError::Forbidden(..) | SsrfError::ForbiddenName(_)) {
+            crate::telemetry::ssrf_refused(&state.config.node_id, "save");
+        }
         let code = match e {
             SsrfError::NotHttps => "https_required",
             SsrfError::Unresolved(..) => "unresolvable_host",

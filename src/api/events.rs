@@ -75,6 +75,7 @@ pub async fn ingest_one(
     }
     let mut planned = plan(&state, &ws, vec![(event, key.clone())]).await?;
     state.store.ingest(&ws.uuid, &planned).await?;
+    crate::telemetry::events_accepted(&state.config.node_id, planned.len());
     let answer = answer_of(&planned.remove(0));
     remember(&state, &ws.uuid, &key, &answer).await?;
     Ok(accepted(answer))
@@ -109,6 +110,7 @@ pub async fn ingest_batch(
     }
     let planned = plan(&state, &ws, events).await?;
     state.store.ingest(&ws.uuid, &planned).await?;
+    crate::telemetry::events_accepted(&state.config.node_id, planned.len());
     let answer = json!({"results": planned.iter().map(answer_of).collect::<Vec<_>>()});
     remember(&state, &ws.uuid, &key, &answer).await?;
     Ok(accepted(answer))

@@ -20,7 +20,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
-use super::breaker::Permit;
+use super::breaker::{BreakerState, Permit};
 use super::policy::decide;
 use super::router::RouterMsg;
 use super::{DispatchContext, EndpointKey, EndpointQueue};
@@ -252,6 +252,7 @@ impl EndpointState {
             if let Some((_, limiter)) = &self.limiter
                 && let Err(not_until) = limiter.check()
             {
+                crate::telemetry::rate_limit_wait(&self.ctx.node);
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
                     &governor::clock::DefaultClock::default(),
                 ));
@@ -341,6 +342,19 @@ impl EndpointState {
             self.wake(myself, Instant::now() + STORE_RETRY);
             return Ok(());
         }
+        self.observe(&outcome, status, from);
+        let was_open = self
+            .health
+            .as_ref()
+            .and_then(|h| h.breaker.as_ref())
+            .is_some_and(|b| b.state != BreakerState::Closed);
+        let is_open = health
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.state != BreakerState::Closed);
+        if was_open != is_open {
+            crate::telemetry::breaker_moved(&self.ctx.node, is_open);
+        }
         if self.health.as_ref() != Some(&health) {
             if let Err(e) = self
                 .ctx
@@ -364,6 +378,36 @@ impl EndpointState {
             self.disable(ep, &reason).await;
         }
         self.pump(myself).await
+    }
+
+    /// Counts an attempt (and a final outcome) in the node's metrics.
+    fn observe(&self, outcome: &Outcome, status: Status, _from: Status) {
+        let a = &outcome.attempt;
+        let kind = a.error.as_ref().map(|e| e.kind.as_str());
+        let class = crate::telemetry::status_class(a.response.as_ref().map(|r| r.status), kind);
+        let node = &self.ctx.node;
+        crate::telemetry::attempt(
+            node,
+            status.as_str(),
+            class,
+            Duration::from_millis(a.duration_ms),
+        );
+        if kind == Some("ssrf") {
+            crate::telemetry::ssrf_refused(node, "connect");
+        }
+        if status.is_final() {
+            let since = self
+                .loaded
+                .values()
+                .find(|d| d.attempt_count + 1 == a.attempt || d.attempt_count == a.attempt)
+                .and_then(|d| DateTime::parse_from_rfc3339(&d.created_at).ok())
+                .and_then(|t| (Utc::now() - t.with_timezone(&Utc)).to_std().ok());
+            crate::telemetry::delivery_final(
+                node,
+                status.as_str(),
+                since.filter(|_| status == Status::Succeeded),
+            );
+        }
     }
 
     /// Stops sending until an operator re-enables the endpoint; its queue is kept.

@@ -78,6 +78,7 @@ impl RouterState {
         };
         let (actor, _) = Actor::spawn_linked(None, EndpointActor, args, myself.get_cell()).await?;
         self.children.insert(key, Child { actor, queue });
+        crate::telemetry::actors(&self.ctx.node, self.children.len());
         Ok(())
     }
 }
@@ -206,6 +207,7 @@ impl Actor for RuleRouter {
                 state
                     .children
                     .retain(|_, c| c.actor.get_id() != cell.get_id());
+                crate::telemetry::actors(&state.ctx.node, state.children.len());
             }
             _ => {}
         }

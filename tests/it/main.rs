@@ -5,6 +5,7 @@ mod cluster;
 mod controls;
 mod crash;
 mod delivery;
+mod metrics;
 mod operations;
 mod outage;
 mod routines;
