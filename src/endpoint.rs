@@ -171,18 +171,10 @@ impl EndpointSpec {
 
     /// Applies a PATCH body: top-level keys replace, `null` resets to the default.
     pub fn patched(&self, patch: &Value) -> Result<(EndpointSpec, Url), Invalid> {
-        let Value::Object(changes) = patch else {
-            return Err(Invalid::field("", "the body must be a JSON object"));
-        };
-        let mut merged = serde_json::to_value(self).expect("a spec serialises");
-        let obj = merged.as_object_mut().expect("a spec is an object");
-        for (k, v) in changes {
-            if v.is_null() {
-                obj.remove(k);
-            } else {
-                obj.insert(k.clone(), v.clone());
-            }
-        }
+        let merged = crate::invalid::merge_patch(
+            serde_json::to_value(self).expect("a spec serialises"),
+            patch,
+        )?;
         Self::from_json(&merged)
     }
 

@@ -69,3 +69,25 @@ pub fn from_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Inval
     })?;
     from_value(&value)
 }
+
+/// Applies a PATCH body to a stored object: top-level keys replace, `null` removes (back to
+/// the default). The caller re-validates the result whole, so a partial update can never
+/// leave what a create would have refused.
+pub fn merge_patch(
+    mut base: serde_json::Value,
+    patch: &serde_json::Value,
+) -> Result<serde_json::Value, Invalid> {
+    let serde_json::Value::Object(changes) = patch else {
+        return Err(Invalid::field("", "the body must be a JSON object"));
+    };
+    if let Some(obj) = base.as_object_mut() {
+        for (k, v) in changes {
+            if v.is_null() {
+                obj.remove(k);
+            } else {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    Ok(base)
+}

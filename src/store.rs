@@ -103,6 +103,19 @@ pub struct Counts {
     pub failed: i64,
 }
 
+impl Counts {
+    /// From the stored per-status counters (a missing or negative one reads as 0).
+    pub fn from_map(m: &std::collections::HashMap<String, i64>) -> Counts {
+        let get = |k: &str| m.get(k).copied().unwrap_or(0).max(0);
+        Counts {
+            pending: get("pending"),
+            retrying: get("retrying"),
+            succeeded: get("succeeded"),
+            failed: get("failed"),
+        }
+    }
+}
+
 /// The store of a node.
 #[derive(Clone)]
 pub enum Store {

@@ -97,24 +97,13 @@ pub async fn update(
 ) -> Result<impl IntoResponse, ApiError> {
     let body = read_body(body, state.config.max_payload_bytes).await?;
     let patch: Value = from_body(&body)?;
-    let Value::Object(changes) = patch else {
-        return Err(Invalid::field("", "the body must be a JSON object").into());
-    };
     let mut rule = state
         .store
         .rule(&ws.uuid, parse_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found("event rule"))?;
-    let mut merged =
-        serde_json::to_value(&rule.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let obj = merged.as_object_mut().expect("a spec is an object");
-    for (k, v) in changes {
-        if v.is_null() {
-            obj.remove(&k);
-        } else {
-            obj.insert(k, v);
-        }
-    }
+    let base = serde_json::to_value(&rule.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let merged = crate::invalid::merge_patch(base, &patch)?;
     let spec: RuleSpec = from_value(&merged)?;
     validate(&state, &ws.uuid, &spec).await?;
     rule.spec = spec;

@@ -8,31 +8,14 @@ use serde_json::{Value, json};
 
 use crate::support::process::NodeProcess;
 use crate::support::{
-    ADMIN_TOKEN, Api, Node, Receiver, Redis, Reply, prefix, receiver, record_event, test_config,
-    wait_until,
+    ADMIN_TOKEN, Api, Node, Receiver, Redis, Reply, prefix, record_event, test_config, wait_until,
 };
 
 const PARTITIONS: u32 = 16;
 const LEASE_MS: u64 = 2_000;
 
 fn node_env(redis: &Redis, key_prefix: &str, id: &str) -> Vec<(String, String)> {
-    [
-        ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
-        ("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32".into()),
-        (
-            "SWITCHYARD_EXTRA_ROOT_CERTS",
-            receiver::ca_pem_path().into(),
-        ),
-        ("SWITCHYARD_PARTITIONS", PARTITIONS.to_string()),
-        ("SWITCHYARD_LEASE_MS", LEASE_MS.to_string()),
-        ("SWITCHYARD_HEARTBEAT_MS", "250".into()),
-        ("SWITCHYARD_REDIS_URL", redis.url.clone()),
-        ("SWITCHYARD_KEY_PREFIX", key_prefix.into()),
-        ("SWITCHYARD_NODE_ID", id.into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    crate::support::process::cluster_env(&redis.url, key_prefix, id, PARTITIONS)
 }
 
 /// Partition owners as `GET /v1/cluster` reports them.

@@ -6,28 +6,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::process::NodeProcess;
-use crate::support::{
-    ADMIN_TOKEN, Api, Node, Receiver, Redis, prefix, receiver, test_config, wait_until,
-};
+use crate::support::{ADMIN_TOKEN, Api, Node, Receiver, Redis, prefix, test_config, wait_until};
 
 fn node_env(redis: &Redis, key_prefix: &str, id: &str) -> Vec<(String, String)> {
-    [
-        ("SWITCHYARD_ADMIN_TOKEN", ADMIN_TOKEN.to_string()),
-        ("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32".into()),
-        (
-            "SWITCHYARD_EXTRA_ROOT_CERTS",
-            receiver::ca_pem_path().into(),
-        ),
-        ("SWITCHYARD_PARTITIONS", "8".into()),
-        ("SWITCHYARD_LEASE_MS", "2000".into()),
-        ("SWITCHYARD_HEARTBEAT_MS", "250".into()),
-        ("SWITCHYARD_REDIS_URL", redis.url.clone()),
-        ("SWITCHYARD_KEY_PREFIX", key_prefix.into()),
-        ("SWITCHYARD_NODE_ID", id.into()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
+    crate::support::process::cluster_env(&redis.url, key_prefix, id, 8)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -374,13 +374,7 @@ impl EmbeddedStore {
         let c: HashMap<String, i64> = self
             .read(|kv| get_json(kv, &format!("stats/{ws}/{ep}")))?
             .unwrap_or_default();
-        let get = |k: &str| c.get(k).copied().unwrap_or(0).max(0);
-        Ok(Counts {
-            pending: get("pending"),
-            retrying: get("retrying"),
-            succeeded: get("succeeded"),
-            failed: get("failed"),
-        })
+        Ok(Counts::from_map(&c))
     }
 }
 

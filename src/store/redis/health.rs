@@ -36,12 +36,6 @@ impl RedisStore {
 
     pub async fn counts(&self, ws: &str, ep: &str) -> Result<Counts> {
         let h: HashMap<String, i64> = self.conn().hgetall(self.stats_key(ws, ep)).await?;
-        let get = |k: &str| h.get(k).copied().unwrap_or(0).max(0);
-        Ok(Counts {
-            pending: get("pending"),
-            retrying: get("retrying"),
-            succeeded: get("succeeded"),
-            failed: get("failed"),
-        })
+        Ok(Counts::from_map(&h))
     }
 }

@@ -96,3 +96,29 @@ impl Drop for NodeProcess {
         self.kill9();
     }
 }
+
+/// The settings of a test node process on a shared Redis (short leases so failovers are quick).
+pub fn cluster_env(
+    redis_url: &str,
+    key_prefix: &str,
+    node_id: &str,
+    partitions: u32,
+) -> Vec<(String, String)> {
+    [
+        ("SWITCHYARD_ADMIN_TOKEN", super::ADMIN_TOKEN.to_string()),
+        ("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32".into()),
+        (
+            "SWITCHYARD_EXTRA_ROOT_CERTS",
+            switchyard::load::receiver::ca_pem_path().into(),
+        ),
+        ("SWITCHYARD_PARTITIONS", partitions.to_string()),
+        ("SWITCHYARD_LEASE_MS", "2000".into()),
+        ("SWITCHYARD_HEARTBEAT_MS", "250".into()),
+        ("SWITCHYARD_REDIS_URL", redis_url.into()),
+        ("SWITCHYARD_KEY_PREFIX", key_prefix.into()),
+        ("SWITCHYARD_NODE_ID", node_id.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
