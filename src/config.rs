@@ -33,7 +33,7 @@ fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 /// The settings of one node.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// API address.
@@ -91,7 +91,21 @@ pub struct Config {
     pub lease_ms: u64,
     /// How often a node heartbeats and renews its leases.
     pub heartbeat_ms: u64,
+    /// `text` (for people) or `json` (one object per line, for log pipelines).
+    pub log_format: LogFormat,
 }
+
+/// The shape of the log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The commented defaults, embedded in the binary (and the reference of every key).
+pub const DEFAULT_TOML: &str = include_str!("config.default.toml");
 
 impl Default for Config {
     fn default() -> Self {
@@ -123,6 +137,7 @@ impl Default for Config {
             retention_secs: 30 * 24 * 3600,
             lease_ms: 5_000,
             heartbeat_ms: 1_000,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -137,6 +152,22 @@ fn default_node_id() -> String {
 }
 
 impl Config {
+    /// The effective settings as TOML, with secrets masked (`admin_token`, Redis passwords).
+    pub fn masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        if shown.admin_token.is_some() {
+            shown.admin_token = Some("********".into());
+        }
+        if let Some(url) = &shown.redis_url
+            && let Ok(mut parsed) = url::Url::parse(url)
+            && parsed.password().is_some()
+        {
+            let _ = parsed.set_password(Some("********"));
+            shown.redis_url = Some(parsed.to_string());
+        }
+        toml::to_string(&shown).unwrap_or_default()
+    }
+
     /// Defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut config = match file {
@@ -219,6 +250,18 @@ impl Config {
         }
         if let Some(v) = var("auto_disable_after_secs") {
             self.auto_disable_after_secs = parse("auto_disable_after_secs", &v)?;
+        }
+        if let Some(v) = var("log_format") {
+            self.log_format = match v.trim() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "log_format",
+                        format!("`{other}`: expected text or json"),
+                    ));
+                }
+            };
         }
         if let Some(v) = var("lease_ms") {
             self.lease_ms = parse("lease_ms", &v)?;
@@ -350,6 +393,33 @@ mod tests {
         );
         assert!(msg(&[("SWITCHYARD_LISTEN", "here")]).contains("SWITCHYARD_LISTEN"));
         assert!(msg(&[("SWITCHYARD_ADMIN_TOKEN", "short")]).contains("admin_token"));
+    }
+
+    #[test]
+    fn the_embedded_defaults_file_is_the_default() {
+        let from_file: Config = toml::from_str(DEFAULT_TOML).expect("the defaults file parses");
+        let def = Config::default();
+        assert_eq!(
+            from_file
+                .masked_toml()
+                .lines()
+                .filter(|l| !l.starts_with("node_id"))
+                .collect::<Vec<_>>(),
+            def.masked_toml()
+                .lines()
+                .filter(|l| !l.starts_with("node_id"))
+                .collect::<Vec<_>>()
+        );
+        let secret = Config {
+            admin_token: Some("a-very-secret-token".into()),
+            redis_url: Some("redis://:hunter22@db:6379/".into()),
+            ..def
+        };
+        let shown = secret.masked_toml();
+        assert!(
+            !shown.contains("a-very-secret-token") && !shown.contains("hunter22"),
+            "{shown}"
+        );
     }
 
     #[test]

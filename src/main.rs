@@ -24,6 +24,10 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check a configuration: prints the effective settings (secrets masked) or the first
+    /// invalid key, and exits non-zero on an error.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Drive a node with events and report throughput, latency, losses and the raw-client ratio.
     Load(LoadArgs),
     /// Check a received webhook's signature; the body is read from stdin. Exits 0 only if valid.
@@ -41,6 +45,17 @@ enum Command {
         #[arg(long)]
         signature: String,
     },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate defaults + FILE + SWITCHYARD_* variables and print the result.
+    Check {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the commented defaults (a starting point for a config file).
+    Defaults,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +188,20 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Config(ConfigCommand::Defaults) => {
+            print!("{}", switchyard::config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Command::Config(ConfigCommand::Check { config }) => match Config::load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.masked_toml());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("switchyard config check: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Load(args) => match load(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -215,12 +244,17 @@ fn main() -> ExitCode {
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref())?;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,switchyard=info".into()),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,switchyard=info".into());
+    match config.log_format {
+        switchyard::config::LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        switchyard::config::LogFormat::Text => {
+            tracing_subscriber::fmt().with_env_filter(filter).init()
+        }
+    }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)
