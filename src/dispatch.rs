@@ -48,6 +48,8 @@ pub struct DispatchContext {
     pub policy: policy::DispatchPolicy,
     /// This node's id, the `node` label of its metrics.
     pub node: String,
+    /// The rule sets (shared with the API), to route the operational events actors emit.
+    pub rules: Arc<crate::rule::cache::RuleCache>,
 }
 
 /// A job and the consumer buffer slot it occupies until its final outcome.

@@ -11,7 +11,21 @@ use serde_json::{Map, Value};
 use crate::invalid::{Invalid, from_value};
 
 /// The families an event type may belong to (`family:action`).
-pub const FAMILIES: &[&str] = &["data_record", "member", "call", "chat", "routine"];
+pub const FAMILIES: &[&str] = &[
+    "data_record",
+    "member",
+    "call",
+    "chat",
+    "routine",
+    "switchyard",
+];
+
+/// Events Switchyard emits itself (rules may match them; clients may not send them).
+pub const SYSTEM_EVENT_TYPES: &[&str] = &[
+    "routine:tick",
+    "switchyard:endpoint_disabled",
+    "switchyard:endpoint_failing",
+];
 
 /// Every event type the API accepts from clients, and the ones Switchyard emits itself.
 pub const EVENT_TYPES: &[&str] = &[

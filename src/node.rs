@@ -51,12 +51,14 @@ pub async fn run(
     store.ping().await?;
     let deliverer = Deliverer::new(&config)?;
     let guard = deliverer.guard().clone();
+    let rules = Arc::new(RuleCache::default());
     let ctx = Arc::new(DispatchContext {
         store: store.clone(),
         deliverer,
         idle: Duration::from_secs(config.actor_idle_secs),
         policy: crate::dispatch::policy::DispatchPolicy::from_config(&config),
         node: config.node_id.clone(),
+        rules: rules.clone(),
     });
     let (router, router_done) = Actor::spawn(None, RuleRouter, ctx)
         .await
@@ -69,7 +71,7 @@ pub async fn run(
 
     let state = AppState {
         store: store.clone(),
-        rules: Arc::new(RuleCache::default()),
+        rules,
         guard,
         router: router.clone(),
         config: Arc::new(config.clone()),

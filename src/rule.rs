@@ -144,7 +144,7 @@ impl Pattern {
         {
             return Ok(Pattern::Family(family.to_string()));
         }
-        if EVENT_TYPES.contains(&p) {
+        if EVENT_TYPES.contains(&p) || crate::event::SYSTEM_EVENT_TYPES.contains(&p) {
             return Ok(Pattern::Exact(p.to_string()));
         }
         Err(Invalid::new(

@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde_json::json;
 use tokio::time::Instant;
 
 use super::breaker::{BreakerState, Permit};
@@ -355,6 +356,15 @@ impl EndpointState {
         if was_open != is_open {
             crate::telemetry::breaker_moved(&self.ctx.node, is_open);
         }
+        if is_open && !was_open {
+            let detail = json!({"lastError": health.last_error, "breaker": health.breaker});
+            self.emit(
+                "switchyard:endpoint_failing",
+                &ep,
+                "the circuit breaker opened",
+                detail,
+            );
+        }
         if self.health.as_ref() != Some(&health) {
             if let Err(e) = self
                 .ctx
@@ -378,6 +388,53 @@ impl EndpointState {
             self.disable(ep, &reason).await;
         }
         self.pump(myself).await
+    }
+
+    /// Emits an operational event into the endpoint's workspace, where a rule may forward it
+    /// (to Slack, say). In a task: the actor does not wait for the rules or the store.
+    fn emit(
+        &self,
+        event_type: &'static str,
+        ep: &Endpoint,
+        reason: &str,
+        detail: serde_json::Value,
+    ) {
+        let (ctx, ws_id) = (self.ctx.clone(), self.key.0.clone());
+        let mut body = json!({"event": event_type, "endpoint": {"id": ep.id, "url": ep.spec.url, "description": ep.spec.description},
+            "reason": reason, "at": now_rfc3339()});
+        if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), detail) {
+            b.extend(extra);
+        }
+        tokio::spawn(async move {
+            let serde_json::Value::Object(body) = body else {
+                return;
+            };
+            let event = crate::event::Event {
+                event_type: event_type.to_string(),
+                body,
+            };
+            let emitted = async {
+                let Some(ws) = ctx.store.workspace(&ws_id).await? else {
+                    return Ok(0);
+                };
+                let rules = ctx.rules.get(&ctx.store, &ws_id).await?;
+                let fired = rules.matching(event_type, &event.body);
+                let planned = crate::ingest::plan(
+                    &ctx.store,
+                    &ws,
+                    vec![crate::ingest::Fired {
+                        event,
+                        key: None,
+                        rules: fired,
+                    }],
+                )
+                .await?;
+                ctx.store.ingest(&ws_id, &planned).await
+            };
+            if let Err(e) = emitted.await {
+                tracing::warn!(event = event_type, error = %e, "cannot emit an operational event");
+            }
+        });
     }
 
     /// Counts an attempt (and a final outcome) in the node's metrics.
@@ -417,6 +474,7 @@ impl EndpointState {
         match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
             Ok(()) => {
                 tracing::warn!(endpoint = %ep.id, reason, "endpoint disabled");
+                self.emit("switchyard:endpoint_disabled", &ep, reason, json!({}));
                 self.endpoint = Some(ep);
             }
             Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),

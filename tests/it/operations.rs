@@ -223,3 +223,60 @@ async fn replay_resends_exactly_the_failed_deliveries_of_the_window_once_in_orde
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn a_disabled_or_failing_endpoint_emits_an_event_that_a_rule_can_forward() {
+    let redis = Redis::start();
+    let config = switchyard::config::Config {
+        breaker_threshold: 2,
+        ..test_config(&redis, &prefix("opsevents"))
+    };
+    let node = Node::start(config).await;
+    let api = node.workspace("Ops").await;
+    let slack = Receiver::ok().await;
+    let gone = Receiver::start(|_, _| Reply::status(410)).await;
+    let down = Receiver::start(|_, _| Reply::status(500)).await;
+    let alerts = api.endpoint(json!({"url": slack.url})).await;
+    let ep_gone = api.endpoint(json!({"url": gone.url})).await;
+    let ep_down = api
+        .endpoint(json!({"url": down.url, "retry": {"maxAttempts": 5, "initialDelayMs": 10}}))
+        .await;
+    api.rule(json!({"name": "alerts", "events": ["switchyard:*"], "actions": [{"type": "webhook", "endpointId": alerts["id"]}]})).await;
+    api.rule(json!({"name": "to gone", "events": ["member:*"], "actions": [{"type": "webhook", "endpointId": ep_gone["id"]}]})).await;
+    api.rule(json!({"name": "to down", "events": ["data_record:*"], "actions": [{"type": "webhook", "endpointId": ep_down["id"]}]})).await;
+    api.post(
+        "/v1/events",
+        json!({"event": "member:created", "member": {"id": 1}}),
+    )
+    .await;
+    api.post("/v1/events", record_event(1, "high")).await;
+    wait_until(
+        Duration::from_secs(10),
+        "both operational events",
+        || async { slack.count() >= 2 },
+    )
+    .await;
+    let got: Vec<serde_json::Value> = slack.received().iter().map(|r| r.json()).collect();
+    let disabled = got
+        .iter()
+        .find(|b| b["event"] == "switchyard:endpoint_disabled")
+        .expect("endpoint_disabled");
+    assert_eq!(disabled["endpoint"]["id"], ep_gone["id"]);
+    assert!(disabled["reason"].as_str().unwrap().contains("410"));
+    let failing = got
+        .iter()
+        .find(|b| b["event"] == "switchyard:endpoint_failing")
+        .expect("endpoint_failing");
+    assert_eq!(failing["endpoint"]["id"], ep_down["id"]);
+    assert_eq!(failing["breaker"]["state"], "open");
+    assert_eq!(failing["eventRule"]["name"], "alerts");
+    // Clients cannot send these events themselves.
+    let (status, _) = api
+        .post(
+            "/v1/events",
+            json!({"event": "switchyard:endpoint_disabled"}),
+        )
+        .await;
+    assert_eq!(status, 422);
+    node.stop().await;
+}
