@@ -128,6 +128,10 @@ impl Deliverer {
         };
         let clock = Instant::now();
         let result = self.send(endpoint, headers, &delivery.body).await;
+        match &result {
+            Ok((r, _)) => tracing::debug!(status = r.status, "attempt answered"),
+            Err(e) => tracing::debug!(kind = %e.kind, error = %e.message, "attempt failed"),
+        }
         let mut attempt = Attempt {
             attempt: number,
             started_at: rfc3339(started_at),

@@ -1,5 +1,6 @@
 //! Switchyard: a webhook dispatcher cluster.
 pub mod api;
+pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod deliverer;

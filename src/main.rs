@@ -28,6 +28,12 @@ enum Command {
     /// invalid key, and exits non-zero on an error.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Deliveries of the workspace of SWITCHYARD_API_KEY, on a running node.
+    #[command(subcommand)]
+    Deliveries(DeliveriesCommand),
+    /// Endpoints of the workspace of SWITCHYARD_API_KEY, on a running node.
+    #[command(subcommand)]
+    Endpoints(EndpointsCommand),
     /// Drive a node with events and report throughput, latency, losses and the raw-client ratio.
     Load(LoadArgs),
     /// Check a received webhook's signature; the body is read from stdin. Exits 0 only if valid.
@@ -56,6 +62,145 @@ enum ConfigCommand {
     },
     /// Print the commented defaults (a starting point for a config file).
     Defaults,
+}
+
+/// Where the node is and whose workspace.
+#[derive(clap::Args)]
+struct Remote {
+    #[arg(long, env = "SWITCHYARD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    #[arg(long, env = "SWITCHYARD_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum DeliveriesCommand {
+    /// Newest first.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        endpoint: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// One delivery with its attempts.
+    Show {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+    /// One more attempt of a finished delivery.
+    Retry {
+        #[command(flatten)]
+        remote: Remote,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointsCommand {
+    List {
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn remote_call(
+    remote: &Remote,
+    path: String,
+    post: bool,
+    columns: Option<(&str, &[&str])>,
+) -> anyhow::Result<()> {
+    let client = switchyard::client::Client::new(&remote.url, &remote.api_key);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let body = runtime.block_on(async {
+        if post {
+            client.post(&path).await
+        } else {
+            client.get(&path).await
+        }
+    })?;
+    match columns {
+        Some((list, cols)) if !remote.json => {
+            let rows = body[list]
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![body.clone()]);
+            print!("{}", switchyard::client::table(&rows, cols));
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&body)?),
+    }
+    Ok(())
+}
+
+fn remote(command: Command) -> anyhow::Result<()> {
+    const DELIVERY: &[&str] = &[
+        "id",
+        "status",
+        "endpointId",
+        "eventType",
+        "attemptCount",
+        "createdAt",
+        "nextAttemptAt",
+    ];
+    match command {
+        Command::Deliveries(DeliveriesCommand::List {
+            remote,
+            status,
+            endpoint,
+            limit,
+        }) => {
+            let mut path = format!("/v1/deliveries?limit={limit}");
+            for (k, v) in [("status", status), ("endpointId", endpoint)] {
+                if let Some(v) = v {
+                    path += &format!("&{k}={v}");
+                }
+            }
+            remote_call(&remote, path, false, Some(("data", DELIVERY)))
+        }
+        Command::Deliveries(DeliveriesCommand::Show { remote, id }) => remote_call(
+            &remote,
+            format!("/v1/deliveries/{id}"),
+            false,
+            Some((
+                "attempts",
+                &[
+                    "attempt",
+                    "startedAt",
+                    "durationMs",
+                    "response",
+                    "error",
+                    "nextAttemptAt",
+                ],
+            )),
+        ),
+        Command::Deliveries(DeliveriesCommand::Retry { remote, id }) => {
+            remote_call(&remote, format!("/v1/deliveries/{id}/retry"), true, None)
+        }
+        Command::Endpoints(EndpointsCommand::List { remote }) => remote_call(
+            &remote,
+            "/v1/endpoints?limit=1000".into(),
+            false,
+            Some((
+                "data",
+                &[
+                    "id",
+                    "url",
+                    "enabled",
+                    "ordering",
+                    "rateLimit",
+                    "description",
+                ],
+            )),
+        ),
+        _ => unreachable!("only remote commands"),
+    }
 }
 
 #[derive(clap::Args)]
@@ -199,6 +344,13 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 eprintln!("switchyard config check: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        command @ (Command::Deliveries(_) | Command::Endpoints(_)) => match remote(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard: {e:#}");
                 ExitCode::FAILURE
             }
         },

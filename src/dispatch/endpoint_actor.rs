@@ -282,9 +282,11 @@ impl EndpointState {
             job.entry_id.clone(),
         );
         let number = d.attempt_count + 1;
+        // One span per attempt, so every log line of it carries the ids an operator searches by.
+        let span = tracing::info_span!("attempt", delivery = %d.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number);
         tokio::spawn(async move {
-            let run =
-                tokio::spawn(async move { ctx.deliverer.attempt(&ep, &keys, &d, number).await });
+            let attempt = async move { ctx.deliverer.attempt(&ep, &keys, &d, number).await };
+            let run = tokio::spawn(tracing::Instrument::instrument(attempt, span));
             let outcome = match run.await {
                 Ok(o) => o,
                 Err(e) => panicked_attempt(number, e.to_string()),
