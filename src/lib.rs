@@ -1,4 +1,35 @@
 //! Switchyard: a webhook dispatcher cluster.
+//!
+//! Platforms publish their workspaces' events; event rules pick which endpoints get them;
+//! Switchyard POSTs signed JSON (Standard Webhooks) over HTTPS to each endpoint in order,
+//! within the endpoint's rate limit, retries with backoff, logs every attempt, and scales out
+//! over Redis. `docs/architecture.md` draws the supervision tree, the keys and the life of a
+//! delivery.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings — embedded defaults, a TOML file, `SWITCHYARD_*` variables, validation.
+//! - [`workspace`]: tenants and their API keys (stored hashed).
+//! - [`event`]: the event families' typed models and their validation.
+//! - [`rule`]: event rules — patterns, the compiled condition language, the indexed rule set,
+//!   the versioned cache.
+//! - [`endpoint`]: endpoint specs and policies (retry, rate limit, ordering, headers, secrets).
+//! - [`delivery`]: delivery and attempt records, deterministic ids, the partition hash.
+//! - [`ingest`]: a fired event becomes deliveries (API and routines alike).
+//! - [`signing`]: Standard Webhooks signatures and secrets.
+//! - [`ssrf`]: the guard that keeps webhooks on the public internet.
+//! - [`deliverer`]: the shared HTTPS client that signs and sends one attempt.
+//! - [`dispatch`]: partition consumers and the actor tree (RuleRouter → EndpointActors),
+//!   the breaker, the outcome policy.
+//! - [`store`]: every durable byte, on Redis (cluster) or redb (embedded default).
+//! - [`cluster`]: partition leases, fencing, membership and rebalancing over Redis.
+//! - [`routine`]: cron schedules that fire exactly once per tick.
+//! - [`api`]: the HTTP API (axum), auth and the error body.
+//! - [`telemetry`]: Prometheus metrics with bounded labels.
+//! - [`node`]: starting and stopping a node.
+//! - [`client`]: the API client of the `deliveries` / `endpoints` commands.
+//! - [`load`]: the load engine and the HTTPS receiver of tests and benchmarks.
+
 pub mod api;
 pub mod client;
 pub mod cluster;

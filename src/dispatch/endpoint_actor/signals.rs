@@ -1,0 +1,105 @@
+//! What an attempt's outcome does beyond the delivery: metrics, operational events, and
+//! disabling the endpoint. Split from the actor so its file stays about scheduling.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+use super::EndpointState;
+use crate::deliverer::Outcome;
+use crate::delivery::{Status, now_rfc3339};
+use crate::endpoint::Endpoint;
+
+impl EndpointState {
+    /// Emits an operational event into the endpoint's workspace, where a rule may forward it
+    /// (to Slack, say). In a task: the actor does not wait for the rules or the store.
+    pub(super) fn emit(
+        &self,
+        event_type: &'static str,
+        ep: &Endpoint,
+        reason: &str,
+        detail: serde_json::Value,
+    ) {
+        let (ctx, ws_id) = (self.ctx.clone(), self.key.0.clone());
+        let mut body = json!({"event": event_type, "endpoint": {"id": ep.id, "url": ep.spec.url, "description": ep.spec.description},
+            "reason": reason, "at": now_rfc3339()});
+        if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), detail) {
+            b.extend(extra);
+        }
+        tokio::spawn(async move {
+            let serde_json::Value::Object(body) = body else {
+                return;
+            };
+            let event = crate::event::Event {
+                event_type: event_type.to_string(),
+                body,
+            };
+            let emitted = async {
+                let Some(ws) = ctx.store.workspace(&ws_id).await? else {
+                    return Ok(0);
+                };
+                let rules = ctx.rules.get(&ctx.store, &ws_id).await?;
+                let fired = rules.matching(event_type, &event.body);
+                let planned = crate::ingest::plan(
+                    &ctx.store,
+                    &ws,
+                    vec![crate::ingest::Fired {
+                        event,
+                        key: None,
+                        rules: fired,
+                    }],
+                )
+                .await?;
+                ctx.store.ingest(&ws_id, &planned).await
+            };
+            if let Err(e) = emitted.await {
+                tracing::warn!(event = event_type, error = %e, "cannot emit an operational event");
+            }
+        });
+    }
+
+    /// Counts an attempt (and a final outcome) in the node's metrics.
+    pub(super) fn observe(&self, outcome: &Outcome, status: Status, _from: Status) {
+        let a = &outcome.attempt;
+        let kind = a.error.as_ref().map(|e| e.kind.as_str());
+        let class = crate::telemetry::status_class(a.response.as_ref().map(|r| r.status), kind);
+        let node = &self.ctx.node;
+        crate::telemetry::attempt(
+            node,
+            status.as_str(),
+            class,
+            Duration::from_millis(a.duration_ms),
+        );
+        if kind == Some("ssrf") {
+            crate::telemetry::ssrf_refused(node, "connect");
+        }
+        if status.is_final() {
+            let since = self
+                .loaded
+                .values()
+                .find(|d| d.attempt_count + 1 == a.attempt || d.attempt_count == a.attempt)
+                .and_then(|d| DateTime::parse_from_rfc3339(&d.created_at).ok())
+                .and_then(|t| (Utc::now() - t.with_timezone(&Utc)).to_std().ok());
+            crate::telemetry::delivery_final(
+                node,
+                status.as_str(),
+                since.filter(|_| status == Status::Succeeded),
+            );
+        }
+    }
+
+    /// Stops sending until an operator re-enables the endpoint; its queue is kept.
+    pub(super) async fn disable(&mut self, mut ep: Endpoint, reason: &str) {
+        ep.spec.enabled = false;
+        ep.updated_at = now_rfc3339();
+        match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
+            Ok(()) => {
+                tracing::warn!(endpoint = %ep.id, reason, "endpoint disabled");
+                self.emit("switchyard:endpoint_disabled", &ep, reason, json!({}));
+                self.endpoint = Some(ep);
+            }
+            Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),
+        }
+    }
+}
