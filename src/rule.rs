@@ -315,11 +315,16 @@ impl RuleSet {
         body: &Map<String, Value>,
     ) -> Vec<&'a CompiledRule> {
         let family = event_type.split(':').next().unwrap_or_default();
+        // `*` means every event a client sends. Switchyard's own events (operational ones,
+        // routine ticks) go only to rules that name them: a catch-all rule would otherwise send
+        // "endpoint failing" back to the failing endpoint, a loop.
+        let catch_all =
+            (!crate::event::SYSTEM_EVENT_TYPES.contains(&event_type)).then_some(&self.any);
         let mut idx: Vec<usize> = Vec::new();
         for slot in [
             self.by_type.get(event_type),
             self.by_family.get(family),
-            Some(&self.any),
+            catch_all,
         ]
         .into_iter()
         .flatten()
@@ -391,6 +396,11 @@ mod tests {
         assert_eq!(
             ids("call:completed", json!({"member": {"id": 7}})),
             vec![2, 4]
+        );
+        assert_eq!(
+            ids("switchyard:endpoint_failing", json!({"member": {"id": 7}})),
+            Vec::<u64>::new(),
+            "`*` does not take Switchyard's own events"
         );
     }
 
