@@ -10,6 +10,7 @@ mod deliveries;
 mod endpoints;
 mod error;
 mod events;
+pub mod openapi;
 mod rules;
 mod workspaces;
 
@@ -22,7 +23,6 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Json};
-use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ractor::ActorRef;
@@ -58,40 +58,13 @@ pub struct AppState {
 
 /// The API's routes.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/cluster", get(workspaces::cluster))
-        .route("/v1/workspaces", post(workspaces::create))
-        .route("/v1/workspaces/{uuid}/api-keys", post(workspaces::add_key))
-        .route(
-            "/v1/endpoints",
-            get(endpoints::list).post(endpoints::create),
-        )
-        .route(
-            "/v1/endpoints/{id}",
-            get(endpoints::show)
-                .patch(endpoints::update)
-                .delete(endpoints::remove),
-        )
-        .route(
-            "/v1/endpoints/{id}/secret/rotate",
-            post(endpoints::rotate_secret),
-        )
-        .route("/v1/endpoints/{id}/replay", post(endpoints::replay))
-        .route("/v1/event-rules", get(rules::list).post(rules::create))
-        .route(
-            "/v1/event-rules/{id}",
-            get(rules::show).patch(rules::update).delete(rules::remove),
-        )
-        .route("/v1/events", post(events::ingest_one))
-        .route("/v1/events/batch", post(events::ingest_batch))
-        .route("/v1/deliveries", get(deliveries::list))
-        .route("/v1/deliveries/{id}", get(deliveries::show))
-        .route("/v1/deliveries/{id}/retry", post(deliveries::retry))
+    openapi::routes(Router::new())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    Json(openapi::document())
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -268,3 +268,54 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_gives_one_set_of_deliveri
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_every_listed_route_exists() {
+    let redis = Redis::start();
+    let node = Node::start(test_config(&redis, &prefix("openapi"))).await;
+    let (status, doc) = node.api("").get("/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.0.3");
+    let http = reqwest::Client::new();
+    let mut n = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            n += 1;
+            let url = format!(
+                "{}{}",
+                node.base,
+                path.replace("{id}", "x").replace("{uuid}", "x")
+            );
+            let req = http
+                .request(method.to_uppercase().parse().unwrap(), &url)
+                .json(&json!({}));
+            let body: Value = req
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            // The router's fallback answers "no such route": no documented route may reach it.
+            assert_ne!(
+                body["error"]["message"], "no such route",
+                "{method} {path} is documented but not routed"
+            );
+            if let Some(schema) =
+                op["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+            {
+                let name = schema.rsplit('/').next().unwrap();
+                assert!(
+                    doc["components"]["schemas"][name].is_object(),
+                    "{method} {path}: schema {name} missing"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        n,
+        switchyard::api::openapi::ROUTES.len(),
+        "the router and the document come from one table"
+    );
+    node.stop().await;
+}
