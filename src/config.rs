@@ -170,13 +170,47 @@ impl Config {
 
     /// Defaults, then `file`, then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// Defaults, then `file`, then the environment, then `overrides` (`key=value` pairs from
+    /// the command line, same names as the file keys).
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
         let mut config = match file {
             Some(path) => Self::from_file(path)?,
             None => Config::default(),
         };
         config.apply_env(|k| std::env::var(k).ok())?;
+        if !overrides.is_empty() {
+            config = config.with_overrides(overrides)?;
+        }
         config.validate()?;
         Ok(config)
+    }
+
+    /// Sets file keys from `key=value` pairs (a value is read as TOML, else as a string), so
+    /// every key of the file can be set and an unknown one is refused by name.
+    fn with_overrides(&self, overrides: &[(String, String)]) -> Result<Config, ConfigError> {
+        let bad = |message: String| ConfigError::File {
+            path: PathBuf::from("--set"),
+            message,
+        };
+        let mut table: toml::Table =
+            toml::from_str(&toml::to_string(self).map_err(|e| bad(e.to_string()))?)
+                .map_err(|e| bad(e.to_string()))?;
+        for (key, raw) in overrides {
+            let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or_else(|| toml::Value::String(raw.clone()));
+            table.insert(key.clone(), value);
+        }
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| bad(e.to_string()))
     }
 
     fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -419,6 +453,45 @@ mod tests {
         assert!(
             !shown.contains("a-very-secret-token") && !shown.contains("hunter22"),
             "{shown}"
+        );
+    }
+
+    #[test]
+    fn command_line_settings_come_last_and_unknown_ones_are_refused() {
+        let set = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::load_with(None, &pairs)
+        };
+        let c = set(&[
+            ("partitions", "8"),
+            ("listen", "127.0.0.1:9999"),
+            ("allow_http", "true"),
+            ("actor_idle_secs", "7"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                c.partitions,
+                c.listen.port(),
+                c.allow_http,
+                c.actor_idle_secs
+            ),
+            (8, 9999, true, 7)
+        );
+        assert!(
+            set(&[("partitons", "8")])
+                .unwrap_err()
+                .to_string()
+                .contains("partitons")
+        );
+        assert!(
+            set(&[("partitions", "0")])
+                .unwrap_err()
+                .to_string()
+                .contains("partitions")
         );
     }
 

@@ -20,9 +20,13 @@ struct Cli {
 enum Command {
     /// Run a node.
     Serve {
-        /// A TOML config file (keys as in config.rs; SWITCHYARD_* variables override it).
+        /// A TOML config file (`switchyard config defaults` lists the keys); SWITCHYARD_*
+        /// variables override it, and --set overrides both.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// `key=value` with a config key (`--set listen=0.0.0.0:8080`); repeatable.
+        #[arg(long = "set", value_parser = parse_setting)]
+        set: Vec<(String, String)>,
     },
     /// Check a configuration: prints the effective settings (secrets masked) or the first
     /// invalid key, and exits non-zero on an error.
@@ -326,7 +330,7 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => match serve(config) {
+        Command::Serve { config, set } => match serve(config, &set) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: {e:#}");
@@ -394,8 +398,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let config = Config::load(config.as_deref())?;
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("--set takes key=value, got `{s}`"))
+}
+
+fn serve(config: Option<PathBuf>, set: &[(String, String)]) -> anyhow::Result<()> {
+    let config = Config::load_with(config.as_deref(), set)?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,switchyard=info".into());
     match config.log_format {
