@@ -12,18 +12,7 @@ use switchyard::rule::{Action, Rule, RuleSet, RuleSpec};
 use switchyard::signing::{SigningKey, generate_secret, signature_header};
 use switchyard::ssrf::{Guard, forbidden_reason};
 
-const TYPES: [&str; 10] = [
-    "data_record:created",
-    "data_record:updated",
-    "data_record:deleted",
-    "member:created",
-    "member:updated",
-    "member:deleted",
-    "call:started",
-    "call:completed",
-    "chat:started",
-    "chat:completed",
-];
+const TYPES: &[&str] = switchyard::event::EVENT_TYPES;
 
 /// 1,000 rules over the 10 event types: exact types, family wildcards and a few catch-alls,
 /// most with a condition, as a busy workspace would have.

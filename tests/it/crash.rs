@@ -102,20 +102,7 @@ async fn crash_scenario(env: Vec<(String, String)>, events: u64, endpoints: u64,
     }
     let acked = poster.await.unwrap();
     assert_eq!(acked.len() as u64, events, "every event matched one rule");
-    let expected: HashSet<&String> = acked.keys().collect();
-    wait_until(
-        Duration::from_secs(180),
-        "every acknowledged delivery to arrive",
-        || async {
-            let got: HashSet<String> = receiver
-                .received()
-                .iter()
-                .map(|r| r.header("webhook-id").to_string())
-                .collect();
-            expected.iter().all(|id| got.contains(*id))
-        },
-    )
-    .await;
+    crate::support::wait_all_arrived(&receiver, acked.keys(), Duration::from_secs(180)).await;
     let got = receiver.received();
     let mut first_seen = HashSet::new();
     let mut last_seq: HashMap<u64, u64> = HashMap::new();

@@ -1,6 +1,5 @@
 //! Redis going away and coming back: clear 503s meanwhile, recovery on its own, nothing lost.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -71,18 +70,6 @@ async fn a_redis_restart_answers_503_meanwhile_and_loses_nothing() {
     );
     acked.extend(post(100).await);
 
-    wait_until(
-        Duration::from_secs(60),
-        "every acknowledged delivery",
-        || async {
-            let got: HashSet<String> = receiver
-                .received()
-                .iter()
-                .map(|r| r.header("webhook-id").to_string())
-                .collect();
-            acked.iter().all(|id| got.contains(id))
-        },
-    )
-    .await;
+    crate::support::wait_all_arrived(&receiver, acked.iter(), Duration::from_secs(60)).await;
     node.stop().await;
 }

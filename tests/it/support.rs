@@ -29,6 +29,23 @@ where
     }
 }
 
+/// Waits until every one of `ids` has reached `receiver` at least once.
+pub async fn wait_all_arrived<'a>(
+    receiver: &Receiver,
+    ids: impl IntoIterator<Item = &'a String> + Clone,
+    timeout: Duration,
+) {
+    wait_until(timeout, "every acknowledged delivery to arrive", || async {
+        let got: std::collections::HashSet<String> = receiver.with_received(|r| {
+            r.iter()
+                .map(|x| x.header("webhook-id").to_string())
+                .collect()
+        });
+        ids.clone().into_iter().all(|id| got.contains(id))
+    })
+    .await;
+}
+
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
