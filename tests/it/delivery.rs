@@ -5,27 +5,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
-use switchyard::signing::{SigningKey, verify};
 
 use crate::support::{
     Node, Receiver, Redis, Reply, embedded_config, prefix, record_event, test_config, wait_until,
 };
-
-fn verify_received(
-    secret: &str,
-    r: &switchyard::load::receiver::Received,
-) -> Result<(), switchyard::signing::SignatureError> {
-    let key = SigningKey::parse(secret).unwrap();
-    let now = chrono::Utc::now().timestamp();
-    verify(
-        &key,
-        r.header("webhook-id"),
-        r.header("webhook-timestamp"),
-        r.header("webhook-signature"),
-        &r.body,
-        now,
-    )
-}
 
 #[tokio::test]
 async fn a_matching_event_is_delivered_once_signed_and_logged() {
@@ -75,7 +58,8 @@ async fn signed_delivery_scenario(config: switchyard::config::Config) {
     assert_eq!(r.header("x-team"), "growth");
     assert_eq!(r.header("content-type"), "application/json");
     assert!(r.header("user-agent").starts_with("Switchyard/"));
-    verify_received(&secret, r).expect("the signature verifies with the endpoint's secret");
+    crate::support::verify_received(&secret, r)
+        .expect("the signature verifies with the endpoint's secret");
     let body = r.json();
     assert_eq!(body["event"], "data_record:created");
     assert_eq!(body["dataRecord"]["id"], 2);
@@ -154,7 +138,7 @@ async fn two_failures_then_success_is_three_attempts_with_one_webhook_id() {
     assert!(got.iter().all(|r| r.header("webhook-id") == id));
     let secret = ep["secret"].as_str().unwrap();
     for r in &got {
-        verify_received(secret, r).expect("every attempt is signed");
+        crate::support::verify_received(secret, r).expect("every attempt is signed");
     }
     // Each attempt is signed afresh at its own time: 1.2 s apart, the timestamps differ.
     assert_ne!(

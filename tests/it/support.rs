@@ -29,6 +29,23 @@ where
     }
 }
 
+/// Verifies a received webhook's signature with `secret`, now.
+pub fn verify_received(
+    secret: &str,
+    r: &switchyard::load::receiver::Received,
+) -> Result<(), switchyard::signing::SignatureError> {
+    let key = switchyard::signing::SigningKey::parse(secret).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    switchyard::signing::verify(
+        &key,
+        r.header("webhook-id"),
+        r.header("webhook-timestamp"),
+        r.header("webhook-signature"),
+        &r.body,
+        now,
+    )
+}
+
 /// Waits until every one of `ids` has reached `receiver` at least once.
 pub async fn wait_all_arrived<'a>(
     receiver: &Receiver,
