@@ -5,7 +5,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
-RUN cargo build --release --locked --bin switchyard
+# `docker build --build-arg FEATURES=otlp .` adds the OTLP span export.
+ARG FEATURES=""
+RUN cargo build --release --locked --bin switchyard --features "$FEATURES"
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -93,6 +93,10 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// `text` (for people) or `json` (one object per line, for log pipelines).
     pub log_format: LogFormat,
+    /// OTLP/HTTP collector base URL (`http://collector:4318`): spans go to `{url}/v1/traces`.
+    /// Needs a build with the `otlp` feature; unset exports nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The shape of the log lines.
@@ -138,6 +142,7 @@ impl Default for Config {
             lease_ms: 5_000,
             heartbeat_ms: 1_000,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -297,6 +302,9 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = var("otlp_endpoint") {
+            self.otlp_endpoint = Some(v).filter(|t| !t.is_empty());
+        }
         if let Some(v) = var("lease_ms") {
             self.lease_ms = parse("lease_ms", &v)?;
         }
@@ -376,6 +384,21 @@ impl Config {
                 "must be 1 to breaker_max_cooldown_ms",
             ));
         }
+        if let Some(endpoint) = &self.otlp_endpoint {
+            let scheme = url::Url::parse(endpoint).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("http" | "https")) {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    format!("`{endpoint}` is not an http(s) URL"),
+                ));
+            }
+            if !cfg!(feature = "otlp") {
+                return Err(invalid(
+                    "otlp_endpoint",
+                    "this build has no OTLP export: build with `--features otlp`, or unset it",
+                ));
+            }
+        }
         if self.max_payload_bytes < 1024 {
             return Err(invalid("max_payload_bytes", "must be at least 1024"));
         }
@@ -427,6 +450,25 @@ mod tests {
         );
         assert!(msg(&[("SWITCHYARD_LISTEN", "here")]).contains("SWITCHYARD_LISTEN"));
         assert!(msg(&[("SWITCHYARD_ADMIN_TOKEN", "short")]).contains("admin_token"));
+    }
+
+    #[test]
+    fn otlp_endpoint_is_checked_and_needs_the_feature() {
+        let bad = with_env(&[("SWITCHYARD_OTLP_ENDPOINT", "collector:4318")]).unwrap_err();
+        assert!(bad.to_string().contains("otlp_endpoint"), "{bad}");
+        let good = with_env(&[("SWITCHYARD_OTLP_ENDPOINT", "http://127.0.0.1:4318")]);
+        if cfg!(feature = "otlp") {
+            assert_eq!(
+                good.unwrap().otlp_endpoint.as_deref(),
+                Some("http://127.0.0.1:4318")
+            );
+        } else {
+            let e = good.unwrap_err().to_string();
+            assert!(
+                e.contains("otlp_endpoint") && e.contains("--features otlp"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

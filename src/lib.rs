@@ -26,6 +26,7 @@
 //! - [`routine`]: cron schedules that fire exactly once per tick.
 //! - [`api`]: the HTTP API (axum), auth and the error body.
 //! - [`telemetry`]: Prometheus metrics with bounded labels.
+//! - [`traces`]: log output and the optional OTLP span export (`otlp` feature).
 //! - [`node`]: starting and stopping a node.
 //! - [`client`]: the API client of the `deliveries` / `endpoints` commands.
 //! - [`load`]: the load engine and the HTTPS receiver of tests and benchmarks.
@@ -49,4 +50,5 @@ pub mod signing;
 pub mod ssrf;
 pub mod store;
 pub mod telemetry;
+pub mod traces;
 pub mod workspace;

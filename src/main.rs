@@ -407,17 +407,7 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 
 fn serve(config: Option<PathBuf>, set: &[(String, String)]) -> anyhow::Result<()> {
     let config = Config::load_with(config.as_deref(), set)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| "info,switchyard=info".into());
-    match config.log_format {
-        switchyard::config::LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .init(),
-        switchyard::config::LogFormat::Text => {
-            tracing_subscriber::fmt().with_env_filter(filter).init()
-        }
-    }
+    let _traces = switchyard::traces::init(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen)

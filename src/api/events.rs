@@ -137,6 +137,7 @@ fn answer_of(ev: &NewEvent) -> Value {
 }
 
 /// Matches each event against the workspace's rules and builds its deliveries.
+#[tracing::instrument(name = "ingest", skip_all, fields(workspace = %ws.uuid, events = events.len()))]
 async fn plan(
     state: &AppState,
     ws: &Workspace,

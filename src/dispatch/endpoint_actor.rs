@@ -285,9 +285,20 @@ impl EndpointState {
         );
         let number = d.attempt_count + 1;
         // One span per attempt, so every log line of it carries the ids an operator searches by.
-        let span = tracing::info_span!("attempt", delivery = %d.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number);
+        // The response status or error kind is recorded on it when the attempt ends.
+        let span = tracing::info_span!("attempt", delivery = %d.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
         tokio::spawn(async move {
-            let attempt = async move { ctx.deliverer.attempt(&ep, &keys, &d, number).await };
+            let attempt = async move {
+                let outcome = ctx.deliverer.attempt(&ep, &keys, &d, number).await;
+                let span = tracing::Span::current();
+                if let Some(response) = &outcome.attempt.response {
+                    span.record("status", response.status);
+                }
+                if let Some(error) = &outcome.attempt.error {
+                    span.record("error", error.kind.as_str());
+                }
+                outcome
+            };
             let run = tokio::spawn(tracing::Instrument::instrument(attempt, span));
             let outcome = match run.await {
                 Ok(o) => o,

@@ -8,6 +8,8 @@ mod crash;
 mod delivery;
 mod metrics;
 mod operations;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod outage;
 mod routines;
 mod store_conformance;
