@@ -140,7 +140,18 @@ async fn main() {
     println!("queued {jobs} jobs over {endpoints} endpoints in {fill_secs:.1} s");
 
     let listen = free_port();
-    let mut node = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    // BACKLOG_WRAP runs the node under a profiler, e.g. `BACKLOG_WRAP=heaptrack`.
+    let wrap = std::env::var("BACKLOG_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut node = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(env!("CARGO_BIN_EXE_switchyard"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_switchyard")),
+    };
+    let mut node = node
         .arg("serve")
         .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{listen}"))
         .env("SWITCHYARD_REDIS_URL", &url)

@@ -64,7 +64,10 @@ pub struct Config {
     pub idempotency_ttl_secs: u64,
     /// Jobs a partition consumer holds in memory (read but not yet finished) at most.
     pub partition_buffer: usize,
-    /// An endpoint actor with nothing to do stops after this many seconds.
+    /// An endpoint actor with nothing to do stops after this many seconds (longer when its rate
+    /// limit's bucket takes longer to refill). Its successor reloads its state from the store,
+    /// so this trades a few reads per restart against memory: at 100k endpoints, live actors
+    /// are most of a node's memory.
     pub actor_idle_secs: u64,
     /// Rate limit (deliveries per second) of endpoints that set none; unset: unlimited.
     pub default_rate_per_second: Option<u32>,
@@ -128,7 +131,7 @@ impl Default for Config {
             response_body_limit: 64 * 1024,
             idempotency_ttl_secs: 24 * 3600,
             partition_buffer: 1024,
-            actor_idle_secs: 300,
+            actor_idle_secs: 2,
             default_rate_per_second: None,
             default_rate_burst: 1,
             retry_after_ceiling_secs: 3600,
@@ -302,6 +305,28 @@ impl Config {
                 }
             };
         }
+        for (key, field) in [
+            ("actor_idle_secs", &mut self.actor_idle_secs),
+            ("breaker_max_cooldown_ms", &mut self.breaker_max_cooldown_ms),
+            ("idempotency_ttl_secs", &mut self.idempotency_ttl_secs),
+            (
+                "retry_after_ceiling_secs",
+                &mut self.retry_after_ceiling_secs,
+            ),
+        ] {
+            if let Some(v) = var(key) {
+                *field = parse(key, &v)?;
+            }
+        }
+        for (key, field) in [
+            ("max_payload_bytes", &mut self.max_payload_bytes),
+            ("partition_buffer", &mut self.partition_buffer),
+            ("response_body_limit", &mut self.response_body_limit),
+        ] {
+            if let Some(v) = var(key) {
+                *field = parse(key, &v)?;
+            }
+        }
         if let Some(v) = var("otlp_endpoint") {
             self.otlp_endpoint = Some(v).filter(|t| !t.is_empty());
         }
@@ -450,6 +475,26 @@ mod tests {
         );
         assert!(msg(&[("SWITCHYARD_LISTEN", "here")]).contains("SWITCHYARD_LISTEN"));
         assert!(msg(&[("SWITCHYARD_ADMIN_TOKEN", "short")]).contains("admin_token"));
+    }
+
+    #[test]
+    fn every_file_key_has_an_environment_variable() {
+        let asked = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        let mut c = Config {
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
+            ..Config::default()
+        };
+        c.apply_env(|k| {
+            asked.lock().unwrap().insert(k.to_string());
+            None
+        })
+        .unwrap();
+        let table: toml::Table = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        let asked = asked.into_inner().unwrap();
+        for key in table.keys() {
+            let var = format!("SWITCHYARD_{}", key.to_ascii_uppercase());
+            assert!(asked.contains(&var), "{key} has no {var}");
+        }
     }
 
     #[test]

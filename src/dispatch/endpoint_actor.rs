@@ -37,7 +37,8 @@ const UNORDERED_SCAN: usize = 1024;
 /// Queued jobs a strict endpoint looks through per pump: the head, and duplicates behind it
 /// that are already final (after a crash, a handoff or a recreated consumer group).
 const STRICT_SCAN: usize = 64;
-/// How often an endpoint actor re-reads its endpoint even without a change message.
+/// How old an endpoint actor's copy of its endpoint may get, without a change message, before
+/// its next pump re-reads it (a missed pub/sub message cannot leave it stale for longer).
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
 /// Wait before retrying after the store could not be read or written.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -86,6 +87,8 @@ pub struct EndpointState {
     draining: Option<Option<tokio::sync::oneshot::Sender<()>>>,
     wake_at: Option<Instant>,
     idle_timer: bool,
+    /// When `endpoint` was last read from the store.
+    loaded_at: Option<Instant>,
 }
 
 fn limiter_for(rl: RateLimit) -> Option<(RateLimit, DefaultDirectRateLimiter)> {
@@ -121,7 +124,19 @@ impl EndpointState {
         }
         self.endpoint = ep;
         self.endpoint_known = true;
+        self.loaded_at = Some(Instant::now());
         Ok(())
+    }
+
+    /// How long an empty actor waits before asking to stop: the configured idle time, or longer
+    /// if its rate limit needs it. A successor starts with a full token bucket, so the actor
+    /// stays until its own bucket has refilled (`burst / per_second`); stopping earlier would
+    /// let the successor exceed the limit.
+    fn idle_time(&self) -> Duration {
+        let refill = self.limiter.as_ref().map_or(Duration::ZERO, |(rl, _)| {
+            Duration::from_secs_f64(f64::from(rl.burst.max(1)) / f64::from(rl.per_second.max(1)))
+        });
+        self.ctx.idle.max(refill)
     }
 
     fn wake(&mut self, myself: &ActorRef<EndpointMsg>, at: Instant) {
@@ -163,7 +178,7 @@ impl EndpointState {
         let empty = self.queue.lock().expect("queue lock").is_empty();
         if empty && self.in_flight.is_empty() && !self.idle_timer {
             self.idle_timer = true;
-            myself.send_after(self.ctx.idle, || EndpointMsg::IdleCheck);
+            myself.send_after(self.idle_time(), || EndpointMsg::IdleCheck);
         }
         Ok(())
     }
@@ -472,12 +487,13 @@ impl Actor for EndpointActor {
             draining: None,
             wake_at: None,
             idle_timer: false,
+            loaded_at: None,
         };
         // Loading happens in the mailbox, so a store outage delays the actor but cannot fail it.
+        // Changes arrive by message (and pub/sub between nodes); a pump re-reads an endpoint
+        // older than RELOAD_EVERY, which bounds how long a missed message can leave the actor on
+        // an old configuration (no timer per actor: at 100k endpoints those add up).
         myself.cast(EndpointMsg::Reload)?;
-        // Changes arrive by message (and pub/sub between nodes); a periodic reload bounds how
-        // long a missed message can leave the actor on an old configuration.
-        myself.send_interval(RELOAD_EVERY, || EndpointMsg::Reload);
         Ok(state)
     }
 
@@ -487,10 +503,27 @@ impl Actor for EndpointActor {
         msg: EndpointMsg,
         state: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
+        // Boxed: an idle actor's task then holds a pointer, not the few KiB of state machine
+        // of a pump and a store round trip (kept by every one of 100k actors otherwise).
+        Box::pin(state.on_message(myself, msg)).await
+    }
+}
+
+impl EndpointState {
+    async fn on_message(
+        &mut self,
+        myself: ActorRef<EndpointMsg>,
+        msg: EndpointMsg,
+    ) -> Result<(), ActorProcessingErr> {
+        let state = self;
         match msg {
             EndpointMsg::Pump => {
                 if state.wake_at.is_some_and(|w| w <= Instant::now()) {
                     state.wake_at = None;
+                }
+                let stale = state.loaded_at.is_some_and(|t| t.elapsed() > RELOAD_EVERY);
+                if stale && let Err(e) = state.load_endpoint().await {
+                    tracing::warn!(error = %e, "cannot reload endpoint; keeping the last copy");
                 }
                 state.pump(&myself).await?;
             }

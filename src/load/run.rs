@@ -41,6 +41,10 @@ pub struct LoadConfig {
     /// Per-endpoint `rateLimit.perSecond` (burst 1); `None`: unlimited.
     pub rate_limit: Option<u32>,
     pub baseline: bool,
+    /// Before measuring, send one event to every endpoint and wait for it: connections are
+    /// open and endpoint actors started, as on a node that has been running. Its deliveries
+    /// are not counted.
+    pub warmup: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,
     pub progress: bool,
@@ -200,6 +204,11 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             "conditions": {"field": "member.id", "op": "eq", "value": i}, "actions": [{"type": "webhook", "endpointId": ep["id"]}]});
         post(&http, &format!("{base}/v1/event-rules"), &key, &rule).await?;
     }
+    let warm = if cfg.warmup {
+        warm_up(&http, &base, &key, &cfg, &receiver).await?
+    } else {
+        0
+    };
     let pid = child.as_ref().map(|c| c.child.id());
     let cpu_before = pid.and_then(cpu_seconds);
 
@@ -220,15 +229,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         .duration_since(started)
         .as_secs_f64()
         .max(1e-6);
-    let expected = accepted.deliveries.len();
+    let expected = accepted.deliveries.len() + warm;
     let deadline = Instant::now() + cfg.timeout;
     loop {
-        let unique = receiver.with_received(|r| {
-            let mut seen = std::collections::HashSet::new();
-            r.iter()
-                .filter(|x| x.answered == 200 && seen.insert(x.header("webhook-id").to_string()))
-                .count()
-        });
+        let unique = unique_delivered(&receiver);
         if let Some(bar) = &bar {
             bar.set_position(unique as u64);
         }
@@ -266,6 +270,51 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         report.ratio = Some(report.deliveries_per_s / rate);
     }
     Ok(report)
+}
+
+/// Distinct deliveries answered 200.
+fn unique_delivered(receiver: &Receiver) -> usize {
+    receiver.with_received(|r| {
+        let mut seen = std::collections::HashSet::new();
+        r.iter()
+            .filter(|x| x.answered == 200 && seen.insert(x.header("webhook-id").to_string()))
+            .count()
+    })
+}
+
+/// Sends one event per endpoint (batches of 100) and waits until each has arrived; returns
+/// how many deliveries that was.
+async fn warm_up(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    cfg: &LoadConfig,
+    receiver: &Receiver,
+) -> Result<usize, LoadError> {
+    let ids: Vec<usize> = (0..cfg.endpoints).collect();
+    for chunk in ids.chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"event": "member:updated", "member": {"id": i, "warmup": true}}))
+            .collect();
+        post(
+            http,
+            &format!("{base}/v1/events/batch"),
+            key,
+            &json!({"events": events}),
+        )
+        .await?;
+    }
+    let deadline = Instant::now() + cfg.timeout;
+    while unique_delivered(receiver) < cfg.endpoints {
+        if Instant::now() > deadline {
+            return Err(LoadError::Api(
+                "the warm-up deliveries did not arrive".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(cfg.endpoints)
 }
 
 struct Accepted {

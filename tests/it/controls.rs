@@ -324,3 +324,40 @@ async fn an_idle_actor_stops_and_its_successor_restores_the_breaker_from_the_sto
     assert_eq!(receiver.count(), 3);
     node.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_rate_limited_actor_stays_until_its_bucket_has_refilled() {
+    // A successor starts with a full bucket, so stopping before `burst / perSecond` seconds of
+    // silence would let a burst through that the limit refuses. Here: 3 / 1 = 3 s, idle 1 s.
+    let redis = Redis::start();
+    let config = switchyard::config::Config {
+        actor_idle_secs: 1,
+        ..test_config(&redis, &prefix("idle-limit"))
+    };
+    let node = Node::start(config).await;
+    let api = node.workspace("IdleLimit").await;
+    let receiver = Receiver::ok().await;
+    let ep = api
+        .endpoint(json!({"url": receiver.url, "rateLimit": {"perSecond": 1, "burst": 3}}))
+        .await;
+    all_rule(&api, &ep).await;
+    let sent = send(&api, 0, 3).await;
+    wait_until(Duration::from_secs(10), "the burst", || async {
+        receiver.count() == 3
+    })
+    .await;
+    let burst_done = std::time::Instant::now();
+    assert_eq!(sent.len(), 3);
+    wait_until(
+        Duration::from_secs(10),
+        "the idle actor to stop",
+        || async { node.api("").get("/readyz").await.1["endpointActors"] == 0 },
+    )
+    .await;
+    let lived = burst_done.elapsed();
+    assert!(
+        lived >= Duration::from_millis(2_500),
+        "the actor stopped {lived:?} after its burst, before its bucket refilled (3 s)"
+    );
+    node.stop().await;
+}
