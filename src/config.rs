@@ -64,6 +64,8 @@ pub struct Config {
     pub idempotency_ttl_secs: u64,
     /// Jobs a partition consumer holds in memory (read but not yet finished) at most.
     pub partition_buffer: usize,
+    /// HTTP attempts in flight at once on a node, over all endpoints (each holds a connection).
+    pub max_concurrent_attempts: usize,
     /// An endpoint actor with nothing to do stops after this many seconds (longer when its rate
     /// limit's bucket takes longer to refill). Its successor reloads its state from the store,
     /// so this trades a few reads per restart against memory: at 100k endpoints, live actors
@@ -132,6 +134,7 @@ impl Default for Config {
             idempotency_ttl_secs: 24 * 3600,
             partition_buffer: 1024,
             actor_idle_secs: 2,
+            max_concurrent_attempts: 1024,
             default_rate_per_second: None,
             default_rate_burst: 1,
             retry_after_ceiling_secs: 3600,
@@ -321,6 +324,7 @@ impl Config {
         for (key, field) in [
             ("max_payload_bytes", &mut self.max_payload_bytes),
             ("partition_buffer", &mut self.partition_buffer),
+            ("max_concurrent_attempts", &mut self.max_concurrent_attempts),
             ("response_body_limit", &mut self.response_body_limit),
         ] {
             if let Some(v) = var(key) {
@@ -386,6 +390,9 @@ impl Config {
         }
         if self.retention_secs == 0 {
             return Err(invalid("retention_secs", "must be at least 1"));
+        }
+        if self.max_concurrent_attempts == 0 {
+            return Err(invalid("max_concurrent_attempts", "must be at least 1"));
         }
         if self.partition_buffer == 0 {
             return Err(invalid("partition_buffer", "must be at least 1"));

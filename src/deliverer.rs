@@ -60,6 +60,10 @@ pub struct Deliverer {
     client: reqwest::Client,
     guard: Arc<Guard>,
     response_limit: usize,
+    /// Attempts in flight on this node (`max_concurrent_attempts`). Each holds a TLS
+    /// connection and its buffers: without a cap, 100k endpoints each with a job open
+    /// connections by the thousand at once.
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Deliverer {
@@ -95,6 +99,7 @@ impl Deliverer {
             client: builder.build()?,
             guard,
             response_limit: config.response_body_limit,
+            in_flight: tokio::sync::Semaphore::new(config.max_concurrent_attempts),
         })
     }
 
@@ -126,6 +131,7 @@ impl Deliverer {
             headers: headers.clone(),
             body: None,
         };
+        let _slot = self.in_flight.acquire().await.expect("never closed");
         let clock = Instant::now();
         let result = self.send(endpoint, headers, &delivery.body).await;
         match &result {
