@@ -1,12 +1,12 @@
 //! Log lines and trace export: the `tracing` subscriber a node runs with.
 //!
-//! Logs go to stderr as text or JSON (`log_format`). With the `otlp` cargo feature and an
-//! `otlp_endpoint`, the same spans (one `attempt` span per delivery attempt, one `ingest` span
-//! per event request) are also exported over OTLP/HTTP (protobuf) to a collector, batched on the
-//! SDK's own thread so a slow or absent collector never holds up a delivery. The feature is off by
-//! default because it adds the OpenTelemetry SDK to the build; a config that names an endpoint
-//! on a build without it is refused at start, naming `otlp_endpoint`, rather than silently
-//! exporting nothing.
+//! Logs go to standard output as text or JSON (`log_format`). With the `otlp` cargo feature
+//! and an `otlp_endpoint`, the same spans (one `attempt` span per delivery attempt, one
+//! `ingest` span per event request) are also exported over OTLP/HTTP (protobuf) to a
+//! collector, batched on the SDK's own thread so a slow or absent collector never holds up a
+//! delivery. The feature is off by default because it adds the OpenTelemetry SDK to the build;
+//! a config that names an endpoint on a build without it is refused at start, naming
+//! `otlp_endpoint`, rather than silently exporting nothing.
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
