@@ -173,6 +173,16 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     })
 }
 
+/// Reads a JSON body of at most `max_payload_bytes` into `T` (413 beyond; 400/422 naming the
+/// field at fault otherwise).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let bytes = read_body(body, state.config.max_payload_bytes).await?;
+    Ok(crate::invalid::from_body(&bytes)?)
+}
+
 /// `limit` and `cursor` of a list route.
 pub struct ListParams {
     pub limit: usize,

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use url::Url;
 
-use super::{ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_body};
+use super::{
+    ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_body, read_json,
+};
 use crate::delivery::{now_rfc3339, rfc3339};
 use crate::dispatch::RouterMsg;
 use crate::dispatch::breaker::{Breaker, BreakerState};
@@ -42,8 +44,7 @@ pub async fn create(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let value: Value = from_body(&body)?;
+    let value: Value = read_json(&state, body).await?;
     let (spec, url) = EndpointSpec::from_json(&value)?;
     check_destination(&state, &url).await?;
     let now = now_rfc3339();
@@ -130,8 +131,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let patch: Value = from_body(&body)?;
+    let patch: Value = read_json(&state, body).await?;
     let mut ep = load(&state, &ws.uuid, &id).await?;
     let (spec, url) = ep.spec.patched(&patch)?;
     if spec.url != ep.spec.url {
@@ -217,8 +217,7 @@ pub async fn replay(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let req: Replay = from_body(&body)?;
+    let req: Replay = read_json(&state, body).await?;
     let since = parse_time("since", &req.since)?;
     let until = req
         .until

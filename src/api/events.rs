@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, Tenant, read_body};
+use super::{ApiError, AppState, Tenant, read_body, read_json};
 use crate::event::Event;
 use crate::ingest::Fired;
 use crate::invalid::{Invalid, from_body};
@@ -67,8 +67,7 @@ pub async fn ingest_one(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let value: Value = from_body(&body)?;
+    let value: Value = read_json(&state, body).await?;
     let event = Event::parse(value)?;
     if let Some(answer) = remembered(&state, &ws.uuid, &key).await? {
         return Ok(answer);

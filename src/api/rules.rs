@@ -11,9 +11,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::Value;
 
-use super::{ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_body};
+use super::{ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_json};
 use crate::delivery::now_rfc3339;
-use crate::invalid::{Invalid, from_body, from_value};
+use crate::invalid::{Invalid, from_value};
 use crate::rule::{self, Action, Rule, RuleSpec};
 
 async fn validate(state: &AppState, ws: &str, spec: &RuleSpec) -> Result<(), ApiError> {
@@ -40,8 +40,7 @@ pub async fn create(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let spec: RuleSpec = from_body(&body)?;
+    let spec: RuleSpec = read_json(&state, body).await?;
     validate(&state, &ws.uuid, &spec).await?;
     let now = now_rfc3339();
     let rule = Rule {
@@ -95,8 +94,7 @@ pub async fn update(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let patch: Value = from_body(&body)?;
+    let patch: Value = read_json(&state, body).await?;
     let mut rule = state
         .store
         .rule(&ws.uuid, parse_id(&id)?)

@@ -7,9 +7,8 @@ use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use serde_json::json;
 
-use super::{Admin, ApiError, AppState, created, read_body};
+use super::{Admin, ApiError, AppState, created, read_json};
 use crate::delivery::now_rfc3339;
-use crate::invalid::from_body;
 use crate::workspace::{NewWorkspace, Workspace};
 
 pub async fn create(
@@ -17,8 +16,7 @@ pub async fn create(
     State(state): State<AppState>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
-    let new: NewWorkspace = from_body(&body)?;
+    let new: NewWorkspace = read_json(&state, body).await?;
     new.validate()?;
     let ws = Workspace {
         uuid: uuid::Uuid::new_v4().to_string(),

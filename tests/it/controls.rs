@@ -361,3 +361,41 @@ async fn an_idle_rate_limited_actor_stays_until_its_bucket_has_refilled() {
     );
     node.stop().await;
 }
+
+#[tokio::test]
+async fn max_concurrent_attempts_bounds_attempts_in_flight_across_endpoints() {
+    // Two endpoints, each with its own actor, and a receiver that holds every request 200 ms.
+    // With one attempt allowed in flight per node, no request may start before the previous
+    // one has been answered, whichever endpoint it is for.
+    let redis = Redis::start();
+    let config = switchyard::config::Config {
+        max_concurrent_attempts: 1,
+        ..test_config(&redis, &prefix("cap"))
+    };
+    let node = Node::start(config).await;
+    let api = node.workspace("Cap").await;
+    let hold = Duration::from_millis(200);
+    let receiver = Receiver::start(move |_, _| Reply {
+        delay: hold,
+        ..Reply::status(200)
+    })
+    .await;
+    for _ in 0..2 {
+        let ep = api.endpoint(json!({"url": receiver.url})).await;
+        all_rule(&api, &ep).await;
+    }
+    send(&api, 0, 2).await;
+    wait_until(Duration::from_secs(10), "four deliveries", || async {
+        receiver.count() == 4
+    })
+    .await;
+    let mut arrivals: Vec<std::time::Instant> =
+        receiver.with_received(|r| r.iter().map(|x| x.at).collect());
+    arrivals.sort();
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= hold - Duration::from_millis(10)),
+        "attempts overlapped: gaps between arrivals {gaps:?}"
+    );
+    node.stop().await;
+}
