@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Stops what start.sh started: nodes with SIGTERM (they drain and release their partitions),
-# then Redis. Pass -9 to kill without draining.
+# then Redis (or the masters of a Redis Cluster). Pass -9 to kill without draining.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${CLUSTER_DIR:-$here/run}
 sig=${1:--TERM}
-for pidfile in "$dir"/node-*.pid "$dir"/redis.pid; do
+for pidfile in "$dir"/node-*.pid "$dir"/redis*.pid; do
   [ -f "$pidfile" ] || continue
   pid=$(cat "$pidfile")
   kill "$sig" "$pid" 2>/dev/null || true

@@ -40,7 +40,7 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Bearer token of the admin routes; `None` refuses them all.
     pub admin_token: Option<String>,
-    /// Redis URL of the cluster store.
+    /// Redis URL of the cluster store; comma-separated seed URLs for a Redis Cluster.
     pub redis_url: Option<String>,
     /// The embedded store's directory.
     pub data_dir: PathBuf,
@@ -169,12 +169,18 @@ impl Config {
         if shown.admin_token.is_some() {
             shown.admin_token = Some("********".into());
         }
-        if let Some(url) = &shown.redis_url
-            && let Ok(mut parsed) = url::Url::parse(url)
-            && parsed.password().is_some()
-        {
-            let _ = parsed.set_password(Some("********"));
-            shown.redis_url = Some(parsed.to_string());
+        if let Some(urls) = &shown.redis_url {
+            let masked: Vec<String> = urls
+                .split(',')
+                .map(|url| match url::Url::parse(url.trim()) {
+                    Ok(mut parsed) if parsed.password().is_some() => {
+                        let _ = parsed.set_password(Some("********"));
+                        parsed.to_string()
+                    }
+                    _ => url.to_string(),
+                })
+                .collect();
+            shown.redis_url = Some(masked.join(","));
         }
         toml::to_string(&shown).unwrap_or_default()
     }
@@ -374,10 +380,12 @@ impl Config {
         if self.node_id.is_empty() || self.node_id.len() > 100 {
             return Err(invalid("node_id", "must be 1 to 100 characters"));
         }
-        if let Some(url) = &self.redis_url
-            && redis::Client::open(url.as_str()).is_err()
-        {
-            return Err(invalid("redis_url", format!("`{url}` is not a Redis URL")));
+        if let Some(urls) = &self.redis_url {
+            for url in urls.split(',').map(str::trim) {
+                if redis::Client::open(url).is_err() {
+                    return Err(invalid("redis_url", format!("`{url}` is not a Redis URL")));
+                }
+            }
         }
         if self.heartbeat_ms < 50 {
             return Err(invalid("heartbeat_ms", "must be at least 50"));
@@ -540,12 +548,14 @@ mod tests {
         );
         let secret = Config {
             admin_token: Some("a-very-secret-token".into()),
-            redis_url: Some("redis://:hunter22@db:6379/".into()),
+            redis_url: Some("redis://:hunter22@db:6379/, redis://:hunter23@db2:6379/".into()),
             ..def
         };
         let shown = secret.masked_toml();
         assert!(
-            !shown.contains("a-very-secret-token") && !shown.contains("hunter22"),
+            !shown.contains("a-very-secret-token")
+                && !shown.contains("hunter22")
+                && !shown.contains("hunter23"),
             "{shown}"
         );
     }

@@ -287,6 +287,17 @@ impl Store {
         each!(self, s => s.delivery(ws, id).await)
     }
 
+    /// The delivery of a job (whose partition is known, so Redis needs no lookup).
+    pub async fn job_delivery(&self, job: &Job) -> Result<Option<Delivery>> {
+        match self {
+            Store::Redis(s) => {
+                s.delivery_in(&job.workspace, job.partition, &job.delivery_id)
+                    .await
+            }
+            Store::Embedded(s) => s.delivery(&job.workspace, &job.delivery_id).await,
+        }
+    }
+
     pub async fn attempts(&self, ws: &str, id: &str) -> Result<Vec<Attempt>> {
         each!(self, s => s.attempts(ws, id).await)
     }

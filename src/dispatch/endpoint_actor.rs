@@ -210,12 +210,7 @@ impl EndpointState {
                 if strict { break } else { continue }
             }
             if !self.loaded.contains_key(&job.entry_id) {
-                match self
-                    .ctx
-                    .store
-                    .delivery(&job.workspace, &job.delivery_id)
-                    .await
-                {
+                match self.ctx.store.job_delivery(&job).await {
                     Ok(Some(d)) => {
                         self.loaded.insert(job.entry_id.clone(), d);
                     }

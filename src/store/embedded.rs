@@ -15,7 +15,7 @@
 //! Table `kv` (`&str` → bytes), keys by prefix, `W` workspace, `EP` endpoint, `D` delivery:
 //! `ws/W`, `key/{sha256}`, `ep/W/EP`, `rule/W/{id:020}`, `ruleseq/W`, `rulever/W`, `evt/W/E`,
 //! `idem/W/K`, `dlv/W/D`, `att/W/D/{n:06}`, `idx/W/{seq}|D`, `epidx/W/EP/{seq}|D`,
-//! `log/W/{ms:013}{n:07}`, `dead/W/{ms:013}{n:07}`, `health/W/EP`, `stats/W/EP`.
+//! `dead/W/{ms:013}{n:07}`, `health/W/EP`, `stats/W/EP`. The attempts are the delivery log.
 //! Table `jobs` (`(partition, seq)` → job): the unfinished jobs; acknowledging deletes.
 
 mod deliveries;

@@ -1,11 +1,18 @@
-//! The Redis backend: the cluster store.
+//! The Redis backend: the cluster store, on one Redis server or a Redis Cluster.
 //!
-//! One `ConnectionManager` (multiplexed, reconnecting) carries every command except the
-//! blocking stream reads, which each partition consumer makes on a connection of its own with
-//! no response timeout (a blocking read stalls a multiplexed connection, and the default 500 ms
-//! response timeout would cut `BLOCK` short). The key layout is in `docs/architecture.md`.
+//! One shared multiplexed connection ([`Conn`]) carries every command except the blocking
+//! stream reads, which each partition consumer makes on a connection of its own with no
+//! response timeout (a blocking read stalls a multiplexed connection, and the default 500 ms
+//! response timeout would cut `BLOCK` short).
+//!
+//! The key layout (`docs/architecture.md`) has two kinds of hash tags so that it runs on a
+//! Redis Cluster unchanged: a workspace's own records share the slot of `{W}` (`P:ws:{W}:...`),
+//! and everything a delivery's life writes atomically — its record, attempts, endpoint index and
+//! counts, the dead letter, the job stream and the lease — shares its partition's slot
+//! (`P:{pN}:...`). No script or transaction spans the two.
 
 mod cluster;
+mod conn;
 mod deliveries;
 mod health;
 mod jobs;
@@ -13,13 +20,13 @@ mod jobs;
 use std::time::Duration;
 
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 
 use crate::endpoint::Endpoint;
 use crate::rule::Rule;
 use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 pub use cluster::NodeInfo;
+pub use conn::Conn;
 pub use jobs::JobReader;
 
 use super::{Result, StoreError};
@@ -40,10 +47,6 @@ static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// The consumer group of every partition stream.
 pub const GROUP: &str = "dispatch";
 
-/// Response timeout of the shared connection: long enough for a pipelined ingest of a batch,
-/// short enough that an unreachable Redis turns into a 503 quickly.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
         let unavailable = e.is_io_error()
@@ -61,8 +64,8 @@ impl From<redis::RedisError> for StoreError {
 /// The Redis store. Cheap to clone: the connection manager is shared.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    target: std::sync::Arc<conn::Target>,
+    conn: Conn,
     prefix: String,
     partitions: u32,
     /// How long finished deliveries, attempts, log and dead-letter entries are kept.
@@ -70,17 +73,13 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Connects (and keeps reconnecting in the background when the link drops).
+    /// Connects (and keeps reconnecting in the background when the link drops). `url` is one
+    /// server, or comma-separated seeds of a Redis Cluster (found out with `INFO cluster`).
     pub async fn connect(url: &str, prefix: &str, partitions: u32) -> Result<RedisStore> {
-        let client = redis::Client::open(url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        let target = conn::Target::discover(url).await?;
+        let conn = target.shared().await?;
         Ok(RedisStore {
-            client,
+            target: std::sync::Arc::new(target),
             conn,
             prefix: prefix.to_string(),
             partitions,
@@ -107,7 +106,12 @@ impl RedisStore {
         self.partitions
     }
 
-    pub(crate) fn conn(&self) -> ConnectionManager {
+    /// Whether the store runs on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
+    }
+
+    pub(crate) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -115,12 +119,24 @@ impl RedisStore {
         format!("{}:{}", self.prefix, rest)
     }
 
+    /// A workspace record: `P:ws:{W}` or `P:ws:{W}:rest`, all in the slot of `{W}`.
     pub(crate) fn ws_key(&self, ws: &str, rest: &str) -> String {
         if rest.is_empty() {
-            self.key(&format!("ws:{ws}"))
+            self.key(&format!("ws:{{{ws}}}"))
         } else {
-            self.key(&format!("ws:{ws}:{rest}"))
+            self.key(&format!("ws:{{{ws}}}:{rest}"))
         }
+    }
+
+    /// A record of a delivery's life in partition `p`: `P:{pN}:ws:W:rest`, in the slot of
+    /// the partition's job stream and lease.
+    pub(crate) fn part_key(&self, partition: u32, ws: &str, rest: &str) -> String {
+        self.key(&format!("{{p{partition}}}:ws:{ws}:{rest}"))
+    }
+
+    /// The partition whose slot holds an endpoint's deliveries.
+    pub(crate) fn partition_of(&self, endpoint: &str) -> u32 {
+        crate::delivery::partition_of(endpoint, self.partitions)
     }
 
     /// Round trip to Redis, for `/readyz`.
@@ -131,11 +147,13 @@ impl RedisStore {
 
     // ---- workspaces -------------------------------------------------------------------------
 
-    /// Creates a workspace and its first API key (returned in clear, once).
+    /// Creates a workspace and its first API key (returned in clear, once). The workspace is
+    /// written before its key (two slots, so two commands): a crash between them leaves a
+    /// workspace nobody holds a key to, never a key to nothing.
     pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
         let key = generate_api_key();
-        redis::pipe()
-            .atomic()
+        let mut conn = self.conn();
+        let _: () = conn
             .hset_multiple(
                 self.ws_key(&ws.uuid, ""),
                 &[
@@ -144,8 +162,9 @@ impl RedisStore {
                     ("createdAt", &ws.created_at),
                 ],
             )
+            .await?;
+        let _: () = conn
             .set(self.key(&format!("key:{}", hash_api_key(&key))), &ws.uuid)
-            .exec_async(&mut self.conn())
             .await?;
         Ok(key)
     }
@@ -253,20 +272,25 @@ impl RedisStore {
     }
 
     /// Saves a rule and bumps the rule-set version in one transaction, so every node's cache
-    /// sees the change on its next version check.
+    /// sees the change on its next version check. The global routine set is another slot: a
+    /// routine joins it before its rule is written and leaves it after, so a crash between
+    /// the two leaves at most a member whose rule has no schedule (the scheduler skips it).
     pub async fn put_rule(&self, ws: &str, rule: &Rule) -> Result<()> {
         let json = serde_json::to_string(rule)?;
         let member = format!("{ws}\t{}", rule.id);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .hset(self.ws_key(ws, "rules"), rule.id, json)
-            .incr(self.ws_key(ws, "rules:ver"), 1);
+        let mut conn = self.conn();
         if rule.spec.schedule.is_some() {
-            pipe.sadd(self.key("routines"), &member);
-        } else {
-            pipe.srem(self.key("routines"), &member);
+            let _: () = conn.sadd(self.key("routines"), &member).await?;
         }
-        pipe.exec_async(&mut self.conn()).await?;
+        redis::pipe()
+            .atomic()
+            .hset(self.ws_key(ws, "rules"), rule.id, json)
+            .incr(self.ws_key(ws, "rules:ver"), 1)
+            .exec_async(&mut conn)
+            .await?;
+        if rule.spec.schedule.is_none() {
+            let _: () = conn.srem(self.key("routines"), &member).await?;
+        }
         Ok(())
     }
 
@@ -313,12 +337,15 @@ impl RedisStore {
     }
 
     pub async fn delete_rule(&self, ws: &str, id: u64) -> Result<bool> {
-        let (n, _, _): (u32, u64, u32) = redis::pipe()
+        let mut conn = self.conn();
+        let (n, _): (u32, u64) = redis::pipe()
             .atomic()
             .hdel(self.ws_key(ws, "rules"), id)
             .incr(self.ws_key(ws, "rules:ver"), 1)
+            .query_async(&mut conn)
+            .await?;
+        let _: () = conn
             .srem(self.key("routines"), format!("{ws}\t{id}"))
-            .query_async(&mut self.conn())
             .await?;
         Ok(n > 0)
     }

@@ -8,14 +8,15 @@ use serde_json::{Value, json};
 
 use crate::support::process::NodeProcess;
 use crate::support::{
-    ADMIN_TOKEN, Api, Node, Receiver, Redis, Reply, prefix, record_event, test_config, wait_until,
+    ADMIN_TOKEN, Api, Node, Receiver, Redis, RedisCluster, Reply, prefix, record_event,
+    test_config, wait_until,
 };
 
 const PARTITIONS: u32 = 16;
 const LEASE_MS: u64 = 2_000;
 
-fn node_env(redis: &Redis, key_prefix: &str, id: &str) -> Vec<(String, String)> {
-    crate::support::process::cluster_env(&redis.url, key_prefix, id, PARTITIONS)
+fn node_env(redis_url: &str, key_prefix: &str, id: &str) -> Vec<(String, String)> {
+    crate::support::process::cluster_env(redis_url, key_prefix, id, PARTITIONS)
 }
 
 /// Partition owners as `GET /v1/cluster` reports them.
@@ -67,9 +68,25 @@ async fn post_all(apis: Vec<Api>, events: u64, endpoints: u64) -> HashMap<String
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_a_kill_and_a_join_lose_nothing_and_keep_order_and_limits() {
+    let redis = Redis::start();
+    three_nodes_scenario(&redis.url).await;
+}
+
+/// The same on a Redis Cluster of three masters: the nodes' partitions live on all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_a_kill_and_a_join_lose_nothing_and_keep_order_and_limits_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    three_nodes_scenario(&cluster.url).await;
+    let counts = cluster.key_counts();
+    assert!(
+        counts.iter().all(|n| *n > 0),
+        "every master holds keys: {counts:?}"
+    );
+}
+
+async fn three_nodes_scenario(redis_url: &str) {
     const EVENTS: u64 = 10_000;
     const ENDPOINTS: u64 = 500;
-    let redis = Redis::start();
     let key_prefix = prefix("cluster");
     let logs = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(|_, _| Reply {
@@ -77,8 +94,8 @@ async fn three_nodes_a_kill_and_a_join_lose_nothing_and_keep_order_and_limits() 
         ..Reply::status(200)
     })
     .await;
-    let mut a = NodeProcess::start(node_env(&redis, &key_prefix, "node-a"), logs.path()).await;
-    let mut b = NodeProcess::start(node_env(&redis, &key_prefix, "node-b"), logs.path()).await;
+    let mut a = NodeProcess::start(node_env(redis_url, &key_prefix, "node-a"), logs.path()).await;
+    let mut b = NodeProcess::start(node_env(redis_url, &key_prefix, "node-b"), logs.path()).await;
     let admin = Api::new(&a.base, ADMIN_TOKEN);
     let (_, ws) = admin
         .post("/v1/workspaces", json!({"name": "Cluster"}))
@@ -113,7 +130,7 @@ async fn three_nodes_a_kill_and_a_join_lose_nothing_and_keep_order_and_limits() 
         || async { receiver.count() as u64 >= EVENTS / 3 },
     )
     .await;
-    let c = NodeProcess::start(node_env(&redis, &key_prefix, "node-c"), logs.path()).await;
+    let c = NodeProcess::start(node_env(redis_url, &key_prefix, "node-c"), logs.path()).await;
     wait_until(
         Duration::from_secs(20),
         "three nodes sharing the partitions evenly",

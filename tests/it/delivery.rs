@@ -7,7 +7,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    Node, Receiver, Redis, Reply, embedded_config, prefix, record_event, test_config, wait_until,
+    Node, Receiver, Redis, RedisCluster, Reply, embedded_config, prefix, record_event, test_config,
+    test_config_at, wait_until,
 };
 
 #[tokio::test]
@@ -20,6 +21,12 @@ async fn a_matching_event_is_delivered_once_signed_and_logged() {
 async fn a_matching_event_is_delivered_once_signed_and_logged_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     signed_delivery_scenario(embedded_config(dir.path())).await;
+}
+
+#[tokio::test]
+async fn a_matching_event_is_delivered_once_signed_and_logged_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    signed_delivery_scenario(test_config_at(&cluster.url, &prefix("e2e"))).await;
 }
 
 async fn signed_delivery_scenario(config: switchyard::config::Config) {
@@ -202,6 +209,17 @@ async fn a_strict_endpoint_receives_first_successes_in_event_order() {
 async fn a_strict_endpoint_receives_first_successes_in_event_order_on_the_embedded_store() {
     let dir = tempfile::tempdir().unwrap();
     order_scenario(embedded_config(dir.path())).await;
+}
+
+#[tokio::test]
+async fn a_strict_endpoint_receives_first_successes_in_event_order_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    order_scenario(test_config_at(&cluster.url, &prefix("order"))).await;
+    let counts = cluster.key_counts();
+    assert!(
+        counts.iter().all(|n| *n > 0),
+        "every master holds keys: {counts:?}"
+    );
 }
 
 async fn order_scenario(config: switchyard::config::Config) {

@@ -75,10 +75,25 @@ async fn during_a_rotation_both_secrets_sign_and_after_it_only_the_new_one() {
 #[tokio::test]
 async fn replay_resends_exactly_the_failed_deliveries_of_the_window_once_in_order() {
     let redis = Redis::start();
+    replay_scenario(test_config(&redis, &prefix("replay"))).await;
+}
+
+#[tokio::test]
+async fn replay_resends_exactly_the_failed_deliveries_of_the_window_once_in_order_on_a_redis_cluster()
+ {
+    let cluster = crate::support::RedisCluster::start();
+    replay_scenario(crate::support::test_config_at(
+        &cluster.url,
+        &prefix("replay"),
+    ))
+    .await;
+}
+
+async fn replay_scenario(config: switchyard::config::Config) {
     // Six failures in a row would open the breaker (threshold 5) and hold the late ones back.
     let config = switchyard::config::Config {
         breaker_threshold: 100,
-        ..test_config(&redis, &prefix("replay"))
+        ..config
     };
     let node = Node::start(config).await;
     let api = node.workspace("Replay").await;

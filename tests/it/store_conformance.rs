@@ -1,5 +1,5 @@
-//! One conformance suite over both store backends: every test runs on Redis and on the
-//! embedded store, and must see the same behaviour.
+//! One conformance suite over the store backends: every test runs on Redis, on a three-master
+//! Redis Cluster and on the embedded store, and must see the same behaviour.
 
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use switchyard::delivery::{
 };
 use switchyard::store::{DeliveryFilter, EmbeddedStore, NewEvent, RedisStore, Store};
 
-use crate::support::{Redis, prefix};
+use crate::support::{Redis, RedisCluster, prefix};
 
 const PARTITIONS: u32 = 4;
 
@@ -16,6 +16,7 @@ const PARTITIONS: u32 = 4;
 struct Backend {
     store: Store,
     _redis: Option<Redis>,
+    _cluster: Option<RedisCluster>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -32,6 +33,23 @@ async fn redis_backend_keeping(retention: Duration) -> Backend {
     Backend {
         store: Store::Redis(store),
         _redis: Some(redis),
+        _cluster: None,
+        _dir: None,
+    }
+}
+
+/// A Redis Cluster of three masters: the partitions' and the workspace's keys land on
+/// different masters, so every command that spans slots would fail here.
+async fn redis_cluster_backend() -> Backend {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.url, &prefix("conf"), PARTITIONS)
+        .await
+        .unwrap();
+    assert!(store.is_cluster());
+    Backend {
+        store: Store::Redis(store),
+        _redis: None,
+        _cluster: Some(cluster),
         _dir: None,
     }
 }
@@ -48,6 +66,7 @@ fn embedded_backend_keeping(retention: Duration) -> Backend {
     Backend {
         store: Store::Embedded(store),
         _redis: None,
+        _cluster: None,
         _dir: Some(dir),
     }
 }
@@ -61,6 +80,16 @@ macro_rules! conformance {
             async fn on_redis() {
                 let b = redis_backend().await;
                 ($body)(b.store.clone()).await;
+            }
+            #[tokio::test]
+            async fn on_redis_cluster() {
+                let b = redis_cluster_backend().await;
+                ($body)(b.store.clone()).await;
+                let counts = b._cluster.as_ref().unwrap().key_counts();
+                assert!(
+                    counts.iter().filter(|n| **n > 0).count() >= 2,
+                    "keys spread over the masters: {counts:?}"
+                );
             }
             #[tokio::test]
             async fn on_embedded() {
@@ -183,6 +212,13 @@ conformance!(
             3
         );
         assert_eq!(store.ingest(WS, &[ev]).await.unwrap(), 0);
+        // A retry from another request (another node, later): same ids, a later seq.
+        assert_eq!(store.ingest(WS, &[event("e2", 3, 100)]).await.unwrap(), 0);
+        let listed = store
+            .list_deliveries(WS, &DeliveryFilter::default(), 10, None)
+            .await
+            .unwrap();
+        assert_eq!(listed.data.len(), 3, "each delivery is listed once");
         assert_eq!(
             read_all(&store, partition_of(EP, PARTITIONS), 10)
                 .await
@@ -355,6 +391,16 @@ async fn retention_case(store: Store) {
 async fn retention_on_redis() {
     let b = redis_backend_keeping(Duration::from_secs(1)).await;
     retention_case(b.store.clone()).await;
+}
+
+#[tokio::test]
+async fn retention_on_redis_cluster() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::connect(&cluster.url, &prefix("conf"), PARTITIONS)
+        .await
+        .unwrap()
+        .with_retention(Duration::from_secs(1));
+    retention_case(Store::Redis(store)).await;
 }
 
 #[tokio::test]

@@ -179,6 +179,79 @@ impl Drop for Redis {
     }
 }
 
+/// A Redis Cluster of three masters (no replicas) on free ports, made with
+/// `redis-cli --cluster create`; every server is killed on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    /// The seed URLs, comma-separated (the form `redis_url` takes).
+    pub url: String,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                Redis::start_with(&[
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // Every master must see all 16384 slots assigned before it routes commands.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            loop {
+                let info: String = node.cmd(redis::cmd("CLUSTER").arg("INFO"));
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never became ok: {info}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let url = nodes
+            .iter()
+            .map(|n| n.url.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        RedisCluster { nodes, url }
+    }
+
+    /// The number of keys on each master.
+    pub fn key_counts(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .map(|n| n.cmd(&mut redis::cmd("DBSIZE")))
+            .collect()
+    }
+}
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// A unique key prefix per test, so tests can share a Redis.
@@ -188,8 +261,13 @@ pub fn prefix(test: &str) -> String {
 
 /// The configuration of a test node: loopback allowed, our test CA trusted, 4 partitions.
 pub fn test_config(redis: &Redis, prefix: &str) -> Config {
+    test_config_at(&redis.url, prefix)
+}
+
+/// The same, on the Redis (or Redis Cluster seeds) at `url`.
+pub fn test_config_at(url: &str, prefix: &str) -> Config {
     Config {
-        redis_url: Some(redis.url.clone()),
+        redis_url: Some(url.to_string()),
         key_prefix: prefix.into(),
         admin_token: Some(ADMIN_TOKEN.into()),
         partitions: 4,

@@ -169,7 +169,11 @@ impl EmbeddedStore {
         self.write(move |txn, ctx| {
             let ws = &job.workspace;
             let mut kv = txn.open_table(KV).map_err(backend)?;
-            put_json(&mut kv, &format!("att/{ws}/{}/{:06}", job.delivery_id, attempt.attempt), &attempt)?;
+            put_json(
+                &mut kv,
+                &format!("att/{ws}/{}/{:06}", job.delivery_id, attempt.attempt),
+                &attempt,
+            )?;
             let key = dlv_key(ws, &job.delivery_id);
             if let Some(mut stored) = get_json::<Stored>(&kv, &key)? {
                 stored.d.status = to;
@@ -177,19 +181,24 @@ impl EmbeddedStore {
                 stored.d.next_attempt_at = attempt.next_attempt_at.clone();
                 put_json(&mut kv, &key, &stored)?;
             }
-            let n = ctx.next_seq.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 10_000_000;
-            let now = chrono::Utc::now().timestamp_millis();
-            let entry = serde_json::json!({"delivery": job.delivery_id, "endpoint": job.endpoint_id, "status": to.as_str(), "attempt": attempt});
-            put_json(&mut kv, &format!("log/{ws}/{now:013}{n:07}"), &entry)?;
             if from != to {
                 bump(&mut kv, ws, &job.endpoint_id, Some(from), to)?;
             }
             if to == Status::Failed {
-                let dead = serde_json::json!({"delivery": job.delivery_id, "endpoint": job.endpoint_id});
+                let n = ctx
+                    .next_seq
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    % 10_000_000;
+                let now = chrono::Utc::now().timestamp_millis();
+                let dead =
+                    serde_json::json!({"delivery": job.delivery_id, "endpoint": job.endpoint_id});
                 put_json(&mut kv, &format!("dead/{ws}/{now:013}{n:07}"), &dead)?;
             }
             if let Some(seq) = seq {
-                txn.open_table(JOBS).map_err(backend)?.remove((job.partition, seq)).map_err(backend)?;
+                txn.open_table(JOBS)
+                    .map_err(backend)?
+                    .remove((job.partition, seq))
+                    .map_err(backend)?;
             }
             Ok(())
         })
@@ -412,6 +421,7 @@ impl EmbeddedStore {
                     }
                 }
                 for prefix in [format!("log/{ws}/"), format!("dead/{ws}/")] {
+                    // `log/` is no longer written; older databases still have entries to age out.
                     for item in kv
                         .range(prefix.as_str()..format!("{prefix}{cutoff:013}").as_str())
                         .map_err(backend)?

@@ -108,17 +108,16 @@ impl RedisStore {
     /// Records a heartbeat; the record lives `ttl_ms`.
     pub async fn heartbeat(&self, info: &NodeInfo, ttl_ms: u64) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
-        redis::pipe()
-            .zadd(self.key("nodes"), &info.id, now)
-            .ignore()
+        // Two slots, so two commands: the record first, so a listed node always has one.
+        let mut conn = self.conn();
+        let _: () = conn
             .pset_ex(
                 self.key(&format!("node:{}", info.id)),
                 serde_json::to_string(info)?,
                 ttl_ms,
             )
-            .ignore()
-            .exec_async(&mut self.conn())
             .await?;
+        let _: () = conn.zadd(self.key("nodes"), &info.id, now).await?;
         Ok(())
     }
 
@@ -163,18 +162,14 @@ impl RedisStore {
 
     /// A pub/sub connection (separate from the shared one).
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
-        Ok(self.client.get_async_pubsub().await?)
+        Ok(self.target.pubsub().await?)
     }
 
     /// Leaves the membership at once (a graceful stop), so the others rebalance without waiting.
     pub async fn leave(&self, node: &str) -> Result<()> {
-        redis::pipe()
-            .zrem(self.key("nodes"), node)
-            .ignore()
-            .del(self.key(&format!("node:{node}")))
-            .ignore()
-            .exec_async(&mut self.conn())
-            .await?;
+        let mut conn = self.conn();
+        let _: () = conn.zrem(self.key("nodes"), node).await?;
+        let _: () = conn.del(self.key(&format!("node:{node}"))).await?;
         Ok(())
     }
 

@@ -13,29 +13,34 @@ use crate::store::{DeliveryFilter, NewEvent, Page, Result, StoreError};
 
 /// Creates the deliveries of one partition, each only if it does not exist yet, and appends a
 /// job for each one created. Deterministic delivery ids make a retried (or concurrent, on two
-/// nodes) ingest of the same event a no-op instead of a duplicate.
+/// nodes) ingest of the same event a no-op instead of a duplicate. Every key is in the
+/// partition's slot.
 ///
-/// KEYS: ws index, jobs stream, then per delivery: delivery hash, endpoint index, endpoint stats.
-/// ARGV: workspace, then per delivery: index member, endpoint id, delivery id, field count,
-/// field/value pairs.
+/// KEYS: jobs stream, then per delivery: delivery hash, endpoint index, endpoint stats.
+/// ARGV: workspace, then per delivery: seq, endpoint id, delivery id, field count, field/value
+/// pairs. Returns per delivery the seq it is stored with: `+seq` when created now, `=seq` when
+/// it existed (then with the seq of its first ingest), so the workspace index, written after,
+/// gets the same member on every retry.
 const CREATE_DELIVERIES: &str = r#"
-local created = 0
+local out = {}
 local a = 2
-for i = 3, #KEYS, 3 do
-  local member, endpoint, id, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+for i = 2, #KEYS, 3 do
+  local seq, endpoint, id, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
   local fields = {}
   for j = 1, n do fields[j] = ARGV[a + 3 + j] end
   a = a + 4 + n
-  if redis.call('EXISTS', KEYS[i]) == 0 then
+  local stored = redis.call('HGET', KEYS[i], 'seq')
+  if stored then
+    out[#out + 1] = '=' .. stored
+  else
     redis.call('HSET', KEYS[i], unpack(fields))
-    redis.call('ZADD', KEYS[1], 0, member)
-    redis.call('ZADD', KEYS[i + 1], 0, member)
+    redis.call('ZADD', KEYS[i + 1], 0, seq .. '|' .. id)
     redis.call('HINCRBY', KEYS[i + 2], 'pending', 1)
-    redis.call('XADD', KEYS[2], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
-    created = created + 1
+    redis.call('XADD', KEYS[1], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
+    out[#out + 1] = '+' .. seq
   end
 end
-return created
+return out
 "#;
 
 static CREATE_SCRIPT: std::sync::LazyLock<redis::Script> =
@@ -44,8 +49,8 @@ static CREATE_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// Puts a finished delivery back in its partition stream for one more attempt (manual retry,
 /// replay): only if it is still final, so two replays of one window send it once.
 ///
-/// KEYS: delivery hash, endpoint stats, jobs stream. ARGV: workspace, endpoint, delivery id,
-/// the statuses it may be requeued from (space-separated).
+/// KEYS: delivery hash, endpoint stats, jobs stream, attempts. ARGV: workspace, endpoint,
+/// delivery id, the statuses it may be requeued from (space-separated).
 const REQUEUE: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1, true) then
@@ -53,37 +58,37 @@ if not status or not string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1,
 end
 redis.call('HSET', KEYS[1], 'status', 'pending', 'nextAttemptAt', '')
 redis.call('PERSIST', KEYS[1])
-redis.call('PERSIST', KEYS[1] .. ':att')
+redis.call('PERSIST', KEYS[4])
 redis.call('HINCRBY', KEYS[2], status, -1)
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
 redis.call('XADD', KEYS[3], '*', 'w', ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
 return 1
 "#;
 
-/// Records one attempt in one atomic step: the attempt, the delivery's status and schedule,
-/// the log, the counts, the dead letter, and at a final outcome the XACK and the retention
-/// TTLs. With a fencing holder (`node:token`), it refuses to write unless that holder still
-/// owns the partition's lease, so a node that lost a partition cannot record over its new owner.
+/// Records one attempt in one atomic step: the attempt (the delivery's log), the delivery's
+/// status and schedule, the counts, the dead letter, and at a final outcome the XACK and the
+/// retention TTLs. With a fencing holder (`node:token`), it refuses to write unless that holder
+/// still owns the partition's lease, so a node that lost a partition cannot record over its
+/// new owner. Every key is in the partition's slot.
 ///
-/// KEYS: delivery, attempts, log, stats, dead letter, jobs stream, lease.
+/// KEYS: delivery, attempts, stats, dead letter, jobs stream, lease.
 /// ARGV: attempt JSON, status, attempt number, next attempt, previous status, MINID cutoff,
 /// delivery id, endpoint id, entry id, group, TTL seconds, holder ("" = not fenced).
 const RECORD: &str = r#"
-if ARGV[12] ~= '' and redis.call('GET', KEYS[7]) ~= ARGV[12] then
+if ARGV[12] ~= '' and redis.call('GET', KEYS[6]) ~= ARGV[12] then
   return redis.error_reply('STALE_LEASE this node no longer owns the partition')
 end
 redis.call('RPUSH', KEYS[2], ARGV[1])
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'attemptCount', ARGV[3], 'nextAttemptAt', ARGV[4])
-redis.call('XADD', KEYS[3], 'MINID', '~', ARGV[6], '*', 'delivery', ARGV[7], 'endpoint', ARGV[8], 'status', ARGV[2], 'attempt', ARGV[1])
 if ARGV[5] ~= ARGV[2] then
-  redis.call('HINCRBY', KEYS[4], ARGV[5], -1)
-  redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+  redis.call('HINCRBY', KEYS[3], ARGV[5], -1)
+  redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
 end
 if ARGV[2] == 'failed' then
-  redis.call('XADD', KEYS[5], 'MINID', '~', ARGV[6], '*', 'delivery', ARGV[7], 'endpoint', ARGV[8])
+  redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[6], '*', 'delivery', ARGV[7], 'endpoint', ARGV[8])
 end
 if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' then
-  redis.call('XACK', KEYS[6], ARGV[10], ARGV[9])
+  redis.call('XACK', KEYS[5], ARGV[10], ARGV[9])
   redis.call('EXPIRE', KEYS[1], ARGV[11])
   redis.call('EXPIRE', KEYS[2], ARGV[11])
 end
@@ -101,8 +106,18 @@ const SCAN_CHUNK: usize = 200;
 /// Round trips a filtered list may make before it answers with what it found and a cursor.
 const SCAN_ROUNDS: usize = 10;
 
-fn index_member(seq: &str, id: &str) -> String {
-    format!("{seq}|{id}")
+/// A member of the workspace index: `seq|id|partition` (the endpoint indexes hold
+/// `seq|id`; their partition is the endpoint's). Ordered by `seq`, then id.
+fn ws_index_member(seq: &str, id: &str, partition: u32) -> String {
+    format!("{seq}|{id}|{partition}")
+}
+
+/// The delivery id and, for a workspace-index member, its partition.
+fn parse_member(member: &str) -> (&str, Option<u32>) {
+    let mut parts = member.splitn(3, '|');
+    let _seq = parts.next();
+    let id = parts.next().unwrap_or(member);
+    (id, parts.next().and_then(|p| p.parse().ok()))
 }
 
 fn delivery_fields(d: &Delivery) -> Vec<(&'static str, String)> {
@@ -148,9 +163,56 @@ impl RedisStore {
         self.key(&format!("{{p{partition}}}:jobs"))
     }
 
-    /// Writes events, their deliveries and their jobs: the event records in one pipeline, and
-    /// one script call per partition, all concurrently. Returns once all of it is written (as
-    /// durable as Redis is configured to be: run it with AOF). Returns the deliveries created.
+    fn delivery_key(&self, ws: &str, partition: u32, id: &str) -> String {
+        self.part_key(partition, ws, &format!("dlv:{id}"))
+    }
+
+    fn attempts_key(&self, ws: &str, partition: u32, id: &str) -> String {
+        self.part_key(partition, ws, &format!("dlv:{id}:att"))
+    }
+
+    fn endpoint_index_key(&self, ws: &str, endpoint: &str) -> String {
+        self.part_key(
+            self.partition_of(endpoint),
+            ws,
+            &format!("ep:{endpoint}:dlvs"),
+        )
+    }
+
+    /// Where a delivery lives: its partition, by delivery id (the API knows only the id).
+    fn location_key(&self, ws: &str, id: &str) -> String {
+        self.ws_key(ws, &format!("dloc:{id}"))
+    }
+
+    /// The dead-letter stream of a workspace's partition: one entry per exhausted delivery,
+    /// read by replay (an endpoint's deliveries are all in one partition).
+    fn dead_key(&self, ws: &str, partition: u32) -> String {
+        self.part_key(partition, ws, "dead")
+    }
+
+    /// The partition of a delivery: its location record, or, when that is gone (older than
+    /// the retention), the partition that has it.
+    async fn locate(&self, ws: &str, id: &str) -> Result<Option<u32>> {
+        let at: Option<u32> = self.conn().get(self.location_key(ws, id)).await?;
+        if at.is_some() {
+            return Ok(at);
+        }
+        let probes = (0..self.partitions())
+            .map(|p| {
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(self.delivery_key(ws, p, id));
+                cmd
+            })
+            .collect();
+        let found: Vec<u32> = self.conn().each(probes).await?;
+        Ok(found.iter().position(|n| *n > 0).map(|p| p as u32))
+    }
+
+    /// Writes events, their deliveries and their jobs: the event records in one pipeline (the
+    /// workspace's slot), one script call per partition (each partition's slot), all
+    /// concurrently; then the workspace index and the delivery locations, with the seq each
+    /// delivery is stored with. Returns once all of it is written (as durable as Redis is
+    /// configured to be: run it with AOF). Returns the deliveries created.
     pub async fn ingest(&self, ws: &str, events: &[NewEvent]) -> Result<u32> {
         let mut by_partition: HashMap<u32, Vec<&NewDelivery>> = HashMap::new();
         let mut records = redis::pipe();
@@ -169,41 +231,34 @@ impl RedisStore {
         // The list indexes forget entries older than the retention (the records themselves
         // expire by TTL once final; a pending delivery keeps its record and its job).
         let cutoff = format!("({:013}", self.retention_cutoff_ms());
-        let mut indexes = vec![self.ws_key(ws, "dlvs")];
-        indexes.extend(
-            events
-                .iter()
-                .flat_map(|e| {
-                    e.new_deliveries
-                        .iter()
-                        .map(|nd| nd.delivery.endpoint_id.as_str())
-                })
-                .collect::<std::collections::HashSet<_>>()
-                .into_iter()
-                .map(|ep| self.ws_key(ws, &format!("ep:{ep}:dlvs"))),
-        );
-        for index in indexes {
-            records
-                .cmd("ZREMRANGEBYLEX")
-                .arg(index)
-                .arg("-")
-                .arg(&cutoff)
-                .ignore();
-        }
-        let mut conn = self.conn();
-        let records = records.exec_async(&mut conn);
+        let trim = |index: String| {
+            let mut cmd = redis::cmd("ZREMRANGEBYLEX");
+            cmd.arg(index).arg("-").arg(&cutoff);
+            cmd
+        };
+        records.add_command(trim(self.ws_key(ws, "dlvs"))).ignore();
+        let trims: Vec<redis::Cmd> = events
+            .iter()
+            .flat_map(|e| {
+                e.new_deliveries
+                    .iter()
+                    .map(|nd| nd.delivery.endpoint_id.as_str())
+            })
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .map(|ep| trim(self.endpoint_index_key(ws, ep)))
+            .collect();
+        let conn = self.conn();
         let writes = by_partition.into_iter().map(|(partition, ds)| {
             let mut inv = CREATE_SCRIPT.prepare_invoke();
-            inv.key(self.ws_key(ws, "dlvs"))
-                .key(self.stream_key(partition))
-                .arg(ws);
-            for nd in ds {
+            inv.key(self.stream_key(partition)).arg(ws);
+            for nd in &ds {
                 let d = &nd.delivery;
                 let fields = delivery_fields(d);
-                inv.key(self.ws_key(ws, &format!("dlv:{}", d.id)))
-                    .key(self.ws_key(ws, &format!("ep:{}:dlvs", d.endpoint_id)))
+                inv.key(self.delivery_key(ws, partition, &d.id))
+                    .key(self.endpoint_index_key(ws, &d.endpoint_id))
                     .key(self.stats_key(ws, &d.endpoint_id))
-                    .arg(index_member(&d.seq, &d.id))
+                    .arg(&d.seq)
                     .arg(&d.endpoint_id)
                     .arg(&d.id)
                     .arg(fields.len() * 2);
@@ -212,11 +267,45 @@ impl RedisStore {
                 }
             }
             let mut conn = self.conn();
-            async move { inv.invoke_async::<u32>(&mut conn).await }
+            async move {
+                let stored: Vec<String> = inv.invoke_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((partition, ds, stored))
+            }
         });
-        let (_, created) =
-            futures::future::try_join(records, futures::future::try_join_all(writes)).await?;
-        Ok(created.into_iter().sum())
+        let mut records_conn = self.conn();
+        let (_, _, written) = futures::future::try_join3(
+            records.exec_async(&mut records_conn),
+            conn.each::<()>(trims),
+            futures::future::try_join_all(writes),
+        )
+        .await?;
+        let mut created = 0;
+        let mut index = redis::pipe();
+        let mut members = Vec::new();
+        for (partition, ds, stored) in written {
+            for (nd, seq) in ds.iter().zip(&stored) {
+                created += u32::from(seq.starts_with('+'));
+                let id = &nd.delivery.id;
+                members.push(ws_index_member(&seq[1..], id, partition));
+                index
+                    .set_ex(
+                        self.location_key(ws, id),
+                        partition,
+                        self.retention_secs() as u64,
+                    )
+                    .ignore();
+            }
+        }
+        if !members.is_empty() {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(self.ws_key(ws, "dlvs"));
+            for m in &members {
+                zadd.arg(0).arg(m);
+            }
+            index.add_command(zadd).ignore();
+            index.exec_async(&mut self.conn()).await?;
+        }
+        Ok(created)
     }
 
     /// The stored 202 answer of an `Idempotency-Key`, if the key was seen within its TTL.
@@ -242,26 +331,42 @@ impl RedisStore {
     }
 
     pub async fn delivery(&self, ws: &str, id: &str) -> Result<Option<Delivery>> {
+        match self.locate(ws, id).await? {
+            Some(p) => self.delivery_in(ws, p, id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// A delivery whose partition is known (a job's).
+    pub async fn delivery_in(
+        &self,
+        ws: &str,
+        partition: u32,
+        id: &str,
+    ) -> Result<Option<Delivery>> {
         let h: HashMap<String, String> = self
             .conn()
-            .hgetall(self.ws_key(ws, &format!("dlv:{id}")))
+            .hgetall(self.delivery_key(ws, partition, id))
             .await?;
         delivery_from_hash(h)
     }
 
     pub async fn attempts(&self, ws: &str, id: &str) -> Result<Vec<Attempt>> {
+        let Some(p) = self.locate(ws, id).await? else {
+            return Ok(Vec::new());
+        };
         let raw: Vec<String> = self
             .conn()
-            .lrange(self.ws_key(ws, &format!("dlv:{id}:att")), 0, -1)
+            .lrange(self.attempts_key(ws, p, id), 0, -1)
             .await?;
         raw.iter()
             .map(|j| serde_json::from_str(j).map_err(StoreError::from))
             .collect()
     }
 
-    /// Records one attempt: appended to the delivery's attempts and the workspace's log, the
-    /// delivery's status and schedule updated, and, at a final outcome, the job acknowledged,
-    /// all in one transaction so a crash cannot leave an acknowledged job without its outcome.
+    /// Records one attempt: appended to the delivery's attempts, the delivery's status and
+    /// schedule updated, and, at a final outcome, the job acknowledged, all in one script so a
+    /// crash cannot leave an acknowledged job without its outcome.
     pub async fn record_attempt(
         &self,
         job: &Job,
@@ -270,16 +375,15 @@ impl RedisStore {
         status: Status,
     ) -> Result<()> {
         let ws = &job.workspace;
-        let dkey = self.ws_key(ws, &format!("dlv:{}", job.delivery_id));
+        let p = job.partition;
         let json = serde_json::to_string(attempt)?;
         let done: redis::RedisResult<i64> = RECORD_SCRIPT
-            .key(&dkey)
-            .key(format!("{dkey}:att"))
-            .key(self.ws_key(ws, "log"))
+            .key(self.delivery_key(ws, p, &job.delivery_id))
+            .key(self.attempts_key(ws, p, &job.delivery_id))
             .key(self.stats_key(ws, &job.endpoint_id))
-            .key(self.dead_key(ws))
-            .key(self.stream_key(job.partition))
-            .key(self.lease_key(job.partition))
+            .key(self.dead_key(ws, p))
+            .key(self.stream_key(p))
+            .key(self.lease_key(p))
             .arg(&json)
             .arg(status.as_str())
             .arg(attempt.attempt)
@@ -310,25 +414,32 @@ impl RedisStore {
         }
     }
 
-    /// The dead-letter stream of a workspace: one entry per exhausted delivery, read by replay.
-    fn dead_key(&self, ws: &str) -> String {
-        self.ws_key(ws, "dead")
-    }
-
     /// Requeues one finished delivery (from one of `from`); `false` when it was not in them.
     pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
-        let partition = crate::delivery::partition_of(&d.endpoint_id, self.partitions);
+        let partition = self.partition_of(&d.endpoint_id);
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let done: u32 = REQUEUE_SCRIPT
-            .key(self.ws_key(ws, &format!("dlv:{}", d.id)))
+            .key(self.delivery_key(ws, partition, &d.id))
             .key(self.stats_key(ws, &d.endpoint_id))
             .key(self.stream_key(partition))
+            .key(self.attempts_key(ws, partition, &d.id))
             .arg(ws)
             .arg(&d.endpoint_id)
             .arg(&d.id)
             .arg(from.join(" "))
             .invoke_async(&mut self.conn())
             .await?;
+        if done == 1 {
+            // Its location lives as long as the record again.
+            let _: () = self
+                .conn()
+                .set_ex(
+                    self.location_key(ws, &d.id),
+                    partition,
+                    self.retention_secs() as u64,
+                )
+                .await?;
+        }
         Ok(done == 1)
     }
 
@@ -344,7 +455,11 @@ impl RedisStore {
         let end = until_ms.map_or("+".to_string(), |u| u.to_string());
         let entries: redis::streams::StreamRangeReply = self
             .conn()
-            .xrange(self.dead_key(ws), since_ms.to_string(), end)
+            .xrange(
+                self.dead_key(ws, self.partition_of(endpoint)),
+                since_ms.to_string(),
+                end,
+            )
             .await?;
         let mut ids: Vec<String> = Vec::new();
         for e in entries.ids {
@@ -373,7 +488,7 @@ impl RedisStore {
 
     /// Marks a delivery failed without an attempt (its endpoint was deleted) and acks its job.
     pub async fn fail_without_attempt(&self, job: &Job, from: Status) -> Result<()> {
-        let dkey = self.ws_key(&job.workspace, &format!("dlv:{}", job.delivery_id));
+        let dkey = self.delivery_key(&job.workspace, job.partition, &job.delivery_id);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .hset(&dkey, "status", Status::Failed.as_str())
@@ -408,9 +523,9 @@ impl RedisStore {
         let min = filter
             .since_ms
             .map_or("-".to_string(), |s| format!("[{s:013}|"));
-        let index = match (&filter.endpoint_id, &filter.event_id) {
-            (Some(ep), _) => self.ws_key(ws, &format!("ep:{ep}:dlvs")),
-            _ => self.ws_key(ws, "dlvs"),
+        let (index, endpoint_partition) = match &filter.endpoint_id {
+            Some(ep) => (self.endpoint_index_key(ws, ep), Some(self.partition_of(ep))),
+            None => (self.ws_key(ws, "dlvs"), None),
         };
         let mut out = Vec::new();
         let mut last_member: Option<String> = None;
@@ -432,12 +547,18 @@ impl RedisStore {
                     next_cursor: None,
                 });
             }
-            let mut loads = redis::pipe();
-            for m in &members {
-                let id = m.split_once('|').map_or(m.as_str(), |(_, id)| id);
-                loads.hgetall(self.ws_key(ws, &format!("dlv:{id}")));
-            }
-            let hashes: Vec<HashMap<String, String>> = loads.query_async(&mut self.conn()).await?;
+            // One command per delivery: on a cluster they are in many slots.
+            let loads = members
+                .iter()
+                .map(|m| {
+                    let (id, p) = parse_member(m);
+                    let p = p.or(endpoint_partition).unwrap_or(0);
+                    let mut cmd = redis::cmd("HGETALL");
+                    cmd.arg(self.delivery_key(ws, p, id));
+                    cmd
+                })
+                .collect();
+            let hashes: Vec<HashMap<String, String>> = self.conn().each(loads).await?;
             for (m, h) in members.iter().zip(hashes) {
                 last_member = Some(m.clone());
                 let Some(d) = delivery_from_hash(h)? else {

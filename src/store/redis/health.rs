@@ -14,8 +14,9 @@ impl RedisStore {
         self.ws_key(ws, &format!("ep:{ep}:health"))
     }
 
+    /// In the endpoint's partition slot: every status change moves it in the same script.
     pub(crate) fn stats_key(&self, ws: &str, ep: &str) -> String {
-        self.ws_key(ws, &format!("ep:{ep}:stats"))
+        self.part_key(self.partition_of(ep), ws, &format!("ep:{ep}:stats"))
     }
 
     pub async fn save_health(&self, ws: &str, ep: &str, health: &Health) -> Result<()> {

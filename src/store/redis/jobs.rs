@@ -6,11 +6,10 @@
 
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, Value};
 
-use super::{GROUP, RedisStore};
+use super::{Conn, GROUP, RedisStore};
 use crate::delivery::Job;
 use crate::store::Result;
 
@@ -22,7 +21,7 @@ enum Phase {
 
 /// A partition's reader, on a connection of its own (blocking reads must not share one).
 pub struct JobReader {
-    conn: MultiplexedConnection,
+    conn: Conn,
     stream: String,
     consumer: String,
     partition: u32,
@@ -42,13 +41,7 @@ fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<Stri
 impl RedisStore {
     /// Opens a reader for `partition`, creating the stream and group when missing.
     pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_response_timeout(None)
-            .set_connection_timeout(Some(Duration::from_secs(2)));
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
+        let conn = self.target.blocking().await?;
         let mut reader = JobReader {
             conn,
             stream: self.stream_key(partition),
