@@ -167,6 +167,15 @@ impl Store {
         }
     }
 
+    /// Drops a partition's acknowledged jobs from its stream (Redis; the embedded store deletes
+    /// a job when it is acknowledged). Returns how many.
+    pub async fn trim_jobs(&self, partition: u32) -> Result<u64> {
+        match self {
+            Store::Redis(s) => s.trim_jobs(partition).await,
+            Store::Embedded(_) => Ok(0),
+        }
+    }
+
     /// Tells every node that an endpoint changed, so its owner reloads it (Redis pub/sub; a
     /// single embedded node has only its own router, told directly by the API).
     pub async fn publish_change(&self, ws: &str, endpoint: &str) -> Result<()> {

@@ -23,6 +23,8 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// Wait before reconnecting after a store error (doubles up to the ceiling).
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How often the consumer drops its partition's acknowledged jobs from the stream.
+const TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Starts one consumer per partition in `partitions`.
 pub fn spawn_consumers(
@@ -76,6 +78,7 @@ async fn consume(
 ) {
     let slots = Arc::new(Semaphore::new(buffer));
     let mut retry = RETRY_MIN;
+    let mut trimmed = tokio::time::Instant::now();
     while !stop.is_cancelled() {
         let mut reader = tokio::select! {
             r = store.job_reader(partition) => match r {
@@ -108,6 +111,16 @@ async fn consume(
                 }
             };
             retry = RETRY_MIN;
+            if trimmed.elapsed() >= TRIM_EVERY {
+                trimmed = tokio::time::Instant::now();
+                match store.trim_jobs(partition).await {
+                    Ok(n) if n > 0 => tracing::debug!(partition, n, "trimmed acknowledged jobs"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(partition, error = %e, "could not trim the job stream")
+                    }
+                }
+            }
             if !jobs.is_empty() {
                 tracing::debug!(partition, jobs = jobs.len(), "read jobs");
             }

@@ -408,3 +408,61 @@ async fn retention_on_embedded() {
     let b = embedded_backend_keeping(Duration::from_millis(500));
     retention_case(b.store.clone()).await;
 }
+
+/// Acknowledged jobs leave the partition stream; pending ones (read, unfinished) stay and are
+/// read again by the next reader.
+async fn trim_jobs_case(store: RedisStore) {
+    let store = Store::Redis(store);
+    let p = partition_of(EP, PARTITIONS);
+    store.ingest(WS, &[event("e6", 10, 0)]).await.unwrap();
+    let jobs = read_all(&store, p, 10).await;
+    for job in &jobs[3..] {
+        store
+            .record_attempt(job, &attempt(1, 200), Status::Pending, Status::Succeeded)
+            .await
+            .unwrap();
+    }
+    let Store::Redis(redis) = &store else {
+        unreachable!()
+    };
+    assert_eq!(
+        redis.trim_jobs(p).await.unwrap(),
+        0,
+        "job 0 is still pending"
+    );
+    let resumed = read_all(&store, p, 3).await;
+    let ids: Vec<&str> = resumed.iter().map(|j| j.delivery_id.as_str()).collect();
+    assert_eq!(ids, vec!["msg_e6_0", "msg_e6_1", "msg_e6_2"]);
+    for job in &resumed {
+        store
+            .record_attempt(job, &attempt(1, 200), Status::Pending, Status::Succeeded)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        redis.trim_jobs(p).await.unwrap(),
+        9,
+        "all but the last delivered entry"
+    );
+    store.ingest(WS, &[event("e7", 1, 0)]).await.unwrap();
+    let fresh = read_all(&store, p, 1).await;
+    assert_eq!(fresh[0].delivery_id, "msg_e7_0", "new jobs still flow");
+}
+
+#[tokio::test]
+async fn acknowledged_jobs_are_trimmed_and_pending_ones_kept_on_redis() {
+    let b = redis_backend().await;
+    let Store::Redis(s) = b.store.clone() else {
+        unreachable!()
+    };
+    trim_jobs_case(s).await;
+}
+
+#[tokio::test]
+async fn acknowledged_jobs_are_trimmed_and_pending_ones_kept_on_a_redis_cluster() {
+    let b = redis_cluster_backend().await;
+    let Store::Redis(s) = b.store.clone() else {
+        unreachable!()
+    };
+    trim_jobs_case(s).await;
+}

@@ -11,34 +11,43 @@ use super::{GROUP, RedisStore};
 use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
 use crate::store::{DeliveryFilter, NewEvent, Page, Result, StoreError};
 
-/// Creates the deliveries of one partition, each only if it does not exist yet, and appends a
-/// job for each one created. Deterministic delivery ids make a retried (or concurrent, on two
-/// nodes) ingest of the same event a no-op instead of a duplicate. Every key is in the
-/// partition's slot.
+/// Creates deliveries, each only if it does not exist yet, and appends a job for each one
+/// created. Deterministic delivery ids make a retried (or concurrent, on two nodes) ingest of
+/// the same event a no-op instead of a duplicate.
 ///
-/// KEYS: jobs stream, then per delivery: delivery hash, endpoint index, endpoint stats.
-/// ARGV: workspace, then per delivery: seq, endpoint id, delivery id, field count, field/value
-/// pairs. Returns per delivery the seq it is stored with: `+seq` when created now, `=seq` when
-/// it existed (then with the seq of its first ingest), so the workspace index, written after,
-/// gets the same member on every retry.
+/// On one Redis a whole ingest is one call, which also adds each delivery to the workspace
+/// index. On a cluster a call holds one partition's deliveries (one slot) and leaves the
+/// workspace index, another slot, to the caller: the script returns per delivery the seq it
+/// is stored with (`+seq` when created now, `=seq` when it existed, with its first ingest's
+/// seq), so the index written after gets the same member on every retry.
+///
+/// KEYS: the workspace index (on a cluster: any key of the partition, unused), then per
+/// delivery: jobs stream, delivery hash, endpoint index, endpoint stats.
+/// ARGV: workspace, `1` to add to the workspace index here, the index trim bound, then per
+/// delivery: seq, endpoint id, delivery id, partition, `1` to trim the endpoint index, field
+/// count, field/value pairs.
 const CREATE_DELIVERIES: &str = r#"
 local out = {}
-local a = 2
-for i = 2, #KEYS, 3 do
-  local seq, endpoint, id, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+local a = 4
+for i = 2, #KEYS, 4 do
+  local seq, endpoint, id, part, trim = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local n = tonumber(ARGV[a + 5])
   local fields = {}
-  for j = 1, n do fields[j] = ARGV[a + 3 + j] end
-  a = a + 4 + n
-  local stored = redis.call('HGET', KEYS[i], 'seq')
+  for j = 1, n do fields[j] = ARGV[a + 5 + j] end
+  a = a + 6 + n
+  local stored = redis.call('HGET', KEYS[i + 1], 'seq')
   if stored then
     out[#out + 1] = '=' .. stored
   else
-    redis.call('HSET', KEYS[i], unpack(fields))
-    redis.call('ZADD', KEYS[i + 1], 0, seq .. '|' .. id)
-    redis.call('HINCRBY', KEYS[i + 2], 'pending', 1)
-    redis.call('XADD', KEYS[1], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
+    stored = seq
+    redis.call('HSET', KEYS[i + 1], unpack(fields))
+    redis.call('ZADD', KEYS[i + 2], 0, seq .. '|' .. id)
+    redis.call('HINCRBY', KEYS[i + 3], 'pending', 1)
+    redis.call('XADD', KEYS[i], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
     out[#out + 1] = '+' .. seq
   end
+  if trim == '1' then redis.call('ZREMRANGEBYLEX', KEYS[i + 2], '-', ARGV[3]) end
+  if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 0, stored .. '|' .. id .. '|' .. part) end
 end
 return out
 "#;
@@ -100,6 +109,9 @@ static RECORD_SCRIPT: std::sync::LazyLock<redis::Script> =
 
 static REQUEUE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(REQUEUE));
+
+/// An endpoint's index is trimmed by one delivery in this many (chosen by id).
+const ENDPOINT_TRIM_EVERY: u32 = 32;
 
 /// Deliveries examined per round trip when a list is filtered.
 const SCAN_CHUNK: usize = 200;
@@ -179,24 +191,16 @@ impl RedisStore {
         )
     }
 
-    /// Where a delivery lives: its partition, by delivery id (the API knows only the id).
-    fn location_key(&self, ws: &str, id: &str) -> String {
-        self.ws_key(ws, &format!("dloc:{id}"))
-    }
-
     /// The dead-letter stream of a workspace's partition: one entry per exhausted delivery,
     /// read by replay (an endpoint's deliveries are all in one partition).
     fn dead_key(&self, ws: &str, partition: u32) -> String {
         self.part_key(partition, ws, "dead")
     }
 
-    /// The partition of a delivery: its location record, or, when that is gone (older than
-    /// the retention), the partition that has it.
+    /// The partition of a delivery, from its id alone (the API's reads by id): one `EXISTS`
+    /// per partition, concurrently. A per-delivery pointer would cost a write and a key for
+    /// every delivery to save work on a rare read.
     async fn locate(&self, ws: &str, id: &str) -> Result<Option<u32>> {
-        let at: Option<u32> = self.conn().get(self.location_key(ws, id)).await?;
-        if at.is_some() {
-            return Ok(at);
-        }
         let probes = (0..self.partitions())
             .map(|p| {
                 let mut cmd = redis::cmd("EXISTS");
@@ -208,13 +212,12 @@ impl RedisStore {
         Ok(found.iter().position(|n| *n > 0).map(|p| p as u32))
     }
 
-    /// Writes events, their deliveries and their jobs: the event records in one pipeline (the
-    /// workspace's slot), one script call per partition (each partition's slot), all
-    /// concurrently; then the workspace index and the delivery locations, with the seq each
-    /// delivery is stored with. Returns once all of it is written (as durable as Redis is
-    /// configured to be: run it with AOF). Returns the deliveries created.
+    /// Writes events, their deliveries and their jobs, and returns once all of it is written
+    /// (as durable as Redis is configured to be: run it with AOF). The event records go in one
+    /// pipeline (the workspace's slot) alongside the deliveries: on one Redis one script call
+    /// for all of them, on a cluster one per partition and then the workspace index. Returns
+    /// the deliveries created.
     pub async fn ingest(&self, ws: &str, events: &[NewEvent]) -> Result<u32> {
-        let mut by_partition: HashMap<u32, Vec<&NewDelivery>> = HashMap::new();
         let mut records = redis::pipe();
         for event in events {
             records
@@ -224,43 +227,52 @@ impl RedisStore {
                     self.retention_secs() as u64,
                 )
                 .ignore();
-            for nd in &event.new_deliveries {
-                by_partition.entry(nd.partition).or_default().push(nd);
-            }
         }
         // The list indexes forget entries older than the retention (the records themselves
-        // expire by TTL once final; a pending delivery keeps its record and its job).
+        // expire by TTL once final; a pending delivery keeps its record and its job). The
+        // workspace index is trimmed at every ingest, an endpoint's at one delivery in
+        // ENDPOINT_TRIM_EVERY (by id), which keeps it bounded at a fraction of the writes.
         let cutoff = format!("({:013}", self.retention_cutoff_ms());
-        let trim = |index: String| {
-            let mut cmd = redis::cmd("ZREMRANGEBYLEX");
-            cmd.arg(index).arg("-").arg(&cutoff);
-            cmd
+        records
+            .cmd("ZREMRANGEBYLEX")
+            .arg(self.ws_key(ws, "dlvs"))
+            .arg("-")
+            .arg(&cutoff)
+            .ignore();
+        let deliveries = events.iter().flat_map(|e| e.new_deliveries.iter());
+        let groups: Vec<Vec<&NewDelivery>> = if self.is_cluster() {
+            let mut by_partition: HashMap<u32, Vec<&NewDelivery>> = HashMap::new();
+            for nd in deliveries {
+                by_partition.entry(nd.partition).or_default().push(nd);
+            }
+            by_partition.into_values().collect()
+        } else {
+            vec![deliveries.collect()]
         };
-        records.add_command(trim(self.ws_key(ws, "dlvs"))).ignore();
-        let trims: Vec<redis::Cmd> = events
-            .iter()
-            .flat_map(|e| {
-                e.new_deliveries
-                    .iter()
-                    .map(|nd| nd.delivery.endpoint_id.as_str())
-            })
-            .collect::<std::collections::HashSet<_>>()
-            .into_iter()
-            .map(|ep| trim(self.endpoint_index_key(ws, ep)))
-            .collect();
-        let conn = self.conn();
-        let writes = by_partition.into_iter().map(|(partition, ds)| {
+        let index_here = !self.is_cluster();
+        let writes = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
             let mut inv = CREATE_SCRIPT.prepare_invoke();
-            inv.key(self.stream_key(partition)).arg(ws);
-            for nd in &ds {
+            if index_here {
+                inv.key(self.ws_key(ws, "dlvs"));
+            } else {
+                inv.key(self.stream_key(group[0].partition));
+            }
+            inv.arg(ws)
+                .arg(if index_here { "1" } else { "0" })
+                .arg(&cutoff);
+            for nd in &group {
                 let d = &nd.delivery;
                 let fields = delivery_fields(d);
-                inv.key(self.delivery_key(ws, partition, &d.id))
+                let trim = crate::delivery::partition_of(&d.id, ENDPOINT_TRIM_EVERY) == 0;
+                inv.key(self.stream_key(nd.partition))
+                    .key(self.delivery_key(ws, nd.partition, &d.id))
                     .key(self.endpoint_index_key(ws, &d.endpoint_id))
                     .key(self.stats_key(ws, &d.endpoint_id))
                     .arg(&d.seq)
                     .arg(&d.endpoint_id)
                     .arg(&d.id)
+                    .arg(nd.partition)
+                    .arg(if trim { "1" } else { "0" })
                     .arg(fields.len() * 2);
                 for (k, v) in fields {
                     inv.arg(k).arg(v);
@@ -269,41 +281,27 @@ impl RedisStore {
             let mut conn = self.conn();
             async move {
                 let stored: Vec<String> = inv.invoke_async(&mut conn).await?;
-                Ok::<_, redis::RedisError>((partition, ds, stored))
+                Ok::<_, redis::RedisError>((group, stored))
             }
         });
         let mut records_conn = self.conn();
-        let (_, _, written) = futures::future::try_join3(
+        let (_, written) = futures::future::try_join(
             records.exec_async(&mut records_conn),
-            conn.each::<()>(trims),
             futures::future::try_join_all(writes),
         )
         .await?;
         let mut created = 0;
-        let mut index = redis::pipe();
-        let mut members = Vec::new();
-        for (partition, ds, stored) in written {
-            for (nd, seq) in ds.iter().zip(&stored) {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.ws_key(ws, "dlvs"));
+        for (group, stored) in &written {
+            for (nd, seq) in group.iter().zip(stored) {
                 created += u32::from(seq.starts_with('+'));
-                let id = &nd.delivery.id;
-                members.push(ws_index_member(&seq[1..], id, partition));
-                index
-                    .set_ex(
-                        self.location_key(ws, id),
-                        partition,
-                        self.retention_secs() as u64,
-                    )
-                    .ignore();
+                zadd.arg(0)
+                    .arg(ws_index_member(&seq[1..], &nd.delivery.id, nd.partition));
             }
         }
-        if !members.is_empty() {
-            let mut zadd = redis::cmd("ZADD");
-            zadd.arg(self.ws_key(ws, "dlvs"));
-            for m in &members {
-                zadd.arg(0).arg(m);
-            }
-            index.add_command(zadd).ignore();
-            index.exec_async(&mut self.conn()).await?;
+        if !index_here && written.iter().any(|(_, stored)| !stored.is_empty()) {
+            let _: () = zadd.query_async(&mut self.conn()).await?;
         }
         Ok(created)
     }
@@ -429,17 +427,6 @@ impl RedisStore {
             .arg(from.join(" "))
             .invoke_async(&mut self.conn())
             .await?;
-        if done == 1 {
-            // Its location lives as long as the record again.
-            let _: () = self
-                .conn()
-                .set_ex(
-                    self.location_key(ws, &d.id),
-                    partition,
-                    self.retention_secs() as u64,
-                )
-                .await?;
-        }
         Ok(done == 1)
     }
 

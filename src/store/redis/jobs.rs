@@ -55,6 +55,54 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Drops the partition's acknowledged jobs from its stream (an acknowledged entry stays in
+    /// a stream until trimmed). Everything below both the oldest pending entry and the group's
+    /// last-delivered id is acknowledged, and that bound only moves forward (new pending
+    /// entries come from new reads, above it), so reading it and trimming need no atomicity.
+    /// Returns the entries removed.
+    pub async fn trim_jobs(&self, partition: u32) -> Result<u64> {
+        let stream = self.stream_key(partition);
+        let mut conn = self.conn();
+        let summary: redis::RedisResult<redis::streams::StreamPendingReply> =
+            conn.xpending(&stream, GROUP).await;
+        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
+            redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&stream)
+                .query_async(&mut conn)
+                .await;
+        // No stream or no group yet: nothing to trim.
+        let (Ok(summary), Ok(groups)) = (summary, groups) else {
+            return Ok(0);
+        };
+        let Some(delivered) = groups.iter().find_map(|g| field(g, "last-delivered-id")) else {
+            return Ok(0);
+        };
+        let bound = match summary {
+            redis::streams::StreamPendingReply::Data(d) => {
+                std::cmp::min_by_key(d.start_id, delivered, |id| stream_id(id))
+            }
+            _ => delivered,
+        };
+        if stream_id(&bound) == (0, 0) {
+            return Ok(0);
+        }
+        Ok(redis::cmd("XTRIM")
+            .arg(&stream)
+            .arg("MINID")
+            .arg(&bound)
+            .query_async(&mut conn)
+            .await?)
+    }
+}
+
+/// A stream id as (ms, seq), for comparing.
+fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
 impl JobReader {
     /// Stamps every job read from now on with this lease holder.
     pub fn fenced(mut self, holder: String) -> Self {
