@@ -255,6 +255,10 @@ struct LoadArgs {
     /// Measure from a cold start: no warm-up event per endpoint before the run.
     #[arg(long)]
     no_warmup: bool,
+    /// Measure the batch API alone: the receiver holds every request, so deliveries are
+    /// stored and queued but not sent; the run ends at the last 202.
+    #[arg(long)]
+    ingest_only: bool,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -326,6 +330,7 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         rate_limit: args.rate_limit,
         baseline: !args.no_baseline,
         warmup: !args.no_warmup,
+        ingest_only: args.ingest_only,
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         progress: true,
     };

@@ -32,6 +32,8 @@ pub enum Keep {
 #[derive(Debug, Clone)]
 pub struct Received {
     pub at: Instant,
+    /// The same moment on the wall clock (unix ms, fractional), to compare with stored times.
+    pub wall_ms: f64,
     pub path: String,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
@@ -217,6 +219,9 @@ async fn handle(
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let at = Instant::now();
+    let wall_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let path = req.uri().path().to_string();
     let everything = shared.keep == Keep::Everything;
     let headers: HashMap<String, String> = req
@@ -233,6 +238,7 @@ async fn handle(
         .unwrap_or_default();
     let mut got = Received {
         at,
+        wall_ms,
         path,
         headers,
         body: if everything { body } else { Vec::new() },

@@ -14,6 +14,9 @@ pub struct Report {
     pub deliveries: usize,
     pub deliveries_per_s: f64,
     pub latency_ms: Percentiles,
+    /// From the delivery's `createdAt` (stamped at ingest, before the store write) to its first
+    /// arrival: accept-to-arrival, to the millisecond `createdAt` keeps.
+    pub accept_latency_ms: Option<Percentiles>,
     pub lost: usize,
     pub duplicates: usize,
     pub order_violations: usize,
@@ -25,7 +28,7 @@ pub struct Report {
     pub ratio: Option<f64>,
 }
 
-/// Latency from sending the event (its batch request) to its delivery's first arrival, ms.
+/// Latency percentiles, ms.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
     pub p50: f64,
@@ -80,6 +83,12 @@ impl Report {
             (
                 "latency p99.9 / max",
                 format!("{:.1} / {:.1} ms", l.p999, l.max),
+            ),
+            (
+                "accept-to-arrival p50 / p99 / max",
+                self.accept_latency_ms.as_ref().map_or("-".into(), |a| {
+                    format!("{:.1} / {:.1} / {:.1} ms", a.p50, a.p99, a.max)
+                }),
             ),
             (
                 "lost / duplicates",

@@ -45,6 +45,10 @@ pub struct LoadConfig {
     /// open and endpoint actors started, as on a node that has been running. Its deliveries
     /// are not counted.
     pub warmup: bool,
+    /// Measure the batch API alone: the receiver holds every request (an hour), so after each
+    /// endpoint's first attempt its deliveries are stored and queued but not sent, and the run
+    /// ends when the last batch is accepted (no warm-up, no baseline, no delivery figures).
+    pub ingest_only: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,
     pub progress: bool,
@@ -164,6 +168,11 @@ async fn start_node(
 pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     let (lo, hi) = cfg.latency_ms;
     let error_rate = cfg.error_rate;
+    let (lo, hi) = if cfg.ingest_only {
+        (3_600_000, 3_600_000)
+    } else {
+        (lo, hi)
+    };
     let receiver = Receiver::start_keeping(Keep::Arrivals, move |_, _| {
         let status = if rand::random::<f64>() < error_rate {
             500
@@ -199,12 +208,13 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         if let Some(limit) = cfg.rate_limit {
             spec["rateLimit"] = json!({"perSecond": limit, "burst": 1});
         }
+
         let ep = post(&http, &format!("{base}/v1/endpoints"), &key, &spec).await?;
         let rule = json!({"name": format!("to {i}"), "events": ["member:updated"],
             "conditions": {"field": "member.id", "op": "eq", "value": i}, "actions": [{"type": "webhook", "endpointId": ep["id"]}]});
         post(&http, &format!("{base}/v1/event-rules"), &key, &rule).await?;
     }
-    let warm = if cfg.warmup {
+    let warm = if cfg.warmup && !cfg.ingest_only {
         warm_up(&http, &base, &key, &cfg, &receiver).await?
     } else {
         0
@@ -229,6 +239,24 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         .duration_since(started)
         .as_secs_f64()
         .max(1e-6);
+    if cfg.ingest_only {
+        let cpu = pid
+            .and_then(cpu_seconds)
+            .zip(cpu_before)
+            .map(|(after, before)| after - before);
+        return Ok(Report {
+            store: format!("{label} (ingest only)"),
+            endpoints: cfg.endpoints,
+            events: cfg.events,
+            offered_rate: cfg.rate,
+            events_accepted_per_s: cfg.events as f64 / accept_secs,
+            node_cpu_s: cpu,
+            node_peak_rss_mib: pid
+                .and_then(|p| proc_field(p, "VmHWM:"))
+                .map(|kib| kib as f64 / 1024.0),
+            ..Report::default()
+        });
+    }
     let expected = accepted.deliveries.len() + warm;
     let deadline = Instant::now() + cfg.timeout;
     loop {
@@ -252,6 +280,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         .and_then(|p| proc_field(p, "VmHWM:"))
         .map(|kib| kib as f64 / 1024.0);
     let mut report = measure(&receiver, &accepted, started, &cfg);
+    report.accept_latency_ms = accept_latencies(&http, &base, &key, &receiver, &accepted).await;
     report.store = label;
     report.events_accepted_per_s = cfg.events as f64 / accept_secs;
     report.node_cpu_s = cpu;
@@ -270,6 +299,54 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         report.ratio = Some(report.deliveries_per_s / rate);
     }
     Ok(report)
+}
+
+/// Accept-to-arrival: each delivery's first arrival against its stored `createdAt`, read
+/// back through `GET /v1/deliveries` (after the run, so it costs the run nothing). `None`
+/// when the list cannot be read.
+async fn accept_latencies(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    receiver: &Receiver,
+    accepted: &Accepted,
+) -> Option<Percentiles> {
+    let mut created: HashMap<String, f64> = HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/deliveries?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: Value = http
+            .get(&url)
+            .bearer_auth(key)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        for d in page["data"].as_array()? {
+            if !accepted.deliveries.contains_key(d["id"].as_str()?) {
+                continue; // the warm-up's
+            }
+            let at = chrono::DateTime::parse_from_rfc3339(d["createdAt"].as_str()?).ok()?;
+            created.insert(d["id"].as_str()?.to_string(), at.timestamp_millis() as f64);
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    let latencies = receiver.with_received(|got| {
+        let mut seen = std::collections::HashSet::new();
+        got.iter()
+            .filter(|r| r.answered == 200 && seen.insert(r.header("webhook-id").to_string()))
+            .filter_map(|r| created.get(r.header("webhook-id")).map(|c| r.wall_ms - c))
+            .collect::<Vec<f64>>()
+    });
+    (!latencies.is_empty()).then(|| Percentiles::of(latencies))
 }
 
 /// Distinct deliveries answered 200.
@@ -320,6 +397,7 @@ async fn warm_up(
 struct Accepted {
     /// delivery id → (endpoint index, event seq, when its batch was sent)
     deliveries: HashMap<String, (usize, usize, Instant)>,
+    /// When the last batch's 202 came back.
     last_accept: Instant,
 }
 
@@ -377,20 +455,18 @@ async fn send_all(
                             ));
                         }
                     }
-                    return out;
+                    return (out, Instant::now());
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Vec::new()
+            (Vec::new(), started)
         });
     }
     let mut deliveries = HashMap::new();
     let mut last_accept = started;
-    while let Some(Ok(batch)) = tasks.join_next().await {
-        for (id, v) in batch {
-            last_accept = last_accept.max(v.2);
-            deliveries.insert(id, v);
-        }
+    while let Some(Ok((batch, answered))) = tasks.join_next().await {
+        last_accept = last_accept.max(answered);
+        deliveries.extend(batch);
     }
     Accepted {
         deliveries,

@@ -24,30 +24,29 @@ use crate::store::{DeliveryFilter, NewEvent, Page, Result, StoreError};
 /// KEYS: the workspace index (on a cluster: any key of the partition, unused), then per
 /// delivery: jobs stream, delivery hash, endpoint index, endpoint stats.
 /// ARGV: workspace, `1` to add to the workspace index here, the index trim bound, then per
-/// delivery: seq, endpoint id, delivery id, partition, `1` to trim the endpoint index, field
-/// count, field/value pairs.
+/// delivery: seq, endpoint id, delivery id, partition, endpoint index member (`seq|id`), `1`
+/// to trim the endpoint index, field count, field/value pairs.
 const CREATE_DELIVERIES: &str = r#"
 local out = {}
 local a = 4
 for i = 2, #KEYS, 4 do
-  local seq, endpoint, id, part, trim = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
-  local n = tonumber(ARGV[a + 5])
-  local fields = {}
-  for j = 1, n do fields[j] = ARGV[a + 5 + j] end
-  a = a + 6 + n
+  local n = tonumber(ARGV[a + 6])
   local stored = redis.call('HGET', KEYS[i + 1], 'seq')
   if stored then
     out[#out + 1] = '=' .. stored
+    if ARGV[2] == '1' then
+      redis.call('ZADD', KEYS[1], 0, stored .. '|' .. ARGV[a + 2] .. '|' .. ARGV[a + 3])
+    end
   else
-    stored = seq
-    redis.call('HSET', KEYS[i + 1], unpack(fields))
-    redis.call('ZADD', KEYS[i + 2], 0, seq .. '|' .. id)
+    redis.call('HSET', KEYS[i + 1], unpack(ARGV, a + 7, a + 6 + n))
+    redis.call('ZADD', KEYS[i + 2], 0, ARGV[a + 4])
     redis.call('HINCRBY', KEYS[i + 3], 'pending', 1)
-    redis.call('XADD', KEYS[i], '*', 'w', ARGV[1], 'e', endpoint, 'd', id)
-    out[#out + 1] = '+' .. seq
+    redis.call('XADD', KEYS[i], '*', 'w', ARGV[1], 'e', ARGV[a + 1], 'd', ARGV[a + 2])
+    if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 0, ARGV[a + 4] .. '|' .. ARGV[a + 3]) end
+    out[#out + 1] = '+' .. ARGV[a]
   end
-  if trim == '1' then redis.call('ZREMRANGEBYLEX', KEYS[i + 2], '-', ARGV[3]) end
-  if ARGV[2] == '1' then redis.call('ZADD', KEYS[1], 0, stored .. '|' .. id .. '|' .. part) end
+  if ARGV[a + 5] == '1' then redis.call('ZREMRANGEBYLEX', KEYS[i + 2], '-', ARGV[3]) end
+  a = a + 7 + n
 end
 return out
 "#;
@@ -272,6 +271,7 @@ impl RedisStore {
                     .arg(&d.endpoint_id)
                     .arg(&d.id)
                     .arg(nd.partition)
+                    .arg(format!("{}|{}", d.seq, d.id))
                     .arg(if trim { "1" } else { "0" })
                     .arg(fields.len() * 2);
                 for (k, v) in fields {

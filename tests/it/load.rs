@@ -1,0 +1,55 @@
+//! The load engine itself (`switchyard load`, `cargo bench --bench load`): a small run against
+//! a node process must count every delivery once and report both latencies.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use switchyard::load::{LoadConfig, NodeSpec, run};
+
+use crate::support::Redis;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() {
+    let redis = Redis::start();
+    let report = run(LoadConfig {
+        node: NodeSpec::Spawn {
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_switchyard")),
+            env: vec![
+                ("SWITCHYARD_REDIS_URL".into(), redis.url.clone()),
+                ("SWITCHYARD_PARTITIONS".into(), "8".into()),
+            ],
+            label: "redis".into(),
+        },
+        endpoints: 10,
+        events: 300,
+        rate: None,
+        batch: 20,
+        concurrency: 2,
+        latency_ms: (0, 0),
+        error_rate: 0.0,
+        rate_limit: None,
+        baseline: false,
+        warmup: true,
+        ingest_only: false,
+        timeout: Duration::from_secs(60),
+        progress: false,
+    })
+    .await
+    .expect("the run completes");
+    assert_eq!(report.deliveries, 300);
+    assert_eq!((report.lost, report.duplicates), (0, 0));
+    let accept = report
+        .accept_latency_ms
+        .as_ref()
+        .expect("accept-to-arrival is measured");
+    // `createdAt` is stamped after the batch was sent and kept to the millisecond, so
+    // accept-to-arrival can exceed submit-to-arrival by at most that millisecond.
+    assert!(accept.p50 > 0.0);
+    assert!(
+        accept.max <= report.latency_ms.max + 1.0,
+        "accept {accept:?} against submit {:?}",
+        report.latency_ms
+    );
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["acceptLatencyMs"]["p99"].is_number(), "{json}");
+}
