@@ -65,12 +65,13 @@ fn chart(points: &[(f64, &Report)]) -> String {
     let x = |v: f64| pad + v / max_x * (w - 2.0 * pad);
     let y = |v: f64| h - pad - v / max_y * (h - 2.0 * pad);
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="20" text-anchor="middle">Latency vs offered load (ms): accept-to-arrival, and submit-to-arrival p99 (dashed)</text>
 <line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>
 <text x="{}" y="{}" text-anchor="middle">offered events/s</text>
 "#,
+        w + 70.0, // room for the line labels right of the plot
         w / 2.0,
         h - pad,
         w - pad,

@@ -7,6 +7,8 @@ use serde::Serialize;
 #[serde(rename_all = "camelCase")]
 pub struct Report {
     pub store: String,
+    /// The batch API alone: no delivery figures.
+    pub ingest_only: bool,
     pub endpoints: usize,
     pub events: usize,
     pub offered_rate: Option<f64>,
@@ -109,6 +111,21 @@ impl Report {
             ("raw client baseline", opt(self.baseline_per_s, " req/s")),
             ("dispatcher / raw client", opt(self.ratio, "")),
         ];
+        // An ingest-only run sent nothing: its delivery rows would only show zeros.
+        let delivery_rows = [
+            "deliveries",
+            "latency p50 / p90 / p99",
+            "latency p99.9 / max",
+            "accept-to-arrival p50 / p99 / max",
+            "lost / duplicates",
+            "order / rate-limit violations",
+            "raw client baseline",
+            "dispatcher / raw client",
+        ];
+        let rows: Vec<_> = rows
+            .into_iter()
+            .filter(|(k, _)| !(self.ingest_only && delivery_rows.contains(k)))
+            .collect();
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         rows.iter()
             .map(|(k, v)| format!("  {k:<width$}  {v}\n"))

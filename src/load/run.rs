@@ -245,7 +245,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             .zip(cpu_before)
             .map(|(after, before)| after - before);
         return Ok(Report {
-            store: format!("{label} (ingest only)"),
+            store: label,
+            ingest_only: true,
             endpoints: cfg.endpoints,
             events: cfg.events,
             offered_rate: cfg.rate,
