@@ -345,6 +345,38 @@ conformance!(
     }
 );
 
+conformance!(
+    a_request_with_more_deliveries_than_one_store_call_takes_is_written_whole,
+    |store: Store| async move {
+        // 1,200 deliveries: more than one script call creates (500) on Redis.
+        let ev = event("big", 1200, 0);
+        assert_eq!(
+            store.ingest(WS, std::slice::from_ref(&ev)).await.unwrap(),
+            1200
+        );
+        assert_eq!(store.ingest(WS, &[ev]).await.unwrap(), 0, "and once only");
+        assert_eq!(store.counts(WS, EP).await.unwrap().pending, 1200);
+        let mut listed = 0;
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = store
+                .list_deliveries(WS, &DeliveryFilter::default(), 1000, cursor.as_deref())
+                .await
+                .unwrap();
+            listed += page.data.len();
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(listed, 1200);
+        let jobs = read_all(&store, partition_of(EP, PARTITIONS), 1200).await;
+        let ids: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
+        let expected: Vec<String> = (0..1200).map(|i| format!("msg_big_{i}")).collect();
+        assert_eq!(ids, expected, "every job once, in ingest order");
+    }
+);
+
 /// Retention: finished deliveries (and their attempts) go after the retention; pending ones stay.
 async fn retention_case(store: Store) {
     let ws = switchyard::workspace::Workspace {

@@ -109,6 +109,9 @@ static RECORD_SCRIPT: std::sync::LazyLock<redis::Script> =
 static REQUEUE_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(REQUEUE));
 
+/// Deliveries created per script call at most (a call blocks Redis while it runs).
+const MAX_PER_CALL: usize = 500;
+
 /// An endpoint's index is trimmed by one delivery in this many (chosen by id).
 const ENDPOINT_TRIM_EVERY: u32 = 32;
 
@@ -249,40 +252,16 @@ impl RedisStore {
             vec![deliveries.collect()]
         };
         let index_here = !self.is_cluster();
-        let writes = groups.into_iter().filter(|g| !g.is_empty()).map(|group| {
-            let mut inv = CREATE_SCRIPT.prepare_invoke();
-            if index_here {
-                inv.key(self.ws_key(ws, "dlvs"));
-            } else {
-                inv.key(self.stream_key(group[0].partition));
+        // Groups go concurrently. A call runs alone on the Redis thread, so a group that fans
+        // out to many deliveries is split in calls of MAX_PER_CALL, made one after the other
+        // so its jobs keep their order in each stream.
+        let cutoff = &cutoff;
+        let writes = groups.iter().map(|group| async move {
+            let mut stored = Vec::with_capacity(group.len());
+            for chunk in group.chunks(MAX_PER_CALL) {
+                stored.extend(self.create_chunk(ws, chunk, index_here, cutoff).await?);
             }
-            inv.arg(ws)
-                .arg(if index_here { "1" } else { "0" })
-                .arg(&cutoff);
-            for nd in &group {
-                let d = &nd.delivery;
-                let fields = delivery_fields(d);
-                let trim = crate::delivery::partition_of(&d.id, ENDPOINT_TRIM_EVERY) == 0;
-                inv.key(self.stream_key(nd.partition))
-                    .key(self.delivery_key(ws, nd.partition, &d.id))
-                    .key(self.endpoint_index_key(ws, &d.endpoint_id))
-                    .key(self.stats_key(ws, &d.endpoint_id))
-                    .arg(&d.seq)
-                    .arg(&d.endpoint_id)
-                    .arg(&d.id)
-                    .arg(nd.partition)
-                    .arg(format!("{}|{}", d.seq, d.id))
-                    .arg(if trim { "1" } else { "0" })
-                    .arg(fields.len() * 2);
-                for (k, v) in fields {
-                    inv.arg(k).arg(v);
-                }
-            }
-            let mut conn = self.conn();
-            async move {
-                let stored: Vec<String> = inv.invoke_async(&mut conn).await?;
-                Ok::<_, redis::RedisError>((group, stored))
-            }
+            Ok::<_, redis::RedisError>(stored)
         });
         let mut records_conn = self.conn();
         let (_, written) = futures::future::try_join(
@@ -293,17 +272,57 @@ impl RedisStore {
         let mut created = 0;
         let mut zadd = redis::cmd("ZADD");
         zadd.arg(self.ws_key(ws, "dlvs"));
-        for (group, stored) in &written {
+        for (group, stored) in groups.iter().zip(&written) {
             for (nd, seq) in group.iter().zip(stored) {
                 created += u32::from(seq.starts_with('+'));
                 zadd.arg(0)
                     .arg(ws_index_member(&seq[1..], &nd.delivery.id, nd.partition));
             }
         }
-        if !index_here && written.iter().any(|(_, stored)| !stored.is_empty()) {
+        if !index_here && written.iter().any(|stored| !stored.is_empty()) {
             let _: () = zadd.query_async(&mut self.conn()).await?;
         }
         Ok(created)
+    }
+
+    /// One call of the create script for `group` (all of one partition on a cluster); returns
+    /// the seq each delivery is stored with (`+` created now, `=` existed before).
+    async fn create_chunk(
+        &self,
+        ws: &str,
+        group: &[&NewDelivery],
+        index_here: bool,
+        cutoff: &str,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut inv = CREATE_SCRIPT.prepare_invoke();
+        if index_here {
+            inv.key(self.ws_key(ws, "dlvs"));
+        } else {
+            inv.key(self.stream_key(group[0].partition));
+        }
+        inv.arg(ws)
+            .arg(if index_here { "1" } else { "0" })
+            .arg(cutoff);
+        for nd in group {
+            let d = &nd.delivery;
+            let fields = delivery_fields(d);
+            let trim = crate::delivery::partition_of(&d.id, ENDPOINT_TRIM_EVERY) == 0;
+            inv.key(self.stream_key(nd.partition))
+                .key(self.delivery_key(ws, nd.partition, &d.id))
+                .key(self.endpoint_index_key(ws, &d.endpoint_id))
+                .key(self.stats_key(ws, &d.endpoint_id))
+                .arg(&d.seq)
+                .arg(&d.endpoint_id)
+                .arg(&d.id)
+                .arg(nd.partition)
+                .arg(format!("{}|{}", d.seq, d.id))
+                .arg(if trim { "1" } else { "0" })
+                .arg(fields.len() * 2);
+            for (k, v) in fields {
+                inv.arg(k).arg(v);
+            }
+        }
+        inv.invoke_async(&mut self.conn()).await
     }
 
     /// The stored 202 answer of an `Idempotency-Key`, if the key was seen within its TTL.
