@@ -130,11 +130,23 @@ impl Target {
     }
 
     /// A pub/sub connection. On a cluster, classic `PUBLISH` reaches every node, so one
-    /// subscription on the first seed hears all of it.
+    /// subscription on any master hears all of it: the seed that answered at start, else the
+    /// first other seed that does now.
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match self {
-            Target::Single(client) | Target::Cluster { seed: client, .. } => {
-                client.get_async_pubsub().await
+            Target::Single(client) => client.get_async_pubsub().await,
+            Target::Cluster { urls, seed } => {
+                let mut last = match seed.get_async_pubsub().await {
+                    Ok(p) => return Ok(p),
+                    Err(e) => e,
+                };
+                for url in urls {
+                    match redis::Client::open(url.as_str())?.get_async_pubsub().await {
+                        Ok(p) => return Ok(p),
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
             }
         }
     }
