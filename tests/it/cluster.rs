@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::support::process::NodeProcess;
 use crate::support::{
     ADMIN_TOKEN, Api, Node, Receiver, Redis, RedisCluster, Reply, prefix, record_event,
-    test_config, wait_until,
+    test_config_at, wait_until,
 };
 
 const PARTITIONS: u32 = 16;
@@ -231,9 +231,20 @@ async fn three_nodes_scenario(redis_url: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_changed_on_one_node_applies_to_events_posted_on_another_at_once() {
     let redis = Redis::start();
+    rule_change_scenario(&redis.url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_changed_on_one_node_applies_to_events_posted_on_another_at_once_on_a_redis_cluster()
+{
+    let cluster = RedisCluster::start();
+    rule_change_scenario(&cluster.url).await;
+}
+
+async fn rule_change_scenario(redis_url: &str) {
     let key_prefix = prefix("rules2");
-    let a = Node::start(test_config(&redis, &key_prefix)).await;
-    let b = Node::start(test_config(&redis, &key_prefix)).await;
+    let a = Node::start(test_config_at(redis_url, &key_prefix)).await;
+    let b = Node::start(test_config_at(redis_url, &key_prefix)).await;
     let api_a = a.workspace("Rules").await;
     let api_b = b.api(api_a.token());
     let receiver = Receiver::ok().await;
