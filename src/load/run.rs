@@ -240,10 +240,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         .as_secs_f64()
         .max(1e-6);
     if cfg.ingest_only {
-        let cpu = pid
-            .and_then(cpu_seconds)
-            .zip(cpu_before)
-            .map(|(after, before)| after - before);
+        let (cpu, rss) = node_usage(pid, cpu_before);
         return Ok(Report {
             store: label,
             ingest_only: true,
@@ -252,9 +249,7 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             offered_rate: cfg.rate,
             events_accepted_per_s: cfg.events as f64 / accept_secs,
             node_cpu_s: cpu,
-            node_peak_rss_mib: pid
-                .and_then(|p| proc_field(p, "VmHWM:"))
-                .map(|kib| kib as f64 / 1024.0),
+            node_peak_rss_mib: rss,
             ..Report::default()
         });
     }
@@ -273,15 +268,9 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    let cpu = match (pid.and_then(cpu_seconds), cpu_before) {
-        (Some(after), Some(before)) => Some(after - before),
-        _ => None,
-    };
-    let rss = pid
-        .and_then(|p| proc_field(p, "VmHWM:"))
-        .map(|kib| kib as f64 / 1024.0);
-    let mut report = measure(&receiver, &accepted, started, &cfg);
-    report.accept_latency_ms = accept_latencies(&http, &base, &key, &receiver, &accepted).await;
+    let (cpu, rss) = node_usage(pid, cpu_before);
+    let created = created_at_ms(&http, &base, &key, &accepted).await;
+    let mut report = measure(&receiver, &accepted, created.as_ref(), started, &cfg);
     report.store = label;
     report.events_accepted_per_s = cfg.events as f64 / accept_secs;
     report.node_cpu_s = cpu;
@@ -302,16 +291,27 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     Ok(report)
 }
 
-/// Accept-to-arrival: each delivery's first arrival against its stored `createdAt`, read
-/// back through `GET /v1/deliveries` (after the run, so it costs the run nothing). `None`
-/// when the list cannot be read.
-async fn accept_latencies(
+/// The node's CPU seconds since `cpu_before` and its peak RSS in MiB, when it is our child.
+fn node_usage(pid: Option<u32>, cpu_before: Option<f64>) -> (Option<f64>, Option<f64>) {
+    let cpu = pid
+        .and_then(cpu_seconds)
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
+    let rss = pid
+        .and_then(|p| proc_field(p, "VmHWM:"))
+        .map(|kib| kib as f64 / 1024.0);
+    (cpu, rss)
+}
+
+/// Each measured delivery's stored `createdAt` (unix ms), read back through
+/// `GET /v1/deliveries` after the run (so it costs the run nothing), for accept-to-arrival.
+/// `None` when the list cannot be read.
+async fn created_at_ms(
     http: &reqwest::Client,
     base: &str,
     key: &str,
-    receiver: &Receiver,
     accepted: &Accepted,
-) -> Option<Percentiles> {
+) -> Option<HashMap<String, f64>> {
     let mut created: HashMap<String, f64> = HashMap::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -340,14 +340,7 @@ async fn accept_latencies(
             None => break,
         }
     }
-    let latencies = receiver.with_received(|got| {
-        let mut seen = std::collections::HashSet::new();
-        got.iter()
-            .filter(|r| r.answered == 200 && seen.insert(r.header("webhook-id").to_string()))
-            .filter_map(|r| created.get(r.header("webhook-id")).map(|c| r.wall_ms - c))
-            .collect::<Vec<f64>>()
-    });
-    (!latencies.is_empty()).then(|| Percentiles::of(latencies))
+    Some(created)
 }
 
 /// Distinct deliveries answered 200.
@@ -475,9 +468,18 @@ async fn send_all(
     }
 }
 
-fn measure(receiver: &Receiver, accepted: &Accepted, started: Instant, cfg: &LoadConfig) -> Report {
+/// The report of the deliveries' first arrivals; with `created` (see [`created_at_ms`]) also
+/// accept-to-arrival.
+fn measure(
+    receiver: &Receiver,
+    accepted: &Accepted,
+    created: Option<&HashMap<String, f64>>,
+    started: Instant,
+    cfg: &LoadConfig,
+) -> Report {
     receiver.with_received(|got| {
         let mut first: HashMap<&str, Instant> = HashMap::new();
+        let mut since_accept = Vec::new();
         let mut duplicates = 0;
         let mut per_endpoint: HashMap<usize, Vec<(Instant, usize)>> = HashMap::new();
         for r in got.iter().filter(|r| r.answered == 200) {
@@ -490,6 +492,9 @@ fn measure(receiver: &Receiver, accepted: &Accepted, started: Instant, cfg: &Loa
                 continue;
             }
             first.insert(id, r.at);
+            if let Some(c) = created.and_then(|m| m.get(id)) {
+                since_accept.push(r.wall_ms - c);
+            }
             per_endpoint.entry(ep).or_default().push((r.at, seq));
         }
         let latencies: Vec<f64> = first
@@ -536,6 +541,7 @@ fn measure(receiver: &Receiver, accepted: &Accepted, started: Instant, cfg: &Loa
             deliveries_per_s: first.len() as f64
                 / last.duration_since(started).as_secs_f64().max(1e-6),
             latency_ms: Percentiles::of(latencies),
+            accept_latency_ms: (!since_accept.is_empty()).then(|| Percentiles::of(since_accept)),
             lost: accepted.deliveries.len().saturating_sub(first.len()),
             duplicates,
             order_violations,

@@ -443,8 +443,8 @@ async fn retention_on_embedded() {
 
 /// Acknowledged jobs leave the partition stream; pending ones (read, unfinished) stay and are
 /// read again by the next reader.
-async fn trim_jobs_case(store: RedisStore) {
-    let store = Store::Redis(store);
+async fn trim_jobs_case(redis: RedisStore) {
+    let store = Store::Redis(redis.clone());
     let p = partition_of(EP, PARTITIONS);
     store.ingest(WS, &[event("e6", 10, 0)]).await.unwrap();
     let jobs = read_all(&store, p, 10).await;
@@ -454,9 +454,6 @@ async fn trim_jobs_case(store: RedisStore) {
             .await
             .unwrap();
     }
-    let Store::Redis(redis) = &store else {
-        unreachable!()
-    };
     assert_eq!(
         redis.trim_jobs(p).await.unwrap(),
         0,

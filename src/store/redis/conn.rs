@@ -23,12 +23,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where the store's Redis is: one server, or the seeds of a cluster.
 #[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // one per store, held behind an Arc
 pub(crate) enum Target {
     Single(redis::Client),
     Cluster {
-        urls: Vec<String>,
-        /// The seed that answered: pub/sub goes through it.
-        seed: redis::Client,
+        /// For the shared connection: responses time out.
+        shared: redis::cluster::ClusterClient,
+        /// For blocking readers: no response timeout at all (the builder's would also bound
+        /// the whole call, cutting `BLOCK` short).
+        blocking: redis::cluster::ClusterClient,
+        /// Every seed, in the order given: pub/sub uses the first that answers.
+        seeds: Vec<redis::Client>,
     },
 }
 
@@ -54,7 +59,7 @@ impl Target {
             .map(|u| redis::Client::open(*u))
             .collect::<redis::RedisResult<Vec<_>>>()?;
         let mut last_err = None;
-        for client in &clients {
+        for client in clients.iter() {
             match cluster_enabled(client).await {
                 Ok(false) if clients.len() == 1 => return Ok(Target::Single(client.clone())),
                 Ok(false) => {
@@ -64,9 +69,17 @@ impl Target {
                     )));
                 }
                 Ok(true) => {
+                    let builder = || {
+                        redis::cluster::ClusterClientBuilder::new(urls.clone())
+                            .connection_timeout(CONNECT_TIMEOUT)
+                    };
                     return Ok(Target::Cluster {
-                        urls: urls.iter().map(|u| u.to_string()).collect(),
-                        seed: client.clone(),
+                        shared: builder()
+                            .response_timeout(RESPONSE_TIMEOUT)
+                            .retries(2)
+                            .build()?,
+                        blocking: builder().build()?,
+                        seeds: clients,
                     });
                 }
                 Err(e) => last_err = Some(e),
@@ -95,13 +108,8 @@ impl Target {
                     client.get_connection_manager_with_config(config).await?,
                 ))
             }
-            Target::Cluster { urls, .. } => {
-                let cluster = redis::cluster::ClusterClientBuilder::new(urls.clone())
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(RESPONSE_TIMEOUT)
-                    .retries(2)
-                    .build()?;
-                Ok(Conn::Cluster(cluster.get_async_connection().await?))
+            Target::Cluster { shared, .. } => {
+                Ok(Conn::Cluster(shared.get_async_connection().await?))
             }
         }
     }
@@ -119,34 +127,26 @@ impl Target {
                     .await?;
                 Ok(Conn::Plain(conn))
             }
-            Target::Cluster { urls, .. } => {
-                // No response timeout at all: the builder's would also bound the whole call.
-                let cluster = redis::cluster::ClusterClientBuilder::new(urls.clone())
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .build()?;
-                Ok(Conn::Cluster(cluster.get_async_connection().await?))
+            Target::Cluster { blocking, .. } => {
+                Ok(Conn::Cluster(blocking.get_async_connection().await?))
             }
         }
     }
 
     /// A pub/sub connection. On a cluster, classic `PUBLISH` reaches every node, so one
-    /// subscription on any master hears all of it: the seed that answered at start, else the
-    /// first other seed that does now.
+    /// subscription on any master hears all of it: the first seed that answers.
     pub(crate) async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match self {
             Target::Single(client) => client.get_async_pubsub().await,
-            Target::Cluster { urls, seed } => {
-                let mut last = match seed.get_async_pubsub().await {
-                    Ok(p) => return Ok(p),
-                    Err(e) => e,
-                };
-                for url in urls {
-                    match redis::Client::open(url.as_str())?.get_async_pubsub().await {
+            Target::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds {
+                    match seed.get_async_pubsub().await {
                         Ok(p) => return Ok(p),
-                        Err(e) => last = e,
+                        Err(e) => last = Some(e),
                     }
                 }
-                Err(last)
+                Err(last.expect("a cluster has at least one seed"))
             }
         }
     }
