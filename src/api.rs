@@ -12,6 +12,7 @@ mod error;
 mod events;
 pub mod openapi;
 mod rules;
+pub mod server;
 mod workspaces;
 
 use std::collections::HashMap;
@@ -23,8 +24,6 @@ use axum::extract::{FromRequestParts, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Json};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ractor::ActorRef;
 use serde::Serialize;
 use serde_json::json;
@@ -59,7 +58,15 @@ pub struct AppState {
 /// The API's routes.
 pub fn app(state: AppState) -> Router {
     openapi::routes(Router::new())
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method (the Allow header lists those it takes)",
+            )
+        })
         .fallback(|| async { ApiError::not_found("route") })
+        .layer(axum::middleware::from_fn(server::limit_request_head))
         .with_state(state)
 }
 
@@ -162,15 +169,49 @@ impl FromRequestParts<AppState> for Admin {
     }
 }
 
-/// Reads a body of at most `limit` bytes (413 with the error body beyond).
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+/// Reads a body of at most `limit` bytes: 413 at once when its `Content-Length` says more
+/// (nothing is read), 413 as soon as more arrives than it said or than the limit, and 408 when
+/// it does not arrive within `body_timeout_secs` (a client trickling a body byte by byte would
+/// otherwise hold a connection and its buffer forever).
+pub async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             format!("the body is larger than {limit} bytes"),
         )
-    })
+    };
+    // hyper reports a request's Content-Length as the body's exact size hint.
+    if http_body::Body::size_hint(&body).lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let timeout = std::time::Duration::from_secs(state.config.body_timeout_secs);
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            let limited = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            if limited {
+                Err(too_large())
+            } else {
+                Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "unreadable_body",
+                    "the body could not be read to its end",
+                ))
+            }
+        }
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                state.config.body_timeout_secs
+            ),
+        )),
+    }
 }
 
 /// Reads a JSON body of at most `max_payload_bytes` into `T` (413 beyond; 400/422 naming the
@@ -179,7 +220,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     state: &AppState,
     body: Body,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(body, state.config.max_payload_bytes).await?;
+    let bytes = read_body(state, body, state.config.max_payload_bytes).await?;
     Ok(crate::invalid::from_body(&bytes)?)
 }
 
@@ -213,28 +254,19 @@ impl ListParams {
     }
 }
 
-/// Pages an in-memory list already sorted newest first by `key` (descending).
+/// Pages an in-memory list already sorted newest first by `key` (descending); `list` tags
+/// its cursors so that they come back only to it.
 pub fn paginate<T, K: Fn(&T) -> String>(
+    list: &str,
     items: Vec<T>,
     key: K,
     params: &ListParams,
 ) -> Result<Page<T>, ApiError> {
-    let after = match &params.cursor {
-        Some(c) => Some(
-            B64.decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| {
-                    ApiError::field(
-                        StatusCode::BAD_REQUEST,
-                        "invalid_query",
-                        "cursor",
-                        "is not a cursor of this list",
-                    )
-                })?,
-        ),
-        None => None,
-    };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| crate::store::cursor::decode(list, c, |_| true))
+        .transpose()?;
     let mut rest: Vec<T> = items
         .into_iter()
         .filter(|i| after.as_ref().is_none_or(|a| key(i) < *a))
@@ -242,7 +274,10 @@ pub fn paginate<T, K: Fn(&T) -> String>(
     let more = rest.len() > params.limit;
     rest.truncate(params.limit);
     let next_cursor = more
-        .then(|| rest.last().map(|l| B64.encode(key(l))))
+        .then(|| {
+            rest.last()
+                .map(|l| crate::store::cursor::encode(list, &key(l)))
+        })
         .flatten();
     Ok(Page {
         data: rest,

@@ -140,11 +140,6 @@ impl Coordinator {
             Ok(()) => crate::telemetry::store_roundtrip(&self.config.node_id, sent.elapsed()),
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
-        for p in self.owned.keys() {
-            if let Ok((lag, pending)) = self.redis.partition_lag(*p).await {
-                crate::telemetry::partition(&self.config.node_id, *p, lag, pending);
-            }
-        }
         self.renew().await;
         let live = match self.redis.live_nodes(self.node_ttl()).await {
             Ok(nodes) => nodes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
@@ -234,6 +229,7 @@ impl Coordinator {
             holder.clone(),
             self.router.clone(),
             self.config.partition_buffer,
+            &self.config.node_id,
             stop.clone(),
         );
         self.owned.insert(

@@ -60,6 +60,15 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Response body bytes kept in the delivery log per attempt.
     pub response_body_limit: usize,
+    /// A client must send a request's headers within this many seconds (one holding a
+    /// connection with partial headers is cut off); a keep-alive connection idle this long
+    /// between requests is closed too.
+    pub header_read_timeout_secs: u64,
+    /// A request's body must arrive within this many seconds (408 after).
+    pub body_timeout_secs: u64,
+    /// Open API connections at most; beyond it a new connection is answered 503 and closed at
+    /// once, so it cannot starve the others (or the process's file descriptors).
+    pub max_connections: usize,
     /// How long an `Idempotency-Key` is remembered, in seconds.
     pub idempotency_ttl_secs: u64,
     /// Jobs a partition consumer holds in memory (read but not yet finished) at most.
@@ -131,6 +140,9 @@ impl Default for Config {
             node_id: default_node_id(),
             max_payload_bytes: 256 * 1024,
             response_body_limit: 64 * 1024,
+            header_read_timeout_secs: 10,
+            body_timeout_secs: 30,
+            max_connections: 4096,
             idempotency_ttl_secs: 24 * 3600,
             partition_buffer: 1024,
             actor_idle_secs: 2,
@@ -319,6 +331,11 @@ impl Config {
             ("breaker_max_cooldown_ms", &mut self.breaker_max_cooldown_ms),
             ("idempotency_ttl_secs", &mut self.idempotency_ttl_secs),
             (
+                "header_read_timeout_secs",
+                &mut self.header_read_timeout_secs,
+            ),
+            ("body_timeout_secs", &mut self.body_timeout_secs),
+            (
                 "retry_after_ceiling_secs",
                 &mut self.retry_after_ceiling_secs,
             ),
@@ -331,6 +348,7 @@ impl Config {
             ("max_payload_bytes", &mut self.max_payload_bytes),
             ("partition_buffer", &mut self.partition_buffer),
             ("max_concurrent_attempts", &mut self.max_concurrent_attempts),
+            ("max_connections", &mut self.max_connections),
             ("response_body_limit", &mut self.response_body_limit),
         ] {
             if let Some(v) = var(key) {
@@ -398,6 +416,17 @@ impl Config {
         }
         if self.retention_secs == 0 {
             return Err(invalid("retention_secs", "must be at least 1"));
+        }
+        for (key, secs) in [
+            ("header_read_timeout_secs", self.header_read_timeout_secs),
+            ("body_timeout_secs", self.body_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
         }
         if self.max_concurrent_attempts == 0 {
             return Err(invalid("max_concurrent_attempts", "must be at least 1"));

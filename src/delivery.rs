@@ -151,6 +151,9 @@ pub struct Job {
     /// The partition lease (`node:token`) this job was read under; writes with a stale one are
     /// refused. `None` on a single node (the embedded store).
     pub fence: Option<String>,
+    /// A manual retry (`POST /v1/deliveries/{id}/retry`): sent at once, whatever the breaker
+    /// says (it is the breaker's probe) and wherever it stands in the endpoint's queue.
+    pub manual: bool,
 }
 
 /// The id of the delivery of (event, rule, endpoint): deterministic, so re-ingest is idempotent.

@@ -20,7 +20,6 @@
 //! router also decides idle stops, under the queue's lock, so a job can never be routed to an
 //! actor that is already stopping.
 
-pub mod breaker;
 mod consumer;
 mod endpoint_actor;
 pub mod policy;

@@ -4,6 +4,8 @@
 //! a PATCH is merged into the stored spec's JSON and the result validated as a whole, so a
 //! partial update can never leave an endpoint that a create would have refused.
 
+pub mod health;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -20,17 +22,34 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 const MAX_TIMEOUT_MS: u64 = 300_000;
 /// Longest backoff delay an endpoint may ask for: a week.
 const MAX_DELAY_CEILING_MS: u64 = 7 * 24 * 3600 * 1000;
-/// Headers Switchyard sets itself; an endpoint may not override them.
+/// Headers an endpoint may not set: those Switchyard sets itself (`webhook-*` too), and the
+/// hop-by-hop, framing and encoding headers, which describe one connection or the body's
+/// encoding rather than the webhook (a `Content-Encoding: gzip` on a plain body, or an
+/// `Upgrade`, would make receivers misread the request). `Authorization` stays allowed:
+/// receivers use it.
 const RESERVED_HEADERS: &[&str] = &[
     "content-type",
     "content-length",
+    "content-encoding",
     "host",
     "user-agent",
     "transfer-encoding",
     "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
     "te",
+    "trailer",
     "upgrade",
+    "expect",
 ];
+/// Custom headers per endpoint at most.
+pub const MAX_HEADERS: usize = 32;
+/// Longest custom header value, in bytes.
+pub const MAX_HEADER_VALUE: usize = 4 * 1024;
+/// Custom header names and values together, in bytes: every attempt's log stores them.
+pub const MAX_HEADERS_TOTAL: usize = 16 * 1024;
 
 /// Per-endpoint delivery rate.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -162,9 +181,63 @@ pub struct EndpointSpec {
 }
 
 impl EndpointSpec {
+    fn validate_headers(&self) -> Result<(), Invalid> {
+        if self.headers.len() > MAX_HEADERS {
+            return Err(Invalid::field(
+                "headers",
+                format!("at most {MAX_HEADERS} headers"),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0;
+        for (name, value) in &self.headers {
+            let field = format!("headers.{name}");
+            let lower = name.to_ascii_lowercase();
+            if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
+                return Err(Invalid::field(
+                    field,
+                    "is set by Switchyard or describes the connection, and may not be set",
+                ));
+            }
+            if !seen.insert(lower) {
+                return Err(Invalid::field(
+                    field,
+                    "is given twice (header names are case-insensitive)",
+                ));
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(Invalid::field(field, "is not a valid header name"));
+            }
+            if value.len() > MAX_HEADER_VALUE {
+                return Err(Invalid::field(
+                    field,
+                    format!("must be at most {MAX_HEADER_VALUE} bytes"),
+                ));
+            }
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return Err(Invalid::field(field, "is not a valid header value"));
+            }
+            total += name.len() + value.len();
+        }
+        if total > MAX_HEADERS_TOTAL {
+            return Err(Invalid::field(
+                "headers",
+                format!("names and values must total at most {MAX_HEADERS_TOTAL} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Parses and validates a create body (everything but the SSRF check, which resolves DNS).
     pub fn from_json(value: &Value) -> Result<(EndpointSpec, Url), Invalid> {
-        let spec: EndpointSpec = from_value(value)?;
+        let mut spec: EndpointSpec = from_value(value)?;
+        // Surrounding blanks are a paste artefact: trimmed. Blanks or control characters
+        // inside are refused (the URL parser would silently drop tabs and newlines, so the
+        // URL stored and the URL called would differ).
+        spec.url = spec
+            .url
+            .trim_matches(|c: char| c.is_whitespace())
+            .to_string();
         let url = spec.validate()?;
         Ok((spec, url))
     }
@@ -181,6 +254,17 @@ impl EndpointSpec {
     fn validate(&self) -> Result<Url, Invalid> {
         if self.url.len() > 2048 {
             return Err(Invalid::field("url", "must be at most 2048 characters"));
+        }
+        if self
+            .url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(Invalid::new(
+                "invalid_url",
+                "url",
+                "must not contain blanks or control characters",
+            ));
         }
         let url = Url::parse(&self.url)
             .map_err(|e| Invalid::new("invalid_url", "url", format!("is not a URL: {e}")))?;
@@ -218,22 +302,7 @@ impl EndpointSpec {
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
             return Err(Invalid::field("timeoutMs", "must be 1 to 300000"));
         }
-        for (name, value) in &self.headers {
-            let field = format!("headers.{name}");
-            let lower = name.to_ascii_lowercase();
-            if lower.starts_with("webhook-") || RESERVED_HEADERS.contains(&lower.as_str()) {
-                return Err(Invalid::field(
-                    field,
-                    "is set by Switchyard and may not be overridden",
-                ));
-            }
-            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-                return Err(Invalid::field(field, "is not a valid header name"));
-            }
-            if reqwest::header::HeaderValue::from_str(value).is_err() {
-                return Err(Invalid::field(field, "is not a valid header value"));
-            }
-        }
+        self.validate_headers()?;
         Ok(url)
     }
 }
@@ -288,13 +357,40 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint as the API shows it: without retired secrets.
+    /// The endpoint as reads and lists show it: no secret at all. Secrets are shown once, by
+    /// the create and rotate answers, and on request by `GET /v1/endpoints/{id}/secret`, so a
+    /// list of endpoints handed to a dashboard or a log never carries a signing key.
     pub fn public_view(&self) -> Value {
         let mut v = serde_json::to_value(self).expect("an endpoint serialises");
         if let Some(obj) = v.as_object_mut() {
+            obj.remove("secret");
             obj.remove("retiredSecrets");
         }
         v
+    }
+
+    /// The create answer: the public view and the current secret.
+    pub fn created_view(&self) -> Value {
+        let mut v = self.public_view();
+        v["secret"] = Value::String(self.secret.clone());
+        v
+    }
+
+    /// `GET /v1/endpoints/{id}/secret`: the current secret and those still in their grace
+    /// period at `now_ms`.
+    pub fn secrets_view(&self, now_ms: i64) -> Value {
+        let previous: Vec<Value> = self
+            .retired_secrets
+            .iter()
+            .filter(|r| r.expires_at_ms > now_ms)
+            .map(|r| {
+                let until = chrono::DateTime::from_timestamp_millis(r.expires_at_ms)
+                    .map(crate::delivery::rfc3339)
+                    .unwrap_or_default();
+                serde_json::json!({"secret": r.secret, "validUntil": until})
+            })
+            .collect();
+        serde_json::json!({"secret": self.secret, "previousSecrets": previous})
     }
 }
 
@@ -363,6 +459,65 @@ mod tests {
     }
 
     #[test]
+    fn custom_headers_are_bounded_unique_and_never_hop_by_hop() {
+        let spec = |headers: Value| {
+            EndpointSpec::from_json(&json!({"url": "https://x.io", "headers": headers}))
+        };
+        for name in [
+            "Keep-Alive",
+            "Proxy-Authorization",
+            "Proxy-Connection",
+            "TE",
+            "Trailer",
+            "Upgrade",
+            "Expect",
+            "Content-Encoding",
+            "Connection",
+            "Transfer-Encoding",
+        ] {
+            let e = spec(json!({name: "x"})).unwrap_err();
+            assert_eq!(e.field, format!("headers.{name}"), "{name}");
+        }
+        assert!(spec(json!({"Authorization": "Bearer t", "X-Team": "growth"})).is_ok());
+        let twice = spec(json!({"X-A": "1", "x-a": "2"})).unwrap_err();
+        assert!(
+            twice.field == "headers.x-a" || twice.field == "headers.X-A",
+            "{twice:?}"
+        );
+        let many: serde_json::Map<String, Value> =
+            (0..33).map(|i| (format!("X-H{i}"), json!("v"))).collect();
+        assert_eq!(spec(Value::Object(many)).unwrap_err().field, "headers");
+        let big = "v".repeat(MAX_HEADER_VALUE + 1);
+        assert_eq!(
+            spec(json!({"X-Big": big})).unwrap_err().field,
+            "headers.X-Big"
+        );
+        let total: serde_json::Map<String, Value> = (0..5)
+            .map(|i| (format!("X-H{i}"), json!("v".repeat(4000))))
+            .collect();
+        assert_eq!(spec(Value::Object(total)).unwrap_err().field, "headers");
+    }
+
+    #[test]
+    fn urls_are_trimmed_and_inner_blanks_refused() {
+        let (spec, _) = EndpointSpec::from_json(&json!({"url": "  https://x.io/h \n"})).unwrap();
+        assert_eq!(spec.url, "https://x.io/h");
+        for bad in [
+            "https://x.io/a b",
+            "https://ex\tample.com/",
+            "https://x.io/\u{7f}",
+        ] {
+            assert_eq!(
+                EndpointSpec::from_json(&json!({"url": bad}))
+                    .unwrap_err()
+                    .field,
+                "url",
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn rotation_keeps_the_old_secret_signing_for_its_grace_only() {
         let (spec, _) = EndpointSpec::from_json(&json!({"url": "https://x.io"})).unwrap();
         let first = crate::signing::generate_secret();
@@ -378,7 +533,14 @@ mod tests {
         assert_eq!(ep.signing_keys(1_000).len(), 2);
         assert_eq!(ep.signing_keys(1_500).len(), 1);
         assert!(ep.public_view().get("retiredSecrets").is_none());
-        assert_ne!(ep.public_view()["secret"], first);
+        assert!(ep.public_view().get("secret").is_none());
+        assert_ne!(ep.created_view()["secret"], first);
+        let shown = ep.secrets_view(1_000);
+        assert_eq!(shown["previousSecrets"][0]["secret"], first.as_str());
+        assert_eq!(
+            ep.secrets_view(1_500)["previousSecrets"],
+            serde_json::json!([])
+        );
     }
 
     #[test]

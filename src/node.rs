@@ -40,6 +40,19 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
     crate::telemetry::handle();
+    crate::telemetry::register(&config.node_id);
+    match crate::api::server::raise_open_file_limit() {
+        Ok(n) if (n as usize) < config.max_connections + config.max_concurrent_attempts + 256 => {
+            tracing::warn!(
+                open_files = n,
+                max_connections = config.max_connections,
+                max_concurrent_attempts = config.max_concurrent_attempts,
+                "the open-file limit is below what the connection limits may need; raise the hard limit (ulimit -Hn) or lower them"
+            );
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let store = Store::open(&config).await?;
     let generated_token = match (&config.admin_token, &store) {
         (None, Store::Embedded(_)) => {
@@ -82,12 +95,15 @@ pub async fn run(
     tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");
     tracing::info!("{}", banner(&config, addr, generated_token));
     let stop_api = stop.clone();
-    let served = axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stop_api.cancel();
-        })
-        .await;
+    let limits = crate::api::server::Limits {
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
+        max_connections: config.max_connections,
+    };
+    let served = crate::api::server::serve(listener, app(state), limits, async move {
+        shutdown.await;
+        stop_api.cancel();
+    })
+    .await;
     stop.cancel();
     consumers.join_all().await;
     // Leaving the cluster drains and releases each partition (others take them at once).
@@ -182,6 +198,7 @@ fn start_delivering(
                 0..config.partitions,
                 router.clone(),
                 config.partition_buffer,
+                &config.node_id,
                 stop.clone(),
             );
             (all, None, None)

@@ -117,8 +117,13 @@ pub fn validate(spec: &RuleSpec) -> Result<(), Invalid> {
     if let Some(c) = &spec.conditions {
         Condition::compile(c).map_err(|e| e.under("conditions"))?;
     }
-    if spec.actions.is_empty() {
-        return Err(Invalid::field("actions", "must hold at least one action"));
+    // A rule whose last endpoint was deleted (`DELETE /v1/endpoints/{id}?force=true`) is kept,
+    // disabled and without actions; it can be enabled again only with an action.
+    if spec.actions.is_empty() && spec.enabled {
+        return Err(Invalid::field(
+            "actions",
+            "must hold at least one action (a rule without actions must be disabled)",
+        ));
     }
     if spec.payload.as_ref().is_some_and(|p| !p.is_object()) {
         return Err(Invalid::field("payload", "must be an object"));

@@ -32,22 +32,56 @@ pub enum SsrfError {
     Unresolved(String, String),
 }
 
-/// Ranges std has no stable predicate for, with the reason shown to the customer.
+/// The IANA special-purpose address registries (IPv4 and IPv6, as of 2025), plus the
+/// deprecated IPv6 forms that embed an IPv4 address, with the reason shown to the customer.
+/// Std's stable predicates (`v4_reason`, `v6_reason`) already cover loopback, private,
+/// link-local, unspecified, broadcast, multicast, unique-local and the IPv4 documentation
+/// ranges; this list is complete on its own anyway, so a predicate that changes meaning in a
+/// future std cannot open a hole. Entries the registries mark "globally reachable" (AS112,
+/// PCP/TURN anycast, AMT) are refused too: no webhook receiver lives there, and a refusal costs
+/// nothing. IPv4-mapped addresses (`::ffff:a.b.c.d`) are canonicalised to IPv4 before this
+/// list is consulted, so `::ffff:8.8.8.8` is as public as `8.8.8.8`.
 static DENY: LazyLock<Vec<(IpNet, &'static str)>> = LazyLock::new(|| {
     [
+        // IPv4 (iana-ipv4-special-registry).
         ("0.0.0.0/8", "\"this network\""),
+        ("10.0.0.0/8", "private"),
         ("100.64.0.0/10", "carrier-grade NAT"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local"),
+        ("172.16.0.0/12", "private"),
         ("192.0.0.0/24", "IETF protocol assignment"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.31.196.0/24", "AS112"),
+        ("192.52.193.0/24", "AMT"),
         ("192.88.99.0/24", "6to4 relay"),
+        ("192.168.0.0/16", "private"),
+        ("192.175.48.0/24", "AS112"),
         ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
         ("240.0.0.0/4", "reserved"),
-        ("fec0::/10", "site-local"),
+        ("255.255.255.255/32", "broadcast"),
+        // IPv6 (iana-ipv6-special-registry).
+        ("::/128", "unspecified"),
+        ("::1/128", "loopback"),
+        ("::/96", "IPv4-compatible"),
+        ("::ffff:0:0:0/96", "IPv4-translated"),
         ("64:ff9b::/96", "NAT64"),
         ("64:ff9b:1::/48", "NAT64"),
-        ("2002::/16", "6to4"),
-        ("2001:db8::/32", "documentation"),
-        ("2001::/23", "IETF protocol assignment"),
         ("100::/64", "discard-only"),
+        ("100:0:0:1::/64", "dummy prefix"),
+        ("2001::/23", "IETF protocol assignment"),
+        ("2001:db8::/32", "documentation"),
+        ("2002::/16", "6to4"),
+        ("2620:4f:8000::/48", "AS112"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing (SRv6)"),
+        ("fc00::/7", "unique-local"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
     ]
     .into_iter()
     .map(|(net, why)| (net.parse().expect("static CIDR"), why))
@@ -241,6 +275,19 @@ mod tests {
             "2002:7f00:1::",
             "2001:db8::1",
             "100::1",
+            // IPv4 inside IPv6 in the deprecated forms, and the newer special ranges.
+            "::127.0.0.1",
+            "::7f00:1",
+            "::a00:1",
+            "::ffff:0:7f00:1",
+            "::ffff:0:a00:1",
+            "3fff::1",
+            "3fff:fff::1",
+            "5f00::1",
+            "2001:2::1",
+            "2620:4f:8000::1",
+            "192.31.196.1",
+            "192.175.48.1",
         ];
         for ip in forbidden {
             let parsed: IpAddr = ip.parse().unwrap();
@@ -258,11 +305,32 @@ mod tests {
             "2606:4700::1111",
             "2a00:1450::1",
             "::ffff:8.8.8.8",
+            "3fff:1000::1",
+            "5f01::1",
+            "2001:4860:4860::8888",
         ];
         for ip in public {
             let parsed: IpAddr = ip.parse().unwrap();
             assert_eq!(forbidden_reason(parsed), None, "{ip} should be allowed");
         }
+    }
+
+    /// Every range of the deny-list: its first and last address are refused, whichever family.
+    #[test]
+    fn every_special_purpose_range_is_refused_end_to_end() {
+        for (net, why) in DENY.iter() {
+            for ip in [net.network(), net.broadcast()] {
+                assert!(
+                    forbidden_reason(ip).is_some(),
+                    "{ip} ({net}, {why}) should be refused"
+                );
+                assert!(
+                    Guard::default().check_ip(ip).is_err(),
+                    "{ip} ({net}) passed the guard"
+                );
+            }
+        }
+        assert!(DENY.len() >= 37, "both registries are listed");
     }
 
     #[test]
@@ -282,6 +350,15 @@ mod tests {
         assert!(g.check_url(&url("https://2130706433/")).is_err());
         assert!(g.check_url(&url("https://[::ffff:127.0.0.1]/")).is_err());
         assert!(g.check_url(&url("https://[::1]:8443/")).is_err());
+        for literal in [
+            "https://[::127.0.0.1]/",
+            "https://[::7f00:1]/",
+            "https://[::ffff:0:7f00:1]/",
+            "https://[3fff::1]/",
+            "https://[5f00::1]/",
+        ] {
+            assert!(g.check_url(&url(literal)).is_err(), "{literal}");
+        }
         assert!(g.check_url(&url("https://localhost/")).is_err());
         assert!(g.check_url(&url("https://api.localhost/")).is_err());
         assert!(g.check_url(&url("https://8.8.8.8/hooks")).is_ok());

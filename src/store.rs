@@ -9,14 +9,15 @@
 //! same conformance tests (`tests/it/store_conformance.rs`). Logic that is the same for both
 //! (replay ordering) lives here once.
 
+pub mod cursor;
 pub mod embedded;
 pub mod redis;
 
 use serde::{Deserialize, Serialize};
 
 use crate::delivery::{Attempt, Delivery, Job, NewDelivery, Status};
-use crate::dispatch::breaker::Breaker;
 use crate::endpoint::Endpoint;
+pub use crate::endpoint::health::Health;
 use crate::rule::Rule;
 use crate::workspace::Workspace;
 pub use embedded::EmbeddedStore;
@@ -65,6 +66,29 @@ pub struct NewEvent {
     pub new_deliveries: Vec<NewDelivery>,
 }
 
+/// What an `Idempotency-Key` holds: the fingerprint of the body it was first used with, and
+/// the answer once there is one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Remembered {
+    #[serde(rename = "fp")]
+    fingerprint: String,
+    answer: Option<String>,
+}
+
+/// What [`Store::claim_idempotency`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The key was unused: this request has it now.
+    New,
+    /// The same body was sent with the key before and is still being written (or its writer
+    /// crashed): write again (ingest is idempotent), then answer.
+    InProgress,
+    /// The same body was sent and answered: this is its answer.
+    Answered(String),
+    /// The key was used with another body.
+    Reused,
+}
+
 /// Filters of `GET /v1/deliveries`.
 #[derive(Debug, Clone, Default)]
 pub struct DeliveryFilter {
@@ -81,17 +105,6 @@ pub struct DeliveryFilter {
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
-}
-
-/// What the owner of an endpoint persists about its health.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Health {
-    pub breaker: Option<Breaker>,
-    pub last_error: Option<String>,
-    pub last_error_at: Option<String>,
-    /// Unix ms of the first failure since the last success (the auto-disable clock).
-    pub failing_since_ms: Option<i64>,
 }
 
 /// Deliveries of an endpoint by status.
@@ -278,18 +291,48 @@ impl Store {
         each!(self, s => s.ingest(ws, events).await)
     }
 
-    pub async fn idempotent_answer(&self, ws: &str, key: &str) -> Result<Option<String>> {
-        each!(self, s => s.idempotent_answer(ws, key).await)
+    /// Claims an `Idempotency-Key` for a request whose body has `fingerprint`: the first
+    /// request with the key claims it; a later one with the same body gets the first one's
+    /// answer (or [`Claim::InProgress`] while it has none yet), with another body
+    /// [`Claim::Reused`]. Claiming before the write, in one atomic step, is what makes two
+    /// concurrent requests with one key and two bodies tell each other apart.
+    pub async fn claim_idempotency(
+        &self,
+        ws: &str,
+        key: &str,
+        fingerprint: &str,
+        ttl_secs: u64,
+    ) -> Result<Claim> {
+        let mine = serde_json::to_string(&Remembered {
+            fingerprint: fingerprint.to_string(),
+            answer: None,
+        })?;
+        let there = each!(self, s => s.claim_key(ws, key, &mine, ttl_secs).await)?;
+        let Some(there) = there else {
+            return Ok(Claim::New);
+        };
+        let there: Remembered = serde_json::from_str(&there)?;
+        Ok(match there.answer {
+            _ if there.fingerprint != fingerprint => Claim::Reused,
+            Some(answer) => Claim::Answered(answer),
+            None => Claim::InProgress,
+        })
     }
 
+    /// Stores the 202 answer of a claimed `Idempotency-Key`.
     pub async fn remember_answer(
         &self,
         ws: &str,
         key: &str,
+        fingerprint: &str,
         answer: &str,
         ttl_secs: u64,
     ) -> Result<()> {
-        each!(self, s => s.remember_answer(ws, key, answer, ttl_secs).await)
+        let value = serde_json::to_string(&Remembered {
+            fingerprint: fingerprint.to_string(),
+            answer: Some(answer.to_string()),
+        })?;
+        each!(self, s => s.put_key(ws, key, &value, ttl_secs).await)
     }
 
     pub async fn delivery(&self, ws: &str, id: &str) -> Result<Option<Delivery>> {
@@ -333,9 +376,16 @@ impl Store {
         each!(self, s => s.fail_without_attempt(job, from).await)
     }
 
-    /// Puts a finished delivery (in one of `from`) back in its partition for one more attempt.
-    pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
-        each!(self, s => s.requeue(ws, d, from).await)
+    /// Puts a finished delivery (in one of `from`) back in its partition for one more attempt;
+    /// a `manual` one is sent at once, whatever the endpoint's breaker says.
+    pub async fn requeue(
+        &self,
+        ws: &str,
+        d: &Delivery,
+        from: &[Status],
+        manual: bool,
+    ) -> Result<bool> {
+        each!(self, s => s.requeue(ws, d, from, manual).await)
     }
 
     /// Requeues, in ingest order, the deliveries of `endpoint` that went to the dead letter in
@@ -357,7 +407,7 @@ impl Store {
         deliveries.sort_by(|a, b| a.seq.cmp(&b.seq));
         let mut replayed = 0;
         for d in &deliveries {
-            if self.requeue(ws, d, &[Status::Failed]).await? {
+            if self.requeue(ws, d, &[Status::Failed], false).await? {
                 replayed += 1;
             }
         }
@@ -408,6 +458,14 @@ impl JobReader {
         match (self, holder) {
             (JobReader::Redis(r), Some(h)) => JobReader::Redis(r.fenced(h)),
             (reader, _) => reader,
+        }
+    }
+
+    /// Entries of the partition not yet read by its consumer (`switchyard_partition_lag`).
+    pub async fn lag(&mut self) -> Result<i64> {
+        match self {
+            JobReader::Redis(r) => r.lag().await,
+            JobReader::Embedded(r) => Ok(r.lag()),
         }
     }
 

@@ -81,6 +81,33 @@ fn describe() {
     );
 }
 
+/// Registers every documented series of `node` at zero, so dashboards and alerts see them from
+/// the start (a series that appears only at its first event looks like a broken exporter, and
+/// an alert on `rate(...)` of an absent series never fires).
+pub fn register(node: &str) {
+    let n = || node.to_string();
+    counter!("switchyard_events_accepted_total", "node" => n()).increment(0);
+    for outcome in ["succeeded", "failed"] {
+        counter!("switchyard_deliveries_total", "node" => n(), "outcome" => outcome).increment(0);
+    }
+    counter!("switchyard_rate_limit_waits_total", "node" => n()).increment(0);
+    counter!("switchyard_attempts_total", "node" => n(), "outcome" => "succeeded", "class" => "2xx")
+        .increment(0);
+    for at in ["save", "connect"] {
+        counter!("switchyard_ssrf_refusals_total", "node" => n(), "at" => at).increment(0);
+    }
+    gauge!("switchyard_endpoint_actors", "node" => n()).set(0.0);
+    gauge!("switchyard_breakers_open", "node" => n()).set(0.0);
+    for name in [
+        "switchyard_attempt_duration_seconds",
+        "switchyard_delivery_latency_seconds",
+        "switchyard_store_roundtrip_seconds",
+    ] {
+        // Registered, not recorded: an empty histogram renders as zero counts.
+        let _ = histogram!(name, "node" => n());
+    }
+}
+
 pub fn events_accepted(node: &str, n: usize) {
     counter!("switchyard_events_accepted_total", "node" => node.to_string()).increment(n as u64);
 }

@@ -38,7 +38,10 @@ pub fn init(config: &Config) -> anyhow::Result<TraceGuard> {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,switchyard=info".into());
     let logs = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer().json().boxed(),
-        LogFormat::Text => tracing_subscriber::fmt::layer().boxed(),
+        // Colour codes only on a terminal: in a file or a pipe they are noise.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .boxed(),
     };
     let layers = vec![logs.with_filter(filter).boxed()];
     #[cfg(feature = "otlp")]

@@ -57,16 +57,7 @@ pub async fn list(
     let page = state
         .store
         .list_deliveries(&ws.uuid, &filter, params.limit, params.cursor.as_deref())
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Corrupt(m) if m == "bad cursor" => ApiError::field(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "cursor",
-                "is not a cursor of this list",
-            ),
-            other => other.into(),
-        })?;
+        .await?;
     Ok(Json(page))
 }
 
@@ -90,8 +81,9 @@ pub async fn show(
     Ok(Json(body))
 }
 
-/// `POST /v1/deliveries/{id}/retry`: one more attempt of a finished delivery, now, behind the
-/// endpoint's queue and within its rate limit.
+/// `POST /v1/deliveries/{id}/retry`: one more attempt of a finished delivery, now: ahead of
+/// the endpoint's queue and whatever its breaker says (the attempt is the breaker's probe),
+/// within its rate limit.
 pub async fn retry(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
@@ -104,7 +96,7 @@ pub async fn retry(
         .ok_or_else(|| ApiError::not_found("delivery"))?;
     if !state
         .store
-        .requeue(&ws.uuid, &d, &[Status::Failed, Status::Succeeded])
+        .requeue(&ws.uuid, &d, &[Status::Failed, Status::Succeeded], true)
         .await?
     {
         return Err(ApiError::new(

@@ -17,11 +17,11 @@ use super::{
 };
 use crate::delivery::{now_rfc3339, rfc3339};
 use crate::dispatch::RouterMsg;
-use crate::dispatch::breaker::{Breaker, BreakerState};
 use crate::dispatch::policy::DispatchPolicy;
 use crate::endpoint::{Endpoint, EndpointSpec};
 use crate::invalid::Invalid;
 use crate::invalid::from_body;
+use crate::rule::{Action, Rule};
 use crate::signing::generate_secret;
 use crate::ssrf::SsrfError;
 
@@ -57,7 +57,7 @@ pub async fn create(
         updated_at: now,
     };
     state.store.put_endpoint(&ws.uuid, &ep).await?;
-    Ok(created(ep.public_view()))
+    Ok(created(ep.created_view()))
 }
 
 pub async fn list(
@@ -67,7 +67,7 @@ pub async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let params = ListParams::from_query(&q)?;
     let eps = state.store.endpoints(&ws.uuid).await?;
-    let page = paginate(eps, |e| e.id.clone(), &params)?;
+    let page = paginate("endpoints", eps, |e| e.id.clone(), &params)?;
     let data: Vec<Value> = page.data.iter().map(Endpoint::public_view).collect();
     Ok(Json(json!({"data": data, "nextCursor": page.next_cursor})))
 }
@@ -90,12 +90,6 @@ async fn load(state: &AppState, ws: &str, id: &str) -> Result<Endpoint, ApiError
         .ok_or_else(|| ApiError::not_found("endpoint"))
 }
 
-fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(rfc3339)
-        .unwrap_or_default()
-}
-
 /// `GET /v1/endpoints/{id}`: the endpoint and its `health` (breaker, failure clock, counts).
 pub async fn show(
     Tenant(ws): Tenant,
@@ -106,22 +100,9 @@ pub async fn show(
     let health = state.store.health(&ws.uuid, &id).await?;
     let counts = state.store.counts(&ws.uuid, &id).await?;
     let policy = DispatchPolicy::from_config(&state.config);
-    let breaker = health
-        .breaker
-        .unwrap_or_else(|| Breaker::new(&policy.breaker, 0));
     let mut view = ep.public_view();
-    view["health"] = json!({
-        "breaker": {
-            "state": breaker.state,
-            "since": (breaker.since_ms > 0).then(|| rfc3339_ms(breaker.since_ms)),
-            "consecutiveFailures": breaker.consecutive_failures,
-            "openUntil": (breaker.state != BreakerState::Closed).then(|| rfc3339_ms(breaker.open_until_ms)),
-        },
-        "failingSince": health.failing_since_ms.map(rfc3339_ms),
-        "lastError": health.last_error,
-        "lastErrorAt": health.last_error_at,
-        "deliveries": counts,
-    });
+    view["health"] = health.view(&policy.breaker);
+    view["health"]["deliveries"] = json!(counts);
     Ok(Json(view))
 }
 
@@ -144,16 +125,78 @@ pub async fn update(
     Ok(Json(ep.public_view()))
 }
 
+/// `DELETE /v1/endpoints/{id}`: refused with 409 `endpoint_in_use` (naming the rules) while
+/// a rule sends to it, so no rule is left pointing at nothing; with `?force=true` the endpoint
+/// is first taken out of those rules' actions, and a rule left without any is disabled.
 pub async fn remove(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
+    q: RawQuery,
 ) -> Result<impl IntoResponse, ApiError> {
+    let force = match q.get("force").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "force",
+                "must be true or false",
+            ));
+        }
+    };
+    load(&state, &ws.uuid, &id).await?;
+    let (_, rules) = state.store.rules(&ws.uuid).await?;
+    let using: Vec<Rule> = rules
+        .into_iter()
+        .filter(|r| {
+            r.spec
+                .actions
+                .iter()
+                .any(|Action::Webhook { endpoint_id }| *endpoint_id == id)
+        })
+        .collect();
+    if !using.is_empty() && !force {
+        let names: Vec<String> = using
+            .iter()
+            .map(|r| format!("{} ({})", r.id, r.spec.name))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "endpoint_in_use",
+            format!(
+                "event rules {} send to this endpoint: take it out of their actions, or delete \
+                 with ?force=true to do both",
+                names.join(", ")
+            ),
+        ));
+    }
+    for mut rule in using {
+        rule.spec
+            .actions
+            .retain(|Action::Webhook { endpoint_id }| *endpoint_id != id);
+        if rule.spec.actions.is_empty() {
+            rule.spec.enabled = false;
+        }
+        rule.updated_at = now_rfc3339();
+        state.store.put_rule(&ws.uuid, &rule).await?;
+    }
     if !state.store.delete_endpoint(&ws.uuid, &id).await? {
         return Err(ApiError::not_found("endpoint"));
     }
     changed(&state, &ws.uuid, &id).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/endpoints/{id}/secret`: the signing secret and those still in their grace period.
+pub async fn secret(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let ep = load(&state, &ws.uuid, &id).await?;
+    Ok(Json(ep.secrets_view(chrono::Utc::now().timestamp_millis())))
 }
 
 #[derive(Deserialize, Default)]
@@ -170,7 +213,7 @@ pub async fn rotate_secret(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body = read_body(body, state.config.max_payload_bytes).await?;
+    let body = read_body(&state, body, state.config.max_payload_bytes).await?;
     let req: Rotate = if body.is_empty() {
         Rotate::default()
     } else {

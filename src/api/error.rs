@@ -86,6 +86,12 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::BadCursor => ApiError::field(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "cursor",
+                "is not a cursor of this list",
+            ),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -58,6 +58,7 @@ api_routes! {
     get "/v1/endpoints/{id}" => endpoints::show, Workspace, None, 200, "An endpoint and its health.";
     patch "/v1/endpoints/{id}" => endpoints::update, Workspace, Some("Patch"), 200, "Change an endpoint (top-level keys replace; null resets).";
     delete "/v1/endpoints/{id}" => endpoints::remove, Workspace, None, 204, "Delete an endpoint.";
+    get "/v1/endpoints/{id}/secret" => endpoints::secret, Workspace, None, 200, "The signing secret, and those still in their grace period.";
     post "/v1/endpoints/{id}/secret/rotate" => endpoints::rotate_secret, Workspace, Some("Rotate"), 200, "Rotate the signing secret.";
     post "/v1/endpoints/{id}/replay" => endpoints::replay, Workspace, Some("Replay"), 202, "Re-send the failed deliveries of a window.";
     get "/v1/event-rules" => rules::list, Workspace, None, 200, "List event rules.";

@@ -61,7 +61,12 @@ pub async fn list(
 ) -> Result<impl IntoResponse, ApiError> {
     let params = ListParams::from_query(&q)?;
     let (_, rules) = state.store.rules(&ws.uuid).await?;
-    Ok(Json(paginate(rules, |r| format!("{:020}", r.id), &params)?))
+    Ok(Json(paginate(
+        "event-rules",
+        rules,
+        |r| format!("{:020}", r.id),
+        &params,
+    )?))
 }
 
 pub async fn show(

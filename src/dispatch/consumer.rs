@@ -25,6 +25,9 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How often the consumer drops its partition's acknowledged jobs from the stream.
 const TRIM_EVERY: Duration = Duration::from_secs(10);
+/// How often the consumer reports its partition's gauges (`switchyard_partition_lag`,
+/// `_pending`).
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts one consumer per partition in `partitions`.
 pub fn spawn_consumers(
@@ -32,16 +35,20 @@ pub fn spawn_consumers(
     partitions: impl IntoIterator<Item = u32>,
     router: ActorRef<RouterMsg>,
     buffer: usize,
+    node: &str,
     stop: CancellationToken,
 ) -> JoinSet<()> {
     let mut set = JoinSet::new();
     for p in partitions {
         set.spawn(consume(
-            store.clone(),
-            p,
-            None,
-            router.clone(),
-            buffer,
+            Consumer {
+                store: store.clone(),
+                partition: p,
+                fence: None,
+                router: router.clone(),
+                buffer,
+                node: node.to_string(),
+            },
             stop.clone(),
         ));
     }
@@ -56,29 +63,47 @@ pub fn spawn_fenced_consumer(
     holder: String,
     router: ActorRef<RouterMsg>,
     buffer: usize,
+    node: &str,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(consume(
-        store,
-        partition,
-        Some(holder),
-        router,
-        buffer,
+        Consumer {
+            store,
+            partition,
+            fence: Some(holder),
+            router,
+            buffer,
+            node: node.to_string(),
+        },
         stop,
     ))
 }
 
-async fn consume(
+/// What one partition's consumer works with.
+struct Consumer {
     store: Store,
     partition: u32,
     fence: Option<String>,
     router: ActorRef<RouterMsg>,
     buffer: usize,
-    stop: CancellationToken,
-) {
+    /// This node's id, the `node` label of the partition gauges.
+    node: String,
+}
+
+async fn consume(c: Consumer, stop: CancellationToken) {
+    let Consumer {
+        store,
+        partition,
+        fence,
+        router,
+        buffer,
+        node,
+    } = c;
     let slots = Arc::new(Semaphore::new(buffer));
     let mut retry = RETRY_MIN;
     let mut trimmed = tokio::time::Instant::now();
+    let mut reported: Option<tokio::time::Instant> = None;
+    crate::telemetry::partition(&node, partition, 0, 0);
     while !stop.is_cancelled() {
         let mut reader = tokio::select! {
             r = store.job_reader(partition) => match r {
@@ -111,6 +136,16 @@ async fn consume(
                 }
             };
             retry = RETRY_MIN;
+            if reported.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
+                reported = Some(tokio::time::Instant::now());
+                let sent = std::time::Instant::now();
+                if let Ok(lag) = reader.lag().await {
+                    crate::telemetry::store_roundtrip(&node, sent.elapsed());
+                    // The permit taken for this read is not a job's yet: the jobs read are.
+                    let in_memory = buffer - slots.available_permits() - 1 + jobs.len();
+                    crate::telemetry::partition(&node, partition, lag, in_memory as i64);
+                }
+            }
             if trimmed.elapsed() >= TRIM_EVERY {
                 trimmed = tokio::time::Instant::now();
                 match store.trim_jobs(partition).await {

@@ -18,19 +18,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use serde_json::json;
 use tokio::time::Instant;
 
 mod signals;
 
-use super::breaker::{BreakerState, Permit};
 use super::policy::decide;
 use super::router::RouterMsg;
 use super::{DispatchContext, EndpointKey, EndpointQueue};
 use crate::deliverer::Outcome;
 use crate::delivery::{AttemptError, Delivery, Job, Status, now_rfc3339, rfc3339};
+use crate::endpoint::health::Health;
+use crate::endpoint::health::{BreakerState, Permit};
 use crate::endpoint::{Endpoint, Ordering, RateLimit};
-use crate::store::Health;
 
 /// Queued jobs an unordered endpoint looks through for one it may start.
 const UNORDERED_SCAN: usize = 1024;
@@ -44,6 +43,13 @@ const RELOAD_EVERY: Duration = Duration::from_secs(30);
 const STORE_RETRY: Duration = Duration::from_secs(1);
 
 pub struct EndpointActor;
+
+/// Whether a queued job's delivery is ready to attempt.
+enum Loaded {
+    Ready,
+    Dropped,
+    Retry,
+}
 
 pub struct EndpointArgs {
     pub ctx: Arc<DispatchContext>,
@@ -188,6 +194,85 @@ impl EndpointState {
         Ok(())
     }
 
+    /// Makes sure the delivery of `job` is loaded. `Dropped` when the job was acknowledged
+    /// here because its delivery is gone or already final (a duplicate after a crash or a
+    /// handoff); `Retry` when the store could not be read.
+    async fn ensure_loaded(&mut self, job: &Job) -> Loaded {
+        if !self.loaded.contains_key(&job.entry_id) {
+            match self.ctx.store.job_delivery(job).await {
+                Ok(Some(d)) => {
+                    self.loaded.insert(job.entry_id.clone(), d);
+                }
+                Ok(None) => {
+                    tracing::warn!(delivery = %job.delivery_id, "job without a delivery record; acknowledging it");
+                    if self.ctx.store.ack(job).await.is_ok() {
+                        self.remove(&job.entry_id);
+                        return Loaded::Dropped;
+                    }
+                    return Loaded::Retry;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot load a delivery; retrying");
+                    return Loaded::Retry;
+                }
+            }
+        }
+        if self.loaded[&job.entry_id].status.is_final() {
+            // Already finished (a duplicate job after a crash or handoff): just acknowledge.
+            if self.ctx.store.ack(job).await.is_ok() {
+                self.remove(&job.entry_id);
+                return Loaded::Dropped;
+            }
+            return Loaded::Retry;
+        }
+        Loaded::Ready
+    }
+
+    /// The rate limit allows an attempt now; otherwise the time to look again.
+    fn rate_limited(&self) -> Option<Instant> {
+        let (_, limiter) = self.limiter.as_ref()?;
+        let not_until = limiter.check().err()?;
+        crate::telemetry::rate_limit_wait(&self.ctx.node);
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&*CLOCK));
+        Some(Instant::now() + wait)
+    }
+
+    /// Starts the manual retries in the queue at once: ahead of the queue's order, past the
+    /// breaker (an open breaker turns half-open: the manual attempt is its probe), within the
+    /// rate limit.
+    async fn start_manual(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        ep: &Endpoint,
+    ) -> Option<Instant> {
+        let manual: Vec<Job> = {
+            let q = self.queue.lock().expect("queue lock");
+            q.iter()
+                .take(UNORDERED_SCAN)
+                .filter(|q| q.job.manual && !self.in_flight.contains(&q.job.entry_id))
+                .map(|q| q.job.clone())
+                .collect()
+        };
+        for job in manual {
+            match self.ensure_loaded(&job).await {
+                Loaded::Ready => {}
+                Loaded::Dropped => continue,
+                Loaded::Retry => return Some(Instant::now() + STORE_RETRY),
+            }
+            if let Some(at) = self.rate_limited() {
+                return Some(at);
+            }
+            if let Some(b) = self.health.as_mut().and_then(|h| h.breaker.as_mut())
+                && b.state == BreakerState::Open
+            {
+                b.state = BreakerState::HalfOpen;
+                b.since_ms = now_ms();
+            }
+            self.start_attempt(myself, ep, &job);
+        }
+        None
+    }
+
     async fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) {
         let strict = ep.spec.ordering == Ordering::Strict;
         let max = if strict {
@@ -195,10 +280,10 @@ impl EndpointState {
         } else {
             ep.spec.max_in_flight as usize
         };
+        let mut earliest: Option<Instant> = self.start_manual(myself, ep).await;
         // Strict mode looks past the head only to drop jobs that are already final.
         let scan = if strict { STRICT_SCAN } else { UNORDERED_SCAN };
         let limit = scan + self.in_flight.len();
-        let mut earliest: Option<Instant> = None;
         let (mut scanned, mut dropped) = (0, 0);
         // Jobs are copied out of the queue one at a time, as far as the scan goes: a pump that
         // stops at the head (rate limit, breaker, backoff) copies one. The router only appends
@@ -216,40 +301,26 @@ impl EndpointState {
             };
             scanned += 1;
             at += 1;
+            if job.manual && !self.in_flight.contains(&job.entry_id) {
+                // Not started by `start_manual` (rate limit or store): it goes first there.
+                continue;
+            }
             if self.in_flight.contains(&job.entry_id) {
                 if strict { break } else { continue }
             }
-            if !self.loaded.contains_key(&job.entry_id) {
-                match self.ctx.store.job_delivery(&job).await {
-                    Ok(Some(d)) => {
-                        self.loaded.insert(job.entry_id.clone(), d);
-                    }
-                    Ok(None) => {
-                        tracing::warn!(delivery = %job.delivery_id, "job without a delivery record; acknowledging it");
-                        if self.ctx.store.ack(&job).await.is_ok() {
-                            self.remove(&job.entry_id);
-                            dropped += 1;
-                            at -= 1;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot load a delivery; retrying");
-                        earliest = Some(Instant::now() + STORE_RETRY);
-                        break;
-                    }
+            match self.ensure_loaded(&job).await {
+                Loaded::Ready => {}
+                Loaded::Dropped => {
+                    dropped += 1;
+                    at -= 1;
+                    continue;
+                }
+                Loaded::Retry => {
+                    earliest = Some(Instant::now() + STORE_RETRY);
+                    break;
                 }
             }
             let d = &self.loaded[&job.entry_id];
-            if d.status.is_final() {
-                // Already finished (a duplicate job after a crash or handoff): just acknowledge.
-                if self.ctx.store.ack(&job).await.is_ok() {
-                    self.remove(&job.entry_id);
-                    dropped += 1;
-                    at -= 1;
-                }
-                continue;
-            }
             if let Some(at) = d.next_attempt_at.as_deref().and_then(instant_of)
                 && at > Instant::now()
             {
@@ -274,12 +345,8 @@ impl EndpointState {
                 }
                 _ => {}
             }
-            if let Some((_, limiter)) = &self.limiter
-                && let Err(not_until) = limiter.check()
-            {
-                crate::telemetry::rate_limit_wait(&self.ctx.node);
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(&*CLOCK));
-                earliest = Some(Instant::now() + wait);
+            if let Some(at) = self.rate_limited() {
+                earliest = Some(at);
                 break;
             }
             self.start_attempt(myself, ep, &job);
@@ -390,9 +457,14 @@ impl EndpointState {
             .is_some_and(|b| b.state != BreakerState::Closed);
         if was_open != is_open {
             crate::telemetry::breaker_moved(&self.ctx.node, is_open);
+            if is_open {
+                tracing::warn!(workspace = %self.key.0, endpoint = %ep.id, last_error = health.last_error.as_deref().unwrap_or(""), "circuit breaker opened");
+            } else {
+                tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
+            }
         }
         if is_open && !was_open {
-            let detail = json!({"lastError": health.last_error, "breaker": health.breaker});
+            let detail = health.view(&self.ctx.policy.breaker);
             self.emit(
                 "switchyard:endpoint_failing",
                 &ep,

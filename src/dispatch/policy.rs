@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use crate::deliverer::Outcome;
 use crate::delivery::Status;
+use crate::endpoint::health::{Breaker, BreakerPolicy, Health};
 use crate::endpoint::{Endpoint, RateLimit};
-use crate::store::Health;
-
-use super::breaker::{Breaker, BreakerPolicy};
 
 /// Node-wide settings of the dispatcher.
 #[derive(Debug, Clone)]
@@ -109,8 +107,8 @@ pub fn decide(
 mod tests {
     use super::*;
     use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse};
-    use crate::dispatch::breaker::BreakerState;
     use crate::endpoint::EndpointSpec;
+    use crate::endpoint::health::BreakerState;
     use serde_json::json;
 
     fn policy() -> DispatchPolicy {

@@ -130,12 +130,28 @@ impl Receiver {
         Self::start_keeping(Keep::Everything, reply).await
     }
 
+    /// A receiver whose certificate is self-signed, trusted by no node: every attempt to it
+    /// fails its TLS handshake (tests of TLS errors).
+    pub async fn untrusted() -> Receiver {
+        Self::start_with(Keep::Everything, self_signed_acceptor(), |_, _| {
+            Reply::status(200)
+        })
+        .await
+    }
+
     /// [`Receiver::start`], choosing what is kept of each request.
     pub async fn start_keeping(
         keep: Keep,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        let acceptor = acceptor();
+        Self::start_with(keep, acceptor(), reply).await
+    }
+
+    async fn start_with(
+        keep: Keep,
+        acceptor: TlsAcceptor,
+        reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a receiver");
@@ -199,6 +215,18 @@ fn acceptor() -> TlsAcceptor {
     let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
         .expect("params");
     let cert = params.signed_by(&key, &ca().issuer).expect("certificate");
+    tls_acceptor(cert, key)
+}
+
+fn self_signed_acceptor() -> TlsAcceptor {
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("params");
+    let cert = params.self_signed(&key).expect("certificate");
+    tls_acceptor(cert, key)
+}
+
+fn tls_acceptor(cert: rcgen::Certificate, key: KeyPair) -> TlsAcceptor {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

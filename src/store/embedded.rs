@@ -69,6 +69,10 @@ struct Inner {
     partitions: u32,
     /// One per partition: a reader waits on it for new jobs.
     wake: Vec<Notify>,
+    /// One per partition: jobs written and not yet read by its reader (the lag gauge).
+    /// Counted from the table at open (a new reader starts at the first job), moved up by
+    /// each commit that enqueues and down by each read.
+    unread: Vec<std::sync::atomic::AtomicI64>,
 }
 
 /// The embedded store. Cheap to clone.
@@ -132,6 +136,9 @@ impl EmbeddedStore {
             )),
             other => backend(format!("cannot open {}: {other}", path.display())),
         })?;
+        let unread: Vec<std::sync::atomic::AtomicI64> = (0..partitions)
+            .map(|_| std::sync::atomic::AtomicI64::new(0))
+            .collect();
         let next = {
             let txn = db.begin_write().map_err(backend)?;
             txn.open_table(KV).map_err(backend)?;
@@ -140,7 +147,11 @@ impl EmbeddedStore {
                 let mut last = 0;
                 for item in jobs.iter().map_err(backend)? {
                     let (k, _) = item.map_err(backend)?;
-                    last = last.max(k.value().1);
+                    let (p, seq) = k.value();
+                    last = last.max(seq);
+                    if let Some(n) = unread.get(p as usize) {
+                        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
                 last
             };
@@ -153,6 +164,7 @@ impl EmbeddedStore {
             writer: tx,
             partitions,
             wake: (0..partitions).map(|_| Notify::new()).collect(),
+            unread,
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -181,6 +193,10 @@ impl EmbeddedStore {
 
     pub(crate) fn wake(&self, partition: u32) -> &Notify {
         &self.inner.wake[partition as usize]
+    }
+
+    pub(crate) fn unread(&self, partition: u32) -> &std::sync::atomic::AtomicI64 {
+        &self.inner.unread[partition as usize]
     }
 
     /// Runs `f` in the next group commit and returns its result once the commit is on disk.
@@ -456,6 +472,9 @@ fn writer_loop(
                     }
                 }
             }
+        }
+        for &p in &touched {
+            inner.unread[p as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         touched.sort_unstable();
         touched.dedup();

@@ -6,6 +6,7 @@ mod cluster;
 mod controls;
 mod crash;
 mod delivery;
+mod edge;
 mod load;
 mod metrics;
 mod operations;

@@ -29,11 +29,20 @@ async fn during_a_rotation_both_secrets_sign_and_after_it_only_the_new_one() {
     let new = rotated["secret"].as_str().unwrap().to_string();
     assert_ne!(new, old);
     let (_, shown) = api.get(&format!("/v1/endpoints/{ep_id}")).await;
-    assert_eq!(shown["secret"], new.as_str());
     assert!(
-        !shown.to_string().contains(&old),
-        "GET never shows the old secret"
+        !shown.to_string().contains(&old) && !shown.to_string().contains(&new),
+        "a read of the endpoint carries no secret: {shown}"
     );
+    let (_, listed) = api.get("/v1/endpoints").await;
+    assert!(
+        listed["data"][0].get("secret").is_none() && !listed.to_string().contains("whsec_"),
+        "a list carries no secret: {listed}"
+    );
+    let (status, secrets) = api.get(&format!("/v1/endpoints/{ep_id}/secret")).await;
+    assert_eq!(status, 200, "{secrets}");
+    assert_eq!(secrets["secret"], new.as_str());
+    assert_eq!(secrets["previousSecrets"][0]["secret"], old.as_str());
+    assert!(secrets["previousSecrets"][0]["validUntil"].is_string());
 
     api.post("/v1/events", record_event(1, "high")).await;
     wait_until(Duration::from_secs(10), "the first delivery", || async {
@@ -271,6 +280,29 @@ async fn a_disabled_or_failing_endpoint_emits_an_event_that_a_rule_can_forward()
         .expect("endpoint_failing");
     assert_eq!(failing["endpoint"]["id"], ep_down["id"]);
     assert_eq!(failing["breaker"]["state"], "open");
+    // One shape for the breaker, in the event and in the endpoint's health.
+    let (_, shown) = api
+        .get(&format!(
+            "/v1/endpoints/{}",
+            ep_down["id"].as_str().unwrap()
+        ))
+        .await;
+    let keys = |v: &serde_json::Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&failing["breaker"]), keys(&shown["health"]["breaker"]));
+    for field in ["since", "openUntil"] {
+        let t = failing["breaker"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{field}: {failing}"));
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(t).is_ok(),
+            "{field} = {t}"
+        );
+    }
+    assert!(failing["lastError"].is_string() && failing.get("sinceMs").is_none());
     assert_eq!(failing["eventRule"]["name"], "alerts");
     // Clients cannot send these events themselves.
     let (status, _) = api

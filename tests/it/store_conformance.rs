@@ -226,14 +226,28 @@ conformance!(
             3
         );
         assert_eq!(store.counts(WS, EP).await.unwrap().pending, 3);
-        assert_eq!(store.idempotent_answer(WS, "k").await.unwrap(), None);
+        use switchyard::store::Claim;
+        assert_eq!(
+            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
+            Claim::New
+        );
+        assert_eq!(
+            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
+            Claim::InProgress,
+            "claimed, not yet answered"
+        );
         store
-            .remember_answer(WS, "k", "{\"id\":\"e2\"}", 60)
+            .remember_answer(WS, "k", "fp1", "{\"id\":\"e2\"}", 60)
             .await
             .unwrap();
         assert_eq!(
-            store.idempotent_answer(WS, "k").await.unwrap().as_deref(),
-            Some("{\"id\":\"e2\"}")
+            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
+            Claim::Answered("{\"id\":\"e2\"}".into())
+        );
+        assert_eq!(
+            store.claim_idempotency(WS, "k", "fp2", 60).await.unwrap(),
+            Claim::Reused,
+            "another body with the same key"
         );
     }
 );

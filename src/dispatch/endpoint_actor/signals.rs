@@ -59,9 +59,28 @@ impl EndpointState {
         });
     }
 
-    /// Counts an attempt (and a final outcome) in the node's metrics.
+    /// Counts an attempt (and a final outcome) in the node's metrics, and logs a failed one at
+    /// `warn` with the ids an operator searches by (a TLS or connect error names the endpoint
+    /// here, not only inside the attempt's span).
     pub(super) fn observe(&self, outcome: &Outcome, status: Status, _from: Status) {
         let a = &outcome.attempt;
+        if !a.succeeded() {
+            let code = a.response.as_ref().map(|r| r.status);
+            let (kind, message) = a
+                .error
+                .as_ref()
+                .map_or(("status", ""), |e| (e.kind.as_str(), e.message.as_str()));
+            tracing::warn!(
+                workspace = %self.key.0,
+                endpoint = %self.key.1,
+                attempt = a.attempt,
+                status = code,
+                kind,
+                error = message,
+                next = status.as_str(),
+                "attempt failed"
+            );
+        }
         let kind = a.error.as_ref().map(|e| e.kind.as_str());
         let class = crate::telemetry::status_class(a.response.as_ref().map(|r| r.status), kind);
         let node = &self.ctx.node;

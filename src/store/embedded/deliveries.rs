@@ -4,8 +4,6 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +107,7 @@ impl EmbeddedStore {
                         w: ws.clone(),
                         e: d.endpoint_id.clone(),
                         d: d.id.clone(),
+                        m: false,
                     };
                     enqueue(txn, ctx, nd.partition, &job)?;
                     created += 1;
@@ -119,25 +118,39 @@ impl EmbeddedStore {
         .await
     }
 
-    pub async fn idempotent_answer(&self, ws: &str, key: &str) -> Result<Option<String>> {
-        let r: Option<Remembered> = self.read(|kv| get_json(kv, &format!("idem/{ws}/{key}")))?;
-        Ok(
-            r.filter(|r| r.expires_ms > chrono::Utc::now().timestamp_millis())
-                .map(|r| r.answer),
-        )
-    }
-
-    pub async fn remember_answer(
+    /// Records `value` under an `Idempotency-Key` unless a live one is there; returns what
+    /// was there.
+    pub async fn claim_key(
         &self,
         ws: &str,
         key: &str,
-        answer: &str,
+        value: &str,
         ttl_secs: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
+        let k = format!("idem/{ws}/{key}");
+        let fresh = Remembered {
+            expires_ms: chrono::Utc::now().timestamp_millis() + ttl_secs as i64 * 1000,
+            answer: value.into(),
+        };
+        self.write(move |txn, _| {
+            let mut kv = txn.open_table(KV).map_err(backend)?;
+            let now = chrono::Utc::now().timestamp_millis();
+            if let Some(r) = get_json::<Remembered>(&kv, &k)?
+                && r.expires_ms > now
+            {
+                return Ok(Some(r.answer));
+            }
+            put_json(&mut kv, &k, &fresh)?;
+            Ok(None)
+        })
+        .await
+    }
+
+    pub async fn put_key(&self, ws: &str, key: &str, value: &str, ttl_secs: u64) -> Result<()> {
         let k = format!("idem/{ws}/{key}");
         let r = Remembered {
             expires_ms: chrono::Utc::now().timestamp_millis() + ttl_secs as i64 * 1000,
-            answer: answer.into(),
+            answer: value.into(),
         };
         self.write(move |txn, _| put_json(&mut txn.open_table(KV).map_err(backend)?, &k, &r))
             .await
@@ -233,7 +246,13 @@ impl EmbeddedStore {
         .await
     }
 
-    pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
+    pub async fn requeue(
+        &self,
+        ws: &str,
+        d: &Delivery,
+        from: &[Status],
+        manual: bool,
+    ) -> Result<bool> {
         let (ws, id, from) = (ws.to_string(), d.id.clone(), from.to_vec());
         let partition = crate::delivery::partition_of(&d.endpoint_id, self.partitions());
         self.write(move |txn, ctx| {
@@ -265,6 +284,7 @@ impl EmbeddedStore {
                     w: ws.clone(),
                     e: stored.d.endpoint_id.clone(),
                     d: id.clone(),
+                    m: manual,
                 },
             )?;
             Ok(true)
@@ -308,12 +328,7 @@ impl EmbeddedStore {
         cursor: Option<&str>,
     ) -> Result<Page<Delivery>> {
         let after = cursor
-            .map(|c| {
-                B64.decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or(crate::store::StoreError::BadCursor)
-            })
+            .map(|c| crate::store::cursor::decode("deliveries", c, |m| m.contains('|')))
             .transpose()?;
         let prefix = match &filter.endpoint_id {
             Some(ep) => format!("epidx/{ws}/{ep}/"),
@@ -352,7 +367,7 @@ impl EmbeddedStore {
                         let next_cursor = entries
                             .peek()
                             .is_some()
-                            .then(|| B64.encode(member.as_bytes()));
+                            .then(|| crate::store::cursor::encode("deliveries", member));
                         return Ok(Page {
                             data: out,
                             next_cursor,

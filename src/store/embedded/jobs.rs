@@ -16,6 +16,9 @@ pub(crate) struct StoredJob {
     pub w: String,
     pub e: String,
     pub d: String,
+    /// A manual retry.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub m: bool,
 }
 
 /// A reader of one partition.
@@ -79,6 +82,9 @@ impl JobReader {
             let (_, seq) = k.value();
             let stored: StoredJob = serde_json::from_slice(v.value())?;
             self.after = seq;
+            self.store
+                .unread(self.partition)
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             out.push(Job {
                 partition: self.partition,
                 entry_id: seq.to_string(),
@@ -86,9 +92,18 @@ impl JobReader {
                 endpoint_id: stored.e,
                 delivery_id: stored.d,
                 fence: None,
+                manual: stored.m,
             });
         }
         Ok(out)
+    }
+
+    /// Jobs written and not yet read.
+    pub fn lag(&self) -> i64 {
+        self.store
+            .unread(self.partition)
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0)
     }
 
     /// Up to `count` jobs after the last one read, waiting up to `block` for new ones.

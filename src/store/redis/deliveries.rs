@@ -3,8 +3,6 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use redis::AsyncCommands;
 
 use super::{GROUP, RedisStore};
@@ -58,7 +56,7 @@ static CREATE_SCRIPT: std::sync::LazyLock<redis::Script> =
 /// replay): only if it is still final, so two replays of one window send it once.
 ///
 /// KEYS: delivery hash, endpoint stats, jobs stream, attempts. ARGV: workspace, endpoint,
-/// delivery id, the statuses it may be requeued from (space-separated).
+/// delivery id, the statuses it may be requeued from (space-separated), `1` for a manual retry.
 const REQUEUE: &str = r#"
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status or not string.find(' ' .. ARGV[4] .. ' ', ' ' .. status .. ' ', 1, true) then
@@ -69,7 +67,7 @@ redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[4])
 redis.call('HINCRBY', KEYS[2], status, -1)
 redis.call('HINCRBY', KEYS[2], 'pending', 1)
-redis.call('XADD', KEYS[3], '*', 'w', ARGV[1], 'e', ARGV[2], 'd', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'w', ARGV[1], 'e', ARGV[2], 'd', ARGV[3], 'm', ARGV[5])
 return 1
 "#;
 
@@ -325,24 +323,39 @@ impl RedisStore {
         inv.invoke_async(&mut self.conn()).await
     }
 
-    /// The stored 202 answer of an `Idempotency-Key`, if the key was seen within its TTL.
-    pub async fn idempotent_answer(&self, ws: &str, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn()
-            .get(self.ws_key(ws, &format!("idem:{key}")))
-            .await?)
-    }
-
-    pub async fn remember_answer(
+    /// Records `value` under an `Idempotency-Key` unless one is there (`SET NX`); returns
+    /// what was there.
+    pub async fn claim_key(
         &self,
         ws: &str,
         key: &str,
-        answer: &str,
+        value: &str,
         ttl_secs: u64,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
+        let k = self.ws_key(ws, &format!("idem:{key}"));
+        let mut conn = self.conn();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(&k)
+            .arg(value)
+            .arg("NX")
+            .arg("EX")
+            .arg(ttl_secs.max(1))
+            .query_async(&mut conn)
+            .await?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        Ok(conn.get(&k).await?)
+    }
+
+    pub async fn put_key(&self, ws: &str, key: &str, value: &str, ttl_secs: u64) -> Result<()> {
         let _: () = self
             .conn()
-            .set_ex(self.ws_key(ws, &format!("idem:{key}")), answer, ttl_secs)
+            .set_ex(
+                self.ws_key(ws, &format!("idem:{key}")),
+                value,
+                ttl_secs.max(1),
+            )
             .await?;
         Ok(())
     }
@@ -432,7 +445,13 @@ impl RedisStore {
     }
 
     /// Requeues one finished delivery (from one of `from`); `false` when it was not in them.
-    pub async fn requeue(&self, ws: &str, d: &Delivery, from: &[Status]) -> Result<bool> {
+    pub async fn requeue(
+        &self,
+        ws: &str,
+        d: &Delivery,
+        from: &[Status],
+        manual: bool,
+    ) -> Result<bool> {
         let partition = self.partition_of(&d.endpoint_id);
         let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
         let done: u32 = REQUEUE_SCRIPT
@@ -444,6 +463,7 @@ impl RedisStore {
             .arg(&d.endpoint_id)
             .arg(&d.id)
             .arg(from.join(" "))
+            .arg(if manual { "1" } else { "0" })
             .invoke_async(&mut self.conn())
             .await?;
         Ok(done == 1)
@@ -512,15 +532,9 @@ impl RedisStore {
         limit: usize,
         cursor: Option<&str>,
     ) -> Result<Page<Delivery>> {
-        let after = match cursor {
-            Some(c) => Some(
-                B64.decode(c)
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or(StoreError::BadCursor)?,
-            ),
-            None => None,
-        };
+        let after = cursor
+            .map(|c| crate::store::cursor::decode("deliveries", c, |m| m.contains('|')))
+            .transpose()?;
         let max = match (&after, filter.until_ms) {
             (Some(a), _) => format!("({a}"),
             (None, Some(u)) => format!("[{u:013}|\u{7f}"),
@@ -580,7 +594,7 @@ impl RedisStore {
                     out.push(d);
                     if out.len() == limit {
                         let next = (!exhausted || m != members.last().unwrap_or(m))
-                            .then(|| B64.encode(m.as_bytes()));
+                            .then(|| crate::store::cursor::encode("deliveries", m));
                         return Ok(Page {
                             data: out,
                             next_cursor: next,
@@ -598,7 +612,7 @@ impl RedisStore {
         }
         Ok(Page {
             data: out,
-            next_cursor: last_member.map(|m| B64.encode(m.as_bytes())),
+            next_cursor: last_member.map(|m| crate::store::cursor::encode("deliveries", &m)),
         })
     }
 }

@@ -110,6 +110,23 @@ impl JobReader {
         self
     }
 
+    /// Entries not yet read by the group (`lag` of `XINFO GROUPS`).
+    pub async fn lag(&mut self) -> Result<i64> {
+        let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async(&mut self.conn)
+            .await?;
+        Ok(groups
+            .iter()
+            .find(|g| field(g, "name").as_deref() == Some(GROUP))
+            .and_then(|g| match g.get("lag") {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            })
+            .unwrap_or(0))
+    }
+
     async fn ensure_group(&mut self) -> Result<()> {
         let created: redis::RedisResult<()> = self
             .conn
@@ -173,6 +190,7 @@ impl JobReader {
                     endpoint_id: field(&e.map, "e").unwrap_or_default(),
                     delivery_id: field(&e.map, "d").unwrap_or_default(),
                     fence: self.fence.clone(),
+                    manual: field(&e.map, "m").as_deref() == Some("1"),
                     entry_id: e.id,
                 })
                 .collect();

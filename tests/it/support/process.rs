@@ -13,11 +13,22 @@ pub struct NodeProcess {
     env: Vec<(String, String)>,
     log: PathBuf,
     starts: u32,
+    /// Start with this soft open-file limit (through the shell's `ulimit`).
+    soft_nofile: Option<u64>,
 }
 
 impl NodeProcess {
     /// Starts a node with these `SWITCHYARD_*` settings (the listen address is chosen here).
     pub async fn start(env: Vec<(String, String)>, log_dir: &std::path::Path) -> NodeProcess {
+        Self::start_limited(env, log_dir, None).await
+    }
+
+    /// [`NodeProcess::start`] with a lowered soft open-file limit.
+    pub async fn start_limited(
+        env: Vec<(String, String)>,
+        log_dir: &std::path::Path,
+        soft_nofile: Option<u64>,
+    ) -> NodeProcess {
         let port = super::free_port();
         let mut env = env;
         env.push(("SWITCHYARD_LISTEN".into(), format!("127.0.0.1:{port}")));
@@ -27,6 +38,7 @@ impl NodeProcess {
             env,
             log: log_dir.join(format!("node-{port}.log")),
             starts: 0,
+            soft_nofile,
         };
         node.spawn().await;
         node
@@ -39,8 +51,22 @@ impl NodeProcess {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .arg("serve")
+        let binary = env!("CARGO_BIN_EXE_switchyard");
+        let mut command = match self.soft_nofile {
+            Some(n) => {
+                let mut c = Command::new("bash");
+                c.arg("-c")
+                    .arg(format!("ulimit -S -n {n} && exec \"$0\" serve"))
+                    .arg(binary);
+                c
+            }
+            None => {
+                let mut c = Command::new(binary);
+                c.arg("serve");
+                c
+            }
+        };
+        let child = command
             .envs(self.env.iter().cloned())
             .env("RUST_LOG", "info,switchyard=info")
             .stdin(Stdio::null())
@@ -57,6 +83,16 @@ impl NodeProcess {
             || async { api.try_get("/readyz").await == Some(200) },
         )
         .await;
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the process has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: no drain, no goodbye.

@@ -1,11 +1,15 @@
-//! The per-endpoint circuit breaker: stop hammering an endpoint that keeps failing.
+//! An endpoint's health: its circuit breaker, failure clock and last error, as its owner
+//! persists them and as the API and the `switchyard:endpoint_failing` event show them (one
+//! view, [`Health::view`], so the two cannot drift apart).
 //!
+//! The breaker stops hammering an endpoint that keeps failing:
 //! Closed → (N consecutive failed attempts) → Open for a cool-down → HalfOpen: one probe.
 //! A successful probe closes it (and resets the cool-down); a failed one opens it again with
 //! the cool-down doubled, up to a ceiling. Pure state over wall-clock milliseconds so it can be
 //! stored, restored by a new owner, and tested without waiting.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 /// Breaker settings (from the node's config).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -98,6 +102,46 @@ impl Breaker {
         self.cooldown_ms = open_for;
         self.open_until_ms = now_ms + open_for as i64;
         true
+    }
+}
+
+/// What the owner of an endpoint persists about its health.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub breaker: Option<Breaker>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    /// Unix ms of the first failure since the last success (the auto-disable clock).
+    pub failing_since_ms: Option<i64>,
+}
+
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    chrono::DateTime::from_timestamp_millis(ms).map(crate::delivery::rfc3339)
+}
+
+impl Health {
+    /// The one shape of an endpoint's health in the API and in operational events: the
+    /// breaker's times as RFC 3339 (`since`, `openUntil` while not closed), the failure clock
+    /// (`failingSince`), the last error and when it happened.
+    pub fn view(&self, policy: &BreakerPolicy) -> Value {
+        let breaker = self
+            .breaker
+            .clone()
+            .unwrap_or_else(|| Breaker::new(policy, 0));
+        json!({
+            "breaker": {
+                "state": breaker.state,
+                "since": (breaker.since_ms > 0).then(|| rfc3339_ms(breaker.since_ms)).flatten(),
+                "consecutiveFailures": breaker.consecutive_failures,
+                "openUntil": (breaker.state != BreakerState::Closed)
+                    .then(|| rfc3339_ms(breaker.open_until_ms))
+                    .flatten(),
+            },
+            "failingSince": self.failing_since_ms.and_then(rfc3339_ms),
+            "lastError": self.last_error,
+            "lastErrorAt": self.last_error_at,
+        })
     }
 }
 
