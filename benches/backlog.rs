@@ -8,7 +8,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use switchyard::delivery::{Delivery, NewDelivery, Status, partition_of, seq};
+use switchyard::delivery::{NewDelivery, partition_of};
 use switchyard::endpoint::{Endpoint, EndpointSpec};
 use switchyard::load::receiver::{Keep, Receiver, Reply, ca_pem_path};
 use switchyard::store::{NewEvent, RedisStore, Store};
@@ -100,40 +100,29 @@ async fn main() {
         ids.push(ep.id);
     }
     let fill = Instant::now();
-    let body = r#"{"event":"member:updated","member":{"id":1}}"#.to_string();
+    let body: std::sync::Arc<str> = r#"{"event":"member:updated","member":{"id":1}}"#.into();
     let mut n = 0;
     while n < jobs {
-        let now = chrono::Utc::now();
         let take = PER_INGEST.min(jobs - n);
-        let new_deliveries: Vec<NewDelivery> = (n..n + take)
+        let deliveries: Vec<NewDelivery> = (n..n + take)
             .map(|k| {
                 let ep = &ids[k % endpoints];
                 NewDelivery {
-                    delivery: Delivery {
-                        id: format!("msg_{k:09}"),
-                        event_id: format!("evt_{k:09}"),
-                        event_type: "member:updated".into(),
-                        endpoint_id: ep.clone(),
-                        rule_id: 1,
-                        status: Status::Pending,
-                        created_at: now.to_rfc3339(),
-                        attempt_count: 0,
-                        next_attempt_at: None,
-                        body: body.clone(),
-                        seq: seq(now.timestamp_millis(), k),
-                    },
                     partition: partition_of(ep, PARTITIONS),
+                    endpoint_id: ep.clone(),
+                    rule_id: 1,
+                    key: String::new(),
+                    body: body.clone(),
                 }
             })
             .collect();
         let event = NewEvent {
-            id: format!("batch_{n}"),
+            id: switchyard::delivery::new_event_id(),
             event_type: "member:updated".into(),
-            created_at: now.to_rfc3339(),
-            deliveries: vec![],
-            new_deliveries,
+            body: std::sync::Arc::from(""),
+            deliveries,
         };
-        store.ingest(&ws.uuid, &[event]).await.unwrap();
+        store.ingest(&ws.uuid, &[event], None).await.unwrap();
         n += take;
     }
     let fill_secs = fill.elapsed().as_secs_f64();

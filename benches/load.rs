@@ -30,6 +30,7 @@ fn config(
     rate: Option<f64>,
     baseline: bool,
 ) -> LoadConfig {
+    let redis_url = redis_url_of(&env);
     LoadConfig {
         node: NodeSpec::Spawn {
             binary: PathBuf::from(env!("CARGO_BIN_EXE_switchyard")),
@@ -48,8 +49,16 @@ fn config(
         warmup: true,
         ingest_only: false,
         timeout: Duration::from_secs(600),
+        redis_url,
         progress: false,
     }
+}
+
+/// The Redis a node's settings name, to measure what a run costs it.
+fn redis_url_of(env: &[(String, String)]) -> Option<String> {
+    env.iter()
+        .find(|(k, _)| k == "SWITCHYARD_REDIS_URL")
+        .map(|(_, v)| v.clone())
 }
 
 /// Latency percentiles against offered load, as an SVG line chart.

@@ -9,10 +9,12 @@
 //!    nodes by id, so counts differ by at most one — then releases partitions above it
 //!    (gracefully: in-flight attempts finish first) or takes free ones below it.
 //!
-//! A partition's consumer reads as the fixed consumer `p<N>`, so a new owner inherits the old
-//! owner's pending entries in order. Each job carries its lease holder (`node:token`); the
-//! script that records an attempt refuses a stale holder, so even a paused node that wakes up
-//! late cannot write over the new owner's work.
+//! A new owner reads the partition's log from its checkpoint, so it resumes the old owner's
+//! unfinished jobs in order. Each partition owned here has a [`Lease`]: the holder string
+//! (`node:token`) fences every commit (the script refuses a stale holder, so a paused node
+//! that wakes up late cannot write over the new owner's work), and its local deadline — the
+//! last renewal's send time plus the lease, less a margin, on the monotonic clock — is checked
+//! before every send, so a node paused past its lease sends nothing once it resumes.
 //!
 //! A crashed node's leases expire after `lease_ms` (default 5 s) and its heartbeat after three
 //! heartbeats, so survivors take its partitions over within `lease_ms` plus one heartbeat. The
@@ -24,10 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{RouterMsg, spawn_fenced_consumer};
+use crate::dispatch::{Lease, PartitionArgs, PartitionOwner, RouterMsg, spawn_partition};
 use crate::store::redis::NodeInfo;
 use crate::store::{RedisStore, Store};
 
@@ -57,10 +58,15 @@ impl ClusterView {
 }
 
 struct Owned {
-    holder: String,
+    lease: Arc<Lease>,
     renewed: Instant,
-    stop: CancellationToken,
-    consumer: JoinHandle<()>,
+    /// `None` while a graceful release drains it in the background (its lease is still
+    /// renewed until the drain is over: its actors may still be sending).
+    owner: Option<PartitionOwner>,
+    /// The background drain of a graceful release, done when it may be let go.
+    releasing: Option<tokio::task::JoinHandle<()>>,
+    /// The owner's stop tokens, kept here too so a lost lease stops a draining partition.
+    stop: (CancellationToken, CancellationToken),
 }
 
 /// The per-node coordinator task.
@@ -124,7 +130,13 @@ impl Coordinator {
         let _ = self.redis.leave(&self.config.node_id).await;
         let all: Vec<u32> = self.owned.keys().copied().collect();
         for p in all {
-            self.give_up(p, true).await;
+            self.release(p);
+        }
+        // Keep renewing what drains, and let each go once its drain is over.
+        while !self.owned.is_empty() {
+            self.renew().await;
+            self.finish_releases().await;
+            tokio::time::sleep(self.config.heartbeat.min(Duration::from_millis(100))).await;
         }
     }
 
@@ -141,40 +153,117 @@ impl Coordinator {
             Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
         }
         self.renew().await;
+        self.finish_releases().await;
         let live = match self.redis.live_nodes(self.node_ttl()).await {
             Ok(nodes) => nodes.into_iter().map(|n| n.id).collect::<Vec<_>>(),
             Err(_) => return,
         };
         let target = fair_share(self.config.partitions, &live, &self.config.node_id) as usize;
-        if self.owned.len() > target {
-            let extra: Vec<u32> = self
-                .owned
-                .keys()
-                .rev()
-                .take(self.owned.len() - target)
-                .copied()
-                .collect();
-            for p in extra {
+        let active: Vec<u32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.owner.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+        if active.len() > target {
+            for p in active.iter().rev().take(active.len() - target) {
                 tracing::info!(partition = p, target, "rebalancing: releasing a partition");
-                self.give_up(p, true).await;
+                self.release(*p);
             }
         } else if self.owned.len() < target {
             self.take_free(target).await;
         }
-        *self.view.owned.lock().expect("cluster view") = self.owned.keys().copied().collect();
+        self.publish_view();
     }
 
+    fn publish_view(&self) {
+        *self.view.owned.lock().expect("cluster view") = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.owner.is_some())
+            .map(|(p, _)| *p)
+            .collect();
+    }
+
+    /// Starts a graceful release: the partition's reader stops, its actors finish their
+    /// in-flight attempts and commit them (bounded by the drain timeout), in the background,
+    /// while the coordinator keeps renewing the lease; [`Self::finish_releases`] lets it go.
+    fn release(&mut self, partition: u32) {
+        let Some(o) = self.owned.get_mut(&partition) else {
+            return;
+        };
+        let Some(owner) = o.owner.take() else { return };
+        let (router, wait) = (self.router.clone(), self.config.drain.as_millis() as u64);
+        o.releasing = Some(tokio::spawn(async move {
+            owner.stop_reading.cancel();
+            let _ = owner.reader.await;
+            let released = ractor::call_t!(
+                router,
+                |reply| RouterMsg::ReleasePartition {
+                    partition,
+                    graceful: true,
+                    reply
+                },
+                wait
+            );
+            if released.is_err() {
+                let _ = router.cast(RouterMsg::DropPartition(partition));
+            }
+            owner.stop_committing.cancel();
+            let _ = owner.committer.await;
+        }));
+        self.publish_view();
+    }
+
+    /// Lets go of the partitions whose graceful release has drained.
+    async fn finish_releases(&mut self) {
+        let done: Vec<u32> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.releasing.as_ref().is_some_and(|r| r.is_finished()))
+            .map(|(p, _)| *p)
+            .collect();
+        for p in done {
+            if let Some(o) = self.owned.remove(&p)
+                && let Err(e) = self.redis.release_lease(p, &o.lease.holder).await
+            {
+                tracing::warn!(partition = p, error = %e, "cannot release a lease; it will expire");
+            }
+        }
+        self.publish_view();
+    }
+
+    /// How much of a lease this node does not trust: it stops sending this long before the
+    /// lease could expire in Redis (clock-rate differences and the renewal's own travel).
+    fn margin(&self) -> Duration {
+        (self.config.lease / 10).max(self.config.heartbeat / 2)
+    }
+
+    /// Renews every lease held, concurrently (one slow answer must not hold up the others).
     async fn renew(&mut self) {
         let lease_ms = self.config.lease.as_millis() as u64;
         let safe_for = self.config.lease.saturating_sub(self.config.heartbeat * 2);
+        let (length, margin) = (self.config.lease, self.margin());
+        let sent = Instant::now();
+        let redis = &self.redis;
+        let answers = futures::future::join_all(self.owned.iter().map(|(p, o)| async move {
+            (*p, redis.renew_lease(*p, &o.lease.holder, lease_ms).await)
+        }))
+        .await;
         let mut lost = Vec::new();
-        for (p, o) in self.owned.iter_mut() {
-            match self.redis.renew_lease(*p, &o.holder, lease_ms).await {
-                Ok(true) => o.renewed = Instant::now(),
-                Ok(false) => lost.push(*p),
+        for (p, answer) in answers {
+            let Some(o) = self.owned.get_mut(&p) else {
+                continue;
+            };
+            match answer {
+                Ok(true) => {
+                    o.renewed = sent;
+                    o.lease.renewed(sent, length, margin);
+                }
+                Ok(false) => lost.push(p),
                 Err(e) if o.renewed.elapsed() >= safe_for => {
                     tracing::warn!(partition = p, error = %e, "cannot renew the lease in time; fencing myself");
-                    lost.push(*p);
+                    lost.push(p);
                 }
                 Err(_) => {}
             }
@@ -184,7 +273,7 @@ impl Coordinator {
                 partition = p,
                 "lease lost; stopped delivering this partition"
             );
-            self.give_up(p, false).await;
+            self.give_up(p).await;
         }
     }
 
@@ -205,12 +294,13 @@ impl Coordinator {
             if self.owned.contains_key(&p) || holders.get(p as usize).is_some_and(Option::is_some) {
                 continue;
             }
+            let sent = Instant::now();
             match self
                 .redis
                 .acquire_lease(p, &self.config.node_id, lease_ms)
                 .await
             {
-                Ok(Some(holder)) => self.start(p, holder),
+                Ok(Some(holder)) => self.start(p, holder, sent),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(partition = p, error = %e, "cannot acquire a lease");
@@ -220,43 +310,50 @@ impl Coordinator {
         }
     }
 
-    fn start(&mut self, partition: u32, holder: String) {
+    fn start(&mut self, partition: u32, holder: String, sent: Instant) {
         tracing::info!(partition, %holder, "partition acquired");
-        let stop = CancellationToken::new();
-        let consumer = spawn_fenced_consumer(
-            self.store.clone(),
+        let lease = Arc::new(Lease::new(holder, sent, self.config.lease, self.margin()));
+        let owner = spawn_partition(PartitionArgs {
+            store: self.store.clone(),
             partition,
-            holder.clone(),
-            self.router.clone(),
-            self.config.partition_buffer,
-            &self.config.node_id,
-            stop.clone(),
-        );
+            lease: Some(lease.clone()),
+            router: self.router.clone(),
+            buffer: self.config.partition_buffer,
+            node: self.config.node_id.clone(),
+        });
         self.owned.insert(
             partition,
             Owned {
-                holder,
-                renewed: Instant::now(),
-                stop,
-                consumer,
+                lease,
+                renewed: sent,
+                stop: (owner.stop_reading.clone(), owner.stop_committing.clone()),
+                owner: Some(owner),
+                releasing: None,
             },
         );
     }
 
-    /// Stops reading a partition and its actors (after their in-flight attempts when
-    /// `graceful`), then releases its lease.
-    async fn give_up(&mut self, partition: u32, graceful: bool) {
+    /// Stops a partition at once (its lease is lost: nothing more may be sent or written);
+    /// unfinished jobs stay for the next owner.
+    async fn give_up(&mut self, partition: u32) {
         let Some(o) = self.owned.remove(&partition) else {
             return;
         };
-        o.stop.cancel();
-        let _ = o.consumer.await;
+        o.stop.0.cancel();
+        o.stop.1.cancel();
+        if let Some(owner) = o.owner {
+            let _ = owner.reader.await;
+            let _ = owner.committer.await;
+        }
+        if let Some(r) = o.releasing {
+            r.abort();
+        }
         let wait = self.config.drain.as_millis() as u64;
         let released = ractor::call_t!(
             self.router,
             |reply| RouterMsg::ReleasePartition {
                 partition,
-                graceful,
+                graceful: false,
                 reply
             },
             wait
@@ -264,10 +361,7 @@ impl Coordinator {
         if released.is_err() {
             let _ = self.router.cast(RouterMsg::DropPartition(partition));
         }
-        if graceful && let Err(e) = self.redis.release_lease(partition, &o.holder).await {
-            tracing::warn!(partition, error = %e, "cannot release a lease; it will expire");
-        }
-        *self.view.owned.lock().expect("cluster view") = self.owned.keys().copied().collect();
+        self.publish_view();
     }
 }
 

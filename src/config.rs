@@ -100,6 +100,15 @@ pub struct Config {
     pub drain_timeout_secs: u64,
     /// How long finished deliveries, their attempts, the log and the dead letter are kept.
     pub retention_secs: u64,
+    /// Finished deliveries kept per partition at most; beyond it the oldest go first (so the
+    /// store stays bounded at any volume; `switchyard_retention_dropped_total` counts them).
+    pub retention_max_per_partition: u64,
+    /// The embedded store writes nothing while its disk has less free space than this (503
+    /// `insufficient_storage`), and writes again by itself once there is room.
+    pub min_free_disk_bytes: u64,
+    /// How long a receiver may throttle one delivery (429, 503 with `Retry-After`) before the
+    /// delivery fails; throttled answers never count toward `maxAttempts` or the breaker.
+    pub max_throttle_secs: u64,
     /// How long a partition lease lasts without renewal (Redis clusters): the takeover time
     /// after a crash. Shorter is faster failover but less tolerance of Redis stalls.
     pub lease_ms: u64,
@@ -157,6 +166,9 @@ impl Default for Config {
             secret_grace_secs: 24 * 3600,
             drain_timeout_secs: 30,
             retention_secs: 30 * 24 * 3600,
+            retention_max_per_partition: crate::store::jobs::DEFAULT_MAX_PER_PARTITION,
+            min_free_disk_bytes: crate::store::embedded::DEFAULT_MIN_FREE_BYTES,
+            max_throttle_secs: 24 * 3600,
             lease_ms: 5_000,
             heartbeat_ms: 1_000,
             log_format: LogFormat::Text,
@@ -331,6 +343,12 @@ impl Config {
             ("breaker_max_cooldown_ms", &mut self.breaker_max_cooldown_ms),
             ("idempotency_ttl_secs", &mut self.idempotency_ttl_secs),
             (
+                "retention_max_per_partition",
+                &mut self.retention_max_per_partition,
+            ),
+            ("min_free_disk_bytes", &mut self.min_free_disk_bytes),
+            ("max_throttle_secs", &mut self.max_throttle_secs),
+            (
                 "header_read_timeout_secs",
                 &mut self.header_read_timeout_secs,
             ),
@@ -416,6 +434,9 @@ impl Config {
         }
         if self.retention_secs == 0 {
             return Err(invalid("retention_secs", "must be at least 1"));
+        }
+        if self.retention_max_per_partition == 0 {
+            return Err(invalid("retention_max_per_partition", "must be at least 1"));
         }
         for (key, secs) in [
             ("header_read_timeout_secs", self.header_read_timeout_secs),

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use url::Url;
 
 use crate::config::Config;
-use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse, Delivery, rfc3339};
+use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse, Job, rfc3339};
 use crate::endpoint::Endpoint;
 use crate::signing::{SigningKey, signature_header};
 use crate::ssrf::{Guard, GuardedResolver, SsrfError};
@@ -107,33 +107,40 @@ impl Deliverer {
         &self.guard
     }
 
-    /// One signed POST of `delivery` to `endpoint`.
+    /// One signed POST of `job`'s delivery to `endpoint`; `None` when `may_send` said no at
+    /// the last moment (the partition's lease may have passed: nothing was sent).
     pub async fn attempt(
         &self,
         endpoint: &Endpoint,
         keys: &[SigningKey],
-        delivery: &Delivery,
+        job: &Job,
         number: u32,
-    ) -> Outcome {
+        may_send: impl Fn() -> bool,
+    ) -> Option<Outcome> {
+        let _slot = self.in_flight.acquire().await.expect("never closed");
         let started_at: DateTime<Utc> = Utc::now();
         let timestamp = started_at.timestamp();
+        let id = job.id.to_string();
         let mut headers: BTreeMap<String, String> = endpoint.spec.headers.clone();
         headers.insert("content-type".into(), "application/json".into());
         headers.insert("user-agent".into(), USER_AGENT.into());
-        headers.insert("webhook-id".into(), delivery.id.clone());
-        headers.insert("webhook-timestamp".into(), timestamp.to_string());
         headers.insert(
             "webhook-signature".into(),
-            signature_header(keys, &delivery.id, timestamp, delivery.body.as_bytes()),
+            signature_header(keys, &id, timestamp, job.body.as_bytes()),
         );
+        headers.insert("webhook-id".into(), id);
+        headers.insert("webhook-timestamp".into(), timestamp.to_string());
         let request = AttemptRequest {
             url: endpoint.spec.url.clone(),
             headers: headers.clone(),
             body: None,
         };
-        let _slot = self.in_flight.acquire().await.expect("never closed");
+        // The last check before bytes leave: a node paused past its lease sends nothing.
+        if !may_send() {
+            return None;
+        }
         let clock = Instant::now();
-        let result = self.send(endpoint, headers, &delivery.body).await;
+        let result = self.send(endpoint, headers, &job.body).await;
         match &result {
             Ok((r, _)) => tracing::debug!(status = r.status, "attempt answered"),
             Err(e) => tracing::debug!(kind = %e.kind, error = %e.message, "attempt failed"),
@@ -162,20 +169,20 @@ impl Deliverer {
                     });
                 }
                 attempt.response = Some(response);
-                Outcome {
+                Some(Outcome {
                     attempt,
                     retry_after,
                     final_failure: gone,
-                }
+                })
             }
             Err(error) => {
                 let final_failure = error.kind == "ssrf";
                 attempt.error = Some(error);
-                Outcome {
+                Some(Outcome {
                     attempt,
                     retry_after: None,
                     final_failure,
-                }
+                })
             }
         }
     }

@@ -1,16 +1,16 @@
 //! Deliveries and attempts: the records of the delivery log.
 //!
 //! A delivery is one (event, rule, endpoint) triple; its id is the `webhook-id` header, stable
-//! across retries, and is derived from the triple (UUIDv5) so that a retried ingest produces
-//! the same ids and the dispatcher can recognise a job it has already finished.
+//! across retries. Ingest writes each delivery once, as the job in its partition's log, and
+//! its id names that entry ([`DeliveryId`]); each attempt's outcome records the delivery's
+//! [`Progress`] with the attempt. A retried request is recognised by its `Idempotency-Key`
+//! before anything is written, so no delivery is written twice.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
-
-/// Namespace of the deterministic ids (delivery and idempotent event ids).
-const ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x5f1c_83a0_4d2e_4b7e_9a51_7e0c_3d21_a9b4);
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,8 +51,120 @@ impl Status {
     }
 }
 
-/// The record of a delivery (without its attempts).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Where a job sits in its partition's log: `(ms, seq)`, the Redis stream id form `ms-seq`.
+/// Ordered as the log is, so it also orders deliveries by ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct EntryId {
+    pub ms: u64,
+    pub seq: u64,
+}
+
+impl EntryId {
+    pub const ZERO: EntryId = EntryId { ms: 0, seq: 0 };
+
+    /// The smallest id after this one.
+    pub fn next(self) -> EntryId {
+        match self.seq.checked_add(1) {
+            Some(seq) => EntryId { ms: self.ms, seq },
+            None => EntryId {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
+        }
+    }
+
+    /// The largest id before this one (`ZERO` stays `ZERO`).
+    pub fn prev(self) -> EntryId {
+        match (self.ms, self.seq) {
+            (0, 0) => EntryId::ZERO,
+            (ms, 0) => EntryId {
+                ms: ms - 1,
+                seq: u64::MAX,
+            },
+            (ms, seq) => EntryId { ms, seq: seq - 1 },
+        }
+    }
+}
+
+impl std::fmt::Display for EntryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+impl std::str::FromStr for EntryId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<EntryId, ()> {
+        let (ms, seq) = s.split_once('-').ok_or(())?;
+        Ok(EntryId {
+            ms: ms.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// A delivery's id, the `webhook-id` of its requests: the partition and the entry of the job
+/// ingest wrote for it, `msg_{partition}_{ms}-{seq}`. So an id finds its data at once (no
+/// per-delivery index, no probe of every partition), is unique cluster-wide (one log per
+/// partition), and orders deliveries by ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeliveryId {
+    pub partition: u32,
+    pub entry: EntryId,
+}
+
+impl std::fmt::Display for DeliveryId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "msg_{}_{}", self.partition, self.entry)
+    }
+}
+
+impl std::str::FromStr for DeliveryId {
+    type Err = ();
+    fn from_str(s: &str) -> Result<DeliveryId, ()> {
+        let rest = s.strip_prefix("msg_").ok_or(())?;
+        let (p, entry) = rest.split_once('_').ok_or(())?;
+        Ok(DeliveryId {
+            partition: p.parse().map_err(|_| ())?,
+            entry: entry.parse()?,
+        })
+    }
+}
+
+/// How far a delivery has come: what its job needs to resume after a crash or a handoff, and
+/// what the log shows. Written with each attempt's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    #[serde(rename = "s")]
+    pub status: Status,
+    /// Attempts made (throttled ones included): the next attempt's number is this plus one.
+    #[serde(rename = "n")]
+    pub attempts: u32,
+    /// Attempts that failed and count toward `maxAttempts` (throttled answers do not).
+    #[serde(rename = "f", default)]
+    pub failures: u32,
+    /// When the next attempt may start (unix ms), while retrying.
+    #[serde(rename = "x", default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<i64>,
+    /// Since when (unix ms) the receiver has been throttling this delivery (429, or 503 with
+    /// `Retry-After`), until an answer that does not throttle.
+    #[serde(rename = "t", default, skip_serializing_if = "Option::is_none")]
+    pub throttled_since_ms: Option<i64>,
+}
+
+impl Progress {
+    /// A delivery no attempt has finished for.
+    pub const NEW: Progress = Progress {
+        status: Status::Pending,
+        attempts: 0,
+        failures: 0,
+        next_attempt_ms: None,
+        throttled_since_ms: None,
+    };
+}
+
+/// A delivery as the log shows it (without its attempts).
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub id: String,
@@ -64,18 +176,31 @@ pub struct Delivery {
     pub created_at: String,
     pub attempt_count: u32,
     pub next_attempt_at: Option<String>,
+    /// The value of the endpoint's `orderingKey` in the event, read at ingest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
     /// The exact bytes that are signed and POSTed.
     #[serde(skip)]
-    pub body: String,
-    /// Ingest order: creation ms and the delivery's index in its request, `{ms:013}{i:06}`.
-    /// Sorts like the partition stream, so replays and the log index keep event order.
-    #[serde(skip)]
-    pub seq: String,
+    pub body: Arc<str>,
 }
 
-/// The [`Delivery::seq`] of the `index`-th delivery of a request accepted at `created_ms`.
-pub fn seq(created_ms: i64, index: usize) -> String {
-    format!("{created_ms:013}{index:06}")
+impl Delivery {
+    /// The log's view of a job and its delivery's progress.
+    pub fn of(job: &Job, progress: &Progress) -> Delivery {
+        Delivery {
+            id: job.id.to_string(),
+            event_id: job.event_id.clone(),
+            event_type: job.event_type.clone(),
+            endpoint_id: job.endpoint_id.clone(),
+            rule_id: job.rule_id,
+            status: progress.status,
+            created_at: ms_rfc3339(job.id.entry.ms as i64),
+            attempt_count: progress.attempts,
+            next_attempt_at: progress.next_attempt_ms.map(ms_rfc3339),
+            ordering_key: Some(job.key.clone()).filter(|k| !k.is_empty()),
+            body: job.body.clone(),
+        }
+    }
 }
 
 /// What went wrong in an attempt that got no usable response.
@@ -132,51 +257,42 @@ impl Attempt {
     }
 }
 
-/// A delivery to create at ingest.
+/// A delivery to create at ingest: the job its partition's log will hold.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub delivery: Delivery,
     pub partition: u32,
+    pub endpoint_id: String,
+    pub rule_id: u64,
+    /// The value of the endpoint's ordering key in the event (empty: one sequence).
+    pub key: String,
+    pub body: Arc<str>,
 }
 
-/// A job read from a partition stream: the pointer to one delivery to run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A job read from a partition's log: everything sending its delivery needs.
+#[derive(Debug, Clone)]
 pub struct Job {
-    pub partition: u32,
-    /// The stream entry id, acknowledged at the delivery's final outcome.
-    pub entry_id: String,
+    /// The delivery this job attempts (for a manual retry or a replay, the delivery's first
+    /// entry, not this job's).
+    pub id: DeliveryId,
+    /// This job's own entry in the log.
+    pub entry: EntryId,
     pub workspace: String,
     pub endpoint_id: String,
-    pub delivery_id: String,
-    /// The partition lease (`node:token`) this job was read under; writes with a stale one are
-    /// refused. `None` on a single node (the embedded store).
-    pub fence: Option<String>,
+    pub rule_id: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub key: String,
+    pub body: Arc<str>,
     /// A manual retry (`POST /v1/deliveries/{id}/retry`): sent at once, whatever the breaker
     /// says (it is the breaker's probe) and wherever it stands in the endpoint's queue.
     pub manual: bool,
+    /// Where the delivery stood when the job was read: a new owner resumes its backoff.
+    pub progress: Progress,
 }
 
-/// The id of the delivery of (event, rule, endpoint): deterministic, so re-ingest is idempotent.
-pub fn delivery_id(workspace: &str, event_id: &str, rule_id: u64, endpoint_id: &str) -> String {
-    let name = format!("{workspace}/{event_id}/{rule_id}/{endpoint_id}");
-    format!(
-        "msg_{}",
-        uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).simple()
-    )
-}
-
-/// The id of an event: derived from the `Idempotency-Key` when there is one, else time-ordered.
-pub fn event_id(workspace: &str, idempotency_key: Option<&str>) -> String {
-    match idempotency_key {
-        Some(key) => {
-            let name = format!("{workspace}/idem/{key}");
-            format!(
-                "evt_{}",
-                uuid::Uuid::new_v5(&ID_NAMESPACE, name.as_bytes()).simple()
-            )
-        }
-        None => format!("evt_{}", uuid::Uuid::now_v7().simple()),
-    }
+/// The id of a new event: `evt_` and a UUIDv7, so ids sort by time.
+pub fn new_event_id() -> String {
+    format!("evt_{}", uuid::Uuid::now_v7().simple())
 }
 
 /// The partition of an endpoint: a stable hash (FNV-1a), the same on every node and version.
@@ -198,23 +314,50 @@ pub fn now_rfc3339() -> String {
     rfc3339(Utc::now())
 }
 
+/// RFC 3339 of a unix-ms time.
+pub fn ms_rfc3339(ms: i64) -> String {
+    DateTime::from_timestamp_millis(ms)
+        .map(rfc3339)
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn ids_are_deterministic_where_they_must_be() {
-        assert_eq!(
-            delivery_id("w", "e", 1, "ep"),
-            delivery_id("w", "e", 1, "ep")
+    fn delivery_ids_carry_their_partition_and_entry_and_order_by_ingest() {
+        let id = DeliveryId {
+            partition: 12,
+            entry: EntryId {
+                ms: 1_733_000_000_000,
+                seq: 5,
+            },
+        };
+        assert_eq!(id.to_string(), "msg_12_1733000000000-5");
+        assert_eq!("msg_12_1733000000000-5".parse::<DeliveryId>(), Ok(id));
+        for bad in [
+            "msg_12",
+            "evt_1_2-3",
+            "msg_x_1-2",
+            "msg_1_1733",
+            "msg_1_a-b",
+        ] {
+            assert!(bad.parse::<DeliveryId>().is_err(), "{bad}");
+        }
+        let later = EntryId {
+            ms: 1_733_000_000_000,
+            seq: 6,
+        };
+        assert!(id.entry < later);
+        assert!(
+            later
+                < EntryId {
+                    ms: 1_733_000_000_001,
+                    seq: 0
+                }
         );
-        assert_ne!(
-            delivery_id("w", "e", 1, "ep"),
-            delivery_id("w", "e", 2, "ep")
-        );
-        assert_eq!(event_id("w", Some("k")), event_id("w", Some("k")));
-        assert_ne!(event_id("w", Some("k")), event_id("w2", Some("k")));
-        assert_ne!(event_id("w", None), event_id("w", None));
+        assert_ne!(new_event_id(), new_event_id());
     }
 
     #[test]

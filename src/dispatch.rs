@@ -4,15 +4,17 @@
 //!
 //! ```text
 //! node (tokio tasks)
-//! ├── partition consumer p0 ─┐  XREADGROUP as consumer `p<N>`, bounded by `partition_buffer`
-//! ├── ...                    ├──▶ RuleRouter (actor, supervisor)
-//! └── partition consumer pN ─┘      ├── EndpointActor(ws, ep A)   spawn_linked on first job
-//!                                   ├── EndpointActor(ws, ep B)   restarted if it panics
-//!                                   └── ...                       stopped when idle
+//! ├── partition p0: reader ─┐  reads its log from the checkpoint, bounded by `partition_buffer`
+//! │                committer ◀──┐ outcomes, one fenced commit per batch
+//! ├── ...                   ├──▶ RuleRouter (actor, supervisor)
+//! └── partition pN ─────────┘ │    ├── EndpointActor(ws, ep A)   spawn_linked on first job
+//!                             └────┤── EndpointActor(ws, ep B)   restarted if it panics
+//!                                  └── ...                       stopped when idle
 //! ```
 //!
-//! The consumers are plain tasks, not actors: each spends its life in a blocking `XREADGROUP`
-//! on its own connection, which an actor's mailbox could not interrupt anyway.
+//! A partition's reader and committer are plain tasks, not actors: the reader spends its life
+//! in a blocking read on its own connection, which a mailbox could not interrupt anyway, and
+//! the committer is a loop over a channel (see [`partition`]).
 //!
 //! The RuleRouter owns one [`EndpointQueue`] per endpoint and lends it to that endpoint's actor.
 //! Because the supervisor holds the queue, an actor that panics loses nothing: its replacement
@@ -20,8 +22,8 @@
 //! router also decides idle stops, under the queue's lock, so a job can never be routed to an
 //! actor that is already stopping.
 
-mod consumer;
 mod endpoint_actor;
+pub mod partition;
 pub mod policy;
 mod router;
 
@@ -34,8 +36,8 @@ use crate::deliverer::Deliverer;
 use crate::delivery::Job;
 use crate::store::Store;
 
-pub use consumer::{spawn_consumers, spawn_fenced_consumer};
 pub use endpoint_actor::{EndpointActor, EndpointMsg};
+pub use partition::{Lease, PartitionArgs, PartitionHandle, PartitionOwner, spawn_partition};
 pub use router::{RouterMsg, RuleRouter};
 
 /// What every dispatch actor shares.
@@ -51,19 +53,31 @@ pub struct DispatchContext {
     pub rules: Arc<crate::rule::cache::RuleCache>,
 }
 
-/// A job and the consumer buffer slot it occupies until its final outcome.
+/// A job, the reader's buffer slot it occupies until its final outcome, and its partition
+/// (where its outcome goes, and the lease its sends depend on).
 #[derive(Debug)]
 pub struct QueuedJob {
     pub job: Job,
+    pub partition: Arc<PartitionHandle>,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl QueuedJob {
-    pub fn new(job: Job, permit: Option<OwnedSemaphorePermit>) -> Self {
+    pub fn new(
+        job: Job,
+        permit: Option<OwnedSemaphorePermit>,
+        partition: Arc<PartitionHandle>,
+    ) -> Self {
         Self {
             job,
+            partition,
             _permit: permit,
         }
+    }
+
+    /// Routed again by a partition's rescan (such a job holds no buffer slot).
+    pub fn rerouted(&self) -> bool {
+        self._permit.is_none()
     }
 }
 

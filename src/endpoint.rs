@@ -178,6 +178,10 @@ pub struct EndpointSpec {
     pub headers: BTreeMap<String, String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// A dotted path into the event (`member.id`): with `strict`, order is kept per value of
+    /// that field, up to `maxInFlight` values in flight at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering_key: Option<String>,
 }
 
 impl EndpointSpec {
@@ -298,6 +302,9 @@ impl EndpointSpec {
                 "must be 1 when ordering is strict",
             ));
         }
+        if let Some(path) = &self.ordering_key {
+            crate::rule::condition::parse_path(path).map_err(|e| e.under("orderingKey"))?;
+        }
         self.retry.validate()?;
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
             return Err(Invalid::field("timeoutMs", "must be 1 to 300000"));
@@ -331,7 +338,31 @@ pub struct Endpoint {
     pub updated_at: String,
 }
 
+/// Longest ordering-key value kept as it is; a longer one is kept as its SHA-256.
+const MAX_KEY_VALUE: usize = 256;
+
 impl Endpoint {
+    /// The value of this endpoint's `orderingKey` in an event: a string as it is, another
+    /// scalar as its JSON text, an absent field as `""`. Without an `orderingKey`, `""`.
+    pub fn ordering_key_of(&self, event: &serde_json::Map<String, Value>) -> String {
+        let Some(path) = &self.spec.ordering_key else {
+            return String::new();
+        };
+        let Ok(segments) = crate::rule::condition::parse_path(path) else {
+            return String::new();
+        };
+        let value = match crate::rule::condition::lookup(event, &segments) {
+            None | Some(Value::Null) => return String::new(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        if value.len() > MAX_KEY_VALUE {
+            use sha2::Digest;
+            return hex::encode(sha2::Sha256::digest(value.as_bytes()));
+        }
+        value
+    }
+
     /// Every secret that signs at `now_ms`: the current one first, then those in their grace.
     pub fn signing_keys(&self, now_ms: i64) -> Vec<SigningKey> {
         std::iter::once(self.secret.as_str())

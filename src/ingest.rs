@@ -1,27 +1,27 @@
-//! Turning a fired event into deliveries: shared by the events API and by routines.
+//! Turning fired events into deliveries: shared by the events API, routines and the
+//! operational events endpoint actors emit.
 //!
 //! For each rule that fired, the payload (event + `eventRule` + `workspace`) is serialised once
-//! and one delivery is made per enabled endpoint of the rule's actions. Delivery ids are
-//! derived from (workspace, event, rule, endpoint), and the event id from the idempotency key
-//! when there is one, so planning the same event twice gives the same deliveries.
+//! and one delivery is made per enabled endpoint of the rule's actions; the endpoint's
+//! `orderingKey`, when it has one, is read from the event here, so a delivery keeps the key
+//! it was made with whatever later changes. Event ids are new UUIDv7s; a retried request is
+//! recognised by its `Idempotency-Key` in the store, before anything is written.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::json;
 
-use crate::delivery::{
-    Delivery, NewDelivery, Status, delivery_id, event_id, partition_of, rfc3339, seq,
-};
+use crate::delivery::{NewDelivery, new_event_id, partition_of};
 use crate::endpoint::Endpoint;
 use crate::event::Event;
 use crate::rule::CompiledRule;
-use crate::store::{NewEvent, Result, Store};
+use crate::store::{Idempotency, Ingested, NewEvent, Result, Store};
 use crate::workspace::Workspace;
 
-/// An event, its idempotency key, and the rules it fired.
+/// An event and the rules it fired.
 pub struct Fired<'a> {
     pub event: Event,
-    pub key: Option<String>,
     pub rules: Vec<&'a CompiledRule>,
 }
 
@@ -37,12 +37,10 @@ pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Resul
         .collect();
     let endpoints: HashMap<String, Endpoint> = store.endpoints_by_id(&ws.uuid, wanted).await?;
     let workspace_block = json!({"uuid": ws.uuid, "name": ws.name});
-    let now = chrono::Utc::now();
-    let mut index = 0;
+    let partitions = store.partitions();
     let mut out = Vec::with_capacity(fired.len());
-    for Fired { event, key, rules } in fired {
-        let id = event_id(&ws.uuid, key.as_deref());
-        let mut new_deliveries = Vec::new();
+    for Fired { event, rules } in fired {
+        let mut deliveries = Vec::new();
         for rule in rules {
             let targets: Vec<&Endpoint> = rule
                 .endpoint_ids
@@ -56,39 +54,39 @@ pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Resul
             let mut payload = event.body.clone();
             payload.insert("eventRule".into(), rule.block.clone());
             payload.insert("workspace".into(), workspace_block.clone());
-            let body = serde_json::to_string(&payload)?;
+            let body: Arc<str> = serde_json::to_string(&payload)?.into();
             for ep in targets {
-                let delivery = Delivery {
-                    id: delivery_id(&ws.uuid, &id, rule.id, &ep.id),
-                    event_id: id.clone(),
-                    event_type: event.event_type.clone(),
+                deliveries.push(NewDelivery {
+                    partition: partition_of(&ep.id, partitions),
                     endpoint_id: ep.id.clone(),
                     rule_id: rule.id,
-                    status: Status::Pending,
-                    created_at: rfc3339(now),
-                    attempt_count: 0,
-                    next_attempt_at: None,
+                    key: ep.ordering_key_of(&event.body),
                     body: body.clone(),
-                    seq: seq(now.timestamp_millis(), index),
-                };
-                index += 1;
-                let partition = partition_of(&ep.id, store.partitions());
-                new_deliveries.push(NewDelivery {
-                    delivery,
-                    partition,
                 });
             }
         }
+        let body: Arc<str> = if deliveries.is_empty() {
+            serde_json::to_string(&event.body)?.into()
+        } else {
+            Arc::from("")
+        };
         out.push(NewEvent {
-            id,
+            id: new_event_id(),
             event_type: event.event_type,
-            created_at: rfc3339(now),
-            deliveries: new_deliveries
-                .iter()
-                .map(|d| d.delivery.id.clone())
-                .collect(),
-            new_deliveries,
+            body,
+            deliveries,
         });
     }
     Ok(out)
+}
+
+/// Plans fired events and writes them; see [`Store::ingest`].
+pub async fn ingest(
+    store: &Store,
+    ws: &Workspace,
+    fired: Vec<Fired<'_>>,
+    idem: Option<&Idempotency>,
+) -> Result<Ingested> {
+    let planned = plan(store, ws, fired).await?;
+    store.ingest(&ws.uuid, &planned, idem).await
 }

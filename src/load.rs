@@ -13,6 +13,7 @@
 
 mod baseline;
 pub mod receiver;
+pub mod redis_usage;
 mod report;
 mod run;
 

@@ -332,6 +332,7 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         warmup: !args.no_warmup,
         ingest_only: args.ingest_only,
         timeout: std::time::Duration::from_secs(args.timeout_secs),
+        redis_url: args.redis_url.clone(),
         progress: true,
     };
     let runtime = tokio::runtime::Runtime::new()?;

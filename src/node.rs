@@ -16,7 +16,9 @@ use crate::api::{AppState, app};
 use crate::cluster::{ClusterConfig, ClusterView, Coordinator};
 use crate::config::Config;
 use crate::deliverer::{Deliverer, DelivererError};
-use crate::dispatch::{DispatchContext, RouterMsg, RuleRouter, spawn_consumers};
+use crate::dispatch::{
+    DispatchContext, PartitionArgs, PartitionOwner, RouterMsg, RuleRouter, spawn_partition,
+};
 use crate::rule::cache::RuleCache;
 use crate::store::{Store, StoreError};
 
@@ -77,9 +79,8 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let stop = CancellationToken::new();
-    let (consumers, coordinator, cluster_view) =
+    let (owners, mut tasks, coordinator, cluster_view) =
         start_delivering(&config, &store, &router, &stop, listener.local_addr()?);
-    let trimmer = tokio::spawn(trim_periodically(store.clone(), stop.clone()));
     let routines = tokio::spawn(crate::routine::Scheduler::new(store.clone()).run(stop.clone()));
 
     let state = AppState {
@@ -105,20 +106,28 @@ pub async fn run(
     })
     .await;
     stop.cancel();
-    consumers.join_all().await;
+    while tasks.join_next().await.is_some() {}
     // Leaving the cluster drains and releases each partition (others take them at once).
     if let Some(c) = coordinator {
         let _ = c.await;
     }
-    // Let in-flight attempts finish and be recorded (bounded): their jobs are then acked, not
-    // redelivered as duplicates on the next start. Anything not finished stays pending.
+    // The embedded store's partitions: stop reading, let in-flight attempts finish and their
+    // outcomes be committed (bounded), then stop committing. Their jobs are then final, not
+    // sent again as duplicates on the next start. Anything not finished stays unfinished.
+    for o in &owners {
+        o.stop_reading.cancel();
+    }
     let drain = Duration::from_secs(config.drain_timeout_secs);
     match ractor::call_t!(router, RouterMsg::Drain, drain.as_millis() as u64) {
         Ok(()) => tracing::info!("in-flight attempts drained"),
         Err(e) => tracing::warn!(error = %e, "drain timed out; unfinished jobs stay pending"),
     }
+    for o in owners {
+        o.stop_committing.cancel();
+        let _ = o.reader.await;
+        let _ = o.committer.await;
+    }
     router.stop(Some("shutdown".into()));
-    let _ = trimmer.await;
     let _ = routines.await;
     let _ = router_done.await;
     tracing::info!("switchyard node stopped");
@@ -180,6 +189,7 @@ fn banner(config: &Config, addr: std::net::SocketAddr, generated_token: bool) ->
 
 /// Starts reading partitions: all of them on a single embedded node; on Redis, those this
 /// node's coordinator wins leases for (plus the listener of endpoint changes).
+#[allow(clippy::type_complexity)]
 fn start_delivering(
     config: &Config,
     store: &Store,
@@ -187,21 +197,26 @@ fn start_delivering(
     stop: &CancellationToken,
     listen: std::net::SocketAddr,
 ) -> (
+    Vec<PartitionOwner>,
     tokio::task::JoinSet<()>,
     Option<tokio::task::JoinHandle<()>>,
     Option<Arc<ClusterView>>,
 ) {
     match store {
         Store::Embedded(_) => {
-            let all = spawn_consumers(
-                store.clone(),
-                0..config.partitions,
-                router.clone(),
-                config.partition_buffer,
-                &config.node_id,
-                stop.clone(),
-            );
-            (all, None, None)
+            let owners = (0..config.partitions)
+                .map(|partition| {
+                    spawn_partition(PartitionArgs {
+                        store: store.clone(),
+                        partition,
+                        lease: None,
+                        router: router.clone(),
+                        buffer: config.partition_buffer,
+                        node: config.node_id.clone(),
+                    })
+                })
+                .collect();
+            (owners, tokio::task::JoinSet::new(), None, None)
         }
         Store::Redis(redis) => {
             let cluster = ClusterConfig {
@@ -223,24 +238,7 @@ fn start_delivering(
                 stop.clone(),
             ));
             let running = tokio::spawn(coordinator.run(stop.clone()));
-            (tasks, Some(running), Some(view))
-        }
-    }
-}
-
-/// How often the retention sweep runs (the embedded store; Redis expires by itself).
-const TRIM_EVERY: Duration = Duration::from_secs(60);
-
-async fn trim_periodically(store: Store, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(TRIM_EVERY) => {}
-            _ = stop.cancelled() => return,
-        }
-        match store.trim().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "retention: removed finished deliveries"),
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            (Vec::new(), tasks, Some(running), Some(view))
         }
     }
 }

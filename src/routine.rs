@@ -234,19 +234,17 @@ impl Scheduler {
                 {
                     continue;
                 }
-                let key = format!("routine:{}:{}", rule.uuid, at.timestamp_millis());
                 let event = tick_event(&rule, &schedule, at);
-                let planned = crate::ingest::plan(
+                crate::ingest::ingest(
                     &self.store,
                     &ws,
                     vec![Fired {
                         event,
-                        key: Some(key),
                         rules: vec![&compiled_rule],
                     }],
+                    None,
                 )
                 .await?;
-                self.store.ingest(&ws_id, &planned).await?;
                 fired += 1;
             }
         }

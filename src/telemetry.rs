@@ -79,6 +79,14 @@ fn describe() {
         "switchyard_ssrf_refusals_total",
         "Destinations refused by the SSRF guard, at save or at connect."
     );
+    describe_counter!(
+        "switchyard_retention_dropped_total",
+        "Finished deliveries dropped by retention (age or the per-partition cap)."
+    );
+    describe_histogram!(
+        "switchyard_commit_outcomes",
+        "Outcomes written per group commit."
+    );
 }
 
 /// Registers every documented series of `node` at zero, so dashboards and alerts see them from
@@ -97,6 +105,7 @@ pub fn register(node: &str) {
         counter!("switchyard_ssrf_refusals_total", "node" => n(), "at" => at).increment(0);
     }
     gauge!("switchyard_endpoint_actors", "node" => n()).set(0.0);
+    counter!("switchyard_retention_dropped_total").increment(0);
     gauge!("switchyard_breakers_open", "node" => n()).set(0.0);
     for name in [
         "switchyard_attempt_duration_seconds",
@@ -158,6 +167,17 @@ pub fn rate_limit_wait(node: &str) {
 }
 
 pub fn store_roundtrip(node: &str, took: Duration) {
+    histogram!("switchyard_store_roundtrip_seconds", "node" => node.to_string())
+        .record(took.as_secs_f64());
+}
+
+pub fn retention_dropped(n: u64) {
+    counter!("switchyard_retention_dropped_total").increment(n);
+}
+
+/// One group commit of `n` outcomes that took `took`.
+pub fn commit(node: &str, n: usize, took: Duration) {
+    histogram!("switchyard_commit_outcomes", "node" => node.to_string()).record(n as f64);
     histogram!("switchyard_store_roundtrip_seconds", "node" => node.to_string())
         .record(took.as_secs_f64());
 }

@@ -8,7 +8,7 @@ use chrono::DateTime;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, ListParams, RawQuery, Tenant};
-use crate::delivery::Status;
+use crate::delivery::{DeliveryId, Status};
 use crate::store::DeliveryFilter;
 
 fn time_param(q: &RawQuery, name: &str) -> Result<Option<i64>, ApiError> {
@@ -50,6 +50,7 @@ pub async fn list(
     let filter = DeliveryFilter {
         endpoint_id: q.get("endpointId").cloned(),
         event_id: q.get("eventId").cloned(),
+        event_type: q.get("eventType").cloned(),
         status,
         since_ms: time_param(&q, "since")?,
         until_ms: time_param(&q, "until")?,
@@ -66,18 +67,15 @@ pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let d = state
+    let view = state
         .store
         .delivery(&ws.uuid, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
-    let mut attempts = state.store.attempts(&ws.uuid, &id).await?;
-    for a in &mut attempts {
-        a.request.body = Some(d.body.clone());
-    }
-    let mut body = serde_json::to_value(&d).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["attempts"] = json!(attempts);
-    body["payload"] = serde_json::from_str::<Value>(&d.body).unwrap_or(Value::Null);
+    let mut body =
+        serde_json::to_value(&view.delivery).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["attempts"] = json!(view.attempts);
+    body["payload"] = serde_json::from_str::<Value>(&view.delivery.body).unwrap_or(Value::Null);
     Ok(Json(body))
 }
 
@@ -89,14 +87,18 @@ pub async fn retry(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let d = state
-        .store
-        .delivery(&ws.uuid, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    if state.store.delivery(&ws.uuid, &id).await?.is_none() {
+        return Err(ApiError::not_found("delivery"));
+    }
+    let delivery: DeliveryId = id.parse().map_err(|_| ApiError::not_found("delivery"))?;
     if !state
         .store
-        .requeue(&ws.uuid, &d, &[Status::Failed, Status::Succeeded], true)
+        .requeue(
+            &ws.uuid,
+            delivery,
+            &[Status::Failed, Status::Succeeded],
+            true,
+        )
         .await?
     {
         return Err(ApiError::new(

@@ -21,8 +21,13 @@ pub enum ApiError {
         field: Option<String>,
     },
     Unavailable(String),
+    /// The embedded store's disk is full: 503 `insufficient_storage` with `Retry-After`.
+    InsufficientStorage(String),
     Internal(String),
 }
+
+/// The `Retry-After` of a 503 for a full disk, seconds.
+const FULL_DISK_RETRY_SECS: u64 = 5;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -86,6 +91,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+            StoreError::InsufficientStorage(m) => ApiError::InsufficientStorage(m),
             StoreError::BadCursor => ApiError::field(
                 StatusCode::BAD_REQUEST,
                 "invalid_query",
@@ -119,6 +125,20 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     json!({"error": {"code": "unavailable", "message": msg}}),
                 )
+            }
+            ApiError::InsufficientStorage(cause) => {
+                // Logged once by the store when it starts refusing writes, not per request.
+                let body = json!({"error": {"code": "insufficient_storage",
+                    "message": format!("nothing was written: {cause}; retry later")}});
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(
+                        axum::http::header::RETRY_AFTER,
+                        FULL_DISK_RETRY_SECS.to_string(),
+                    )],
+                    Json(body),
+                )
+                    .into_response();
             }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");

@@ -1,11 +1,9 @@
 //! `POST /v1/events` and `POST /v1/events/batch`: validate, match rules, enqueue, answer 202.
 //!
-//! The answer is sent only once every job is durable. With an `Idempotency-Key`, the key is
-//! claimed for the request's body first (another body with the same key is a 409
-//! `idempotency_key_reused`), the event id and so every delivery id are derived from the key,
-//! and the answer is remembered: a retried request gets the same answer, and a retry racing
-//! the original (or a request that half succeeded before a crash) cannot create a second set
-//! of deliveries, because deliveries are created only if their id does not exist yet.
+//! The answer is sent only once every job is durable. With an `Idempotency-Key`, the store
+//! looks the key up in the same step that writes (one script on Redis, one commit on the
+//! embedded store): a request seen before with the same events gets its first answer and
+//! writes nothing; with other events it is a 409 `idempotency_key_reused`.
 
 use axum::Json;
 use axum::body::Body;
@@ -19,7 +17,7 @@ use super::{ApiError, AppState, Tenant, read_body, read_json};
 use crate::event::Event;
 use crate::ingest::Fired;
 use crate::invalid::{Invalid, from_body};
-use crate::store::{Claim, NewEvent};
+use crate::store::{Idempotency, Ingested};
 use crate::workspace::Workspace;
 
 /// Events in one batch at most.
@@ -47,41 +45,6 @@ fn accepted(body: Value) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
-/// The `Idempotency-Key` of a request and its body's fingerprint.
-struct Idempotent {
-    key: String,
-    fingerprint: String,
-}
-
-/// Claims the key for this body: `Some(answer)` when the request was already answered (the
-/// same answer again), a 409 when the key was used with another body.
-async fn claim(
-    state: &AppState,
-    ws: &str,
-    idem: &Option<Idempotent>,
-) -> Result<Option<Response>, ApiError> {
-    let Some(i) = idem else { return Ok(None) };
-    let ttl = state.config.idempotency_ttl_secs;
-    match state
-        .store
-        .claim_idempotency(ws, &i.key, &i.fingerprint, ttl)
-        .await?
-    {
-        Claim::New | Claim::InProgress => Ok(None),
-        Claim::Answered(answer) => {
-            let value: Value =
-                serde_json::from_str(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
-            Ok(Some(accepted(value)))
-        }
-        Claim::Reused => Err(ApiError::field(
-            StatusCode::CONFLICT,
-            "idempotency_key_reused",
-            "Idempotency-Key",
-            "this key was already used with a different body",
-        )),
-    }
-}
-
 /// A fingerprint of the events of a request: SHA-256 of each event's JSON as parsed (key
 /// order kept, whitespace not), so a byte-for-byte retry and a re-serialised one agree.
 fn fingerprint<'a>(events: impl IntoIterator<Item = &'a Event>) -> String {
@@ -94,11 +57,38 @@ fn fingerprint<'a>(events: impl IntoIterator<Item = &'a Event>) -> String {
     hex::encode(h.finalize())
 }
 
-fn idempotent(key: Option<String>, events: &[(Event, Option<String>)]) -> Option<Idempotent> {
-    key.map(|key| Idempotent {
+/// Matches, plans and writes a request's events; `None` when its `Idempotency-Key` was used
+/// with other events (409). The answer is per event: its id and its deliveries' ids.
+async fn write(
+    state: &AppState,
+    ws: &Workspace,
+    key: Option<String>,
+    events: Vec<Event>,
+) -> Result<Vec<(String, Vec<String>)>, ApiError> {
+    let idem = key.map(|key| Idempotency {
         key,
-        fingerprint: fingerprint(events.iter().map(|(e, _)| e)),
-    })
+        fingerprint: fingerprint(&events),
+        ttl_secs: state.config.idempotency_ttl_secs,
+    });
+    let n = events.len();
+    let written = plan_and_ingest(state, ws, events, idem.as_ref()).await?;
+    match written {
+        Ingested::Written(answer) => {
+            crate::telemetry::events_accepted(&state.config.node_id, n);
+            Ok(answer)
+        }
+        Ingested::Answered(answer) => Ok(answer),
+        Ingested::Reused => Err(ApiError::field(
+            StatusCode::CONFLICT,
+            "idempotency_key_reused",
+            "Idempotency-Key",
+            "this key was already used with a different body",
+        )),
+    }
+}
+
+fn answer_of((id, deliveries): &(String, Vec<String>)) -> Value {
+    json!({"id": id, "deliveries": deliveries})
 }
 
 pub async fn ingest_one(
@@ -109,17 +99,12 @@ pub async fn ingest_one(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let value: Value = read_json(&state, body).await?;
-    let events = vec![(Event::parse(value)?, key.clone())];
-    let idem = idempotent(key, &events);
-    if let Some(answer) = claim(&state, &ws.uuid, &idem).await? {
-        return Ok(answer);
-    }
-    let mut planned = plan(&state, &ws, events).await?;
-    state.store.ingest(&ws.uuid, &planned).await?;
-    crate::telemetry::events_accepted(&state.config.node_id, planned.len());
-    let answer = answer_of(&planned.remove(0));
-    remember(&state, &ws.uuid, &idem, &answer).await?;
-    Ok(accepted(answer))
+    let event = Event::parse(value)?;
+    let answer = write(&state, &ws, key, vec![event]).await?;
+    let first = answer
+        .first()
+        .ok_or_else(|| ApiError::Internal("an ingest without its event".into()))?;
+    Ok(accepted(answer_of(first)))
 }
 
 #[derive(Deserialize)]
@@ -171,55 +156,29 @@ pub async fn ingest_batch(
     for (i, raw) in batch.events.iter().enumerate() {
         let v: Value =
             from_body(raw.get().as_bytes()).map_err(|e| e.under(&format!("events[{i}]")))?;
-        let event = Event::parse(v).map_err(|e| e.under(&format!("events[{i}]")))?;
-        events.push((event, key.as_ref().map(|k| format!("{k}/{i}"))));
+        events.push(Event::parse(v).map_err(|e| e.under(&format!("events[{i}]")))?);
     }
-    let idem = idempotent(key, &events);
-    if let Some(answer) = claim(&state, &ws.uuid, &idem).await? {
-        return Ok(answer);
-    }
-    let planned = plan(&state, &ws, events).await?;
-    state.store.ingest(&ws.uuid, &planned).await?;
-    crate::telemetry::events_accepted(&state.config.node_id, planned.len());
-    let answer = json!({"results": planned.iter().map(answer_of).collect::<Vec<_>>()});
-    remember(&state, &ws.uuid, &idem, &answer).await?;
-    Ok(accepted(answer))
+    let answer = write(&state, &ws, key, events).await?;
+    Ok(accepted(
+        json!({"results": answer.iter().map(answer_of).collect::<Vec<_>>()}),
+    ))
 }
 
-async fn remember(
-    state: &AppState,
-    ws: &str,
-    idem: &Option<Idempotent>,
-    answer: &Value,
-) -> Result<(), ApiError> {
-    if let Some(i) = idem {
-        let ttl = state.config.idempotency_ttl_secs;
-        state
-            .store
-            .remember_answer(ws, &i.key, &i.fingerprint, &answer.to_string(), ttl)
-            .await?;
-    }
-    Ok(())
-}
-
-fn answer_of(ev: &NewEvent) -> Value {
-    json!({"id": ev.id, "deliveries": ev.deliveries})
-}
-
-/// Matches each event against the workspace's rules and builds its deliveries.
+/// Matches each event against the workspace's rules, builds its deliveries and writes them.
 #[tracing::instrument(name = "ingest", skip_all, fields(workspace = %ws.uuid, events = events.len()))]
-async fn plan(
+async fn plan_and_ingest(
     state: &AppState,
     ws: &Workspace,
-    events: Vec<(Event, Option<String>)>,
-) -> Result<Vec<NewEvent>, ApiError> {
+    events: Vec<Event>,
+    idem: Option<&Idempotency>,
+) -> Result<Ingested, ApiError> {
     let rules = state.rules.get(&state.store, &ws.uuid).await?;
     let fired: Vec<Fired> = events
         .into_iter()
-        .map(|(event, key)| {
+        .map(|event| {
             let rules = rules.matching(&event.event_type, &event.body);
-            Fired { event, key, rules }
+            Fired { event, rules }
         })
         .collect();
-    Ok(crate::ingest::plan(&state.store, ws, fired).await?)
+    Ok(crate::ingest::ingest(&state.store, ws, fired, idem).await?)
 }

@@ -40,8 +40,8 @@ pub async fn add_key(
     }
 }
 
-/// `GET /v1/cluster`: live nodes with their partitions, and per partition its owner, `lag`
-/// (entries not yet read) and `pending` (read, not finished).
+/// `GET /v1/cluster`: live nodes with their partitions, and per partition its owner, its log's
+/// length, the creation time of its oldest unfinished delivery and how far it was read.
 pub async fn cluster(
     _: Admin,
     State(state): State<AppState>,
@@ -56,20 +56,23 @@ pub async fn cluster(
     let ttl = state.config.heartbeat_ms * 3;
     let nodes = redis.live_nodes(ttl).await?;
     let holders = redis.lease_holders().await?;
-    let lags = futures::future::try_join_all(
-        (0..state.store.partitions()).map(|p| redis.partition_lag(p)),
+    let summaries = futures::future::try_join_all(
+        (0..state.store.partitions()).map(|p| redis.partition_summary(p)),
     )
     .await?;
     let partitions: Vec<_> = holders
         .iter()
-        .zip(lags)
+        .zip(summaries)
         .enumerate()
-        .map(|(p, (holder, (lag, pending)))| {
+        .map(|(p, (holder, (length, checkpoint)))| {
             let owner = holder
                 .as_deref()
                 .and_then(|h| h.rsplit_once(':'))
                 .map(|(node, _)| node.to_string());
-            json!({"partition": p, "owner": owner, "lag": lag, "pending": pending})
+            let unfinished_since = (checkpoint.done_below.ms > 0)
+                .then(|| crate::delivery::ms_rfc3339(checkpoint.done_below.ms as i64));
+            json!({"partition": p, "owner": owner, "length": length,
+                "oldestUnfinishedAt": unfinished_since, "readUpTo": checkpoint.read_upto.to_string()})
         })
         .collect();
     Ok(Json(

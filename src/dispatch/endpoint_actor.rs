@@ -1,11 +1,15 @@
 //! The EndpointActor: everything about one endpoint, owned by one actor on one node.
 //!
-//! It takes jobs from its [`EndpointQueue`] in order, loads each delivery from the store,
-//! waits for the delivery's next-attempt time and the endpoint's rate limit, and hands the POST
-//! to a task so the mailbox stays free while the request is in flight. In `strict` mode only
-//! the head of the queue is ever in flight, retries included, so delivery N+1 is not sent
-//! before delivery N reached its final outcome; `unordered` sends up to `maxInFlight` at once
-//! and a delivery in backoff does not hold the others back.
+//! It takes jobs from its [`EndpointQueue`] in order (each job carries its delivery's body and
+//! progress: nothing is read from the store per delivery), waits for the delivery's
+//! next-attempt time, the endpoint's throttle, breaker and rate limit, and hands the POST to a
+//! task so the mailbox stays free while the request is in flight. The outcome goes to the
+//! partition's committer; the job stays in flight until the commit is durable. In `strict`
+//! mode only the head of the queue is ever in flight, so delivery N+1 is sent only after
+//! delivery N's final outcome is on disk — a receiver that applies webhooks in arrival order
+//! without deduplicating sees them in order, crashes included (only the head may repeat).
+//! `unordered` sends up to `maxInFlight` at once and a delivery in backoff does not hold the
+//! others back.
 //!
 //! Because exactly one node owns a partition and so this endpoint, the `governor` limiter here
 //! is the cluster-wide limit without any distributed coordination.
@@ -15,41 +19,34 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::time::Instant;
 
+mod outcome;
 mod signals;
 
-use super::policy::decide;
+use super::partition::Commit;
 use super::router::RouterMsg;
-use super::{DispatchContext, EndpointKey, EndpointQueue};
+use super::{DispatchContext, EndpointKey, EndpointQueue, QueuedJob};
 use crate::deliverer::Outcome;
-use crate::delivery::{AttemptError, Delivery, Job, Status, now_rfc3339, rfc3339};
-use crate::endpoint::health::Health;
-use crate::endpoint::health::{BreakerState, Permit};
+use crate::delivery::{EntryId, Job};
+use crate::endpoint::health::{BreakerState, Health, Permit};
 use crate::endpoint::{Endpoint, Ordering, RateLimit};
+use crate::store::StoreError;
 
 /// Queued jobs an unordered endpoint looks through for one it may start.
 const UNORDERED_SCAN: usize = 1024;
-/// Queued jobs a strict endpoint looks through per pump: the head, and duplicates behind it
-/// that are already final (after a crash, a handoff or a recreated consumer group).
-const STRICT_SCAN: usize = 64;
 /// How old an endpoint actor's copy of its endpoint may get, without a change message, before
 /// its next pump re-reads it (a missed pub/sub message cannot leave it stale for longer).
 const RELOAD_EVERY: Duration = Duration::from_secs(30);
-/// Wait before retrying after the store could not be read or written.
+/// Wait before retrying after the store could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(1);
+/// Wait before looking again when the partition's lease could not be confirmed at a send.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
 
 pub struct EndpointActor;
-
-/// Whether a queued job's delivery is ready to attempt.
-enum Loaded {
-    Ready,
-    Dropped,
-    Retry,
-}
 
 pub struct EndpointArgs {
     pub ctx: Arc<DispatchContext>,
@@ -63,15 +60,32 @@ pub enum EndpointMsg {
     Pump,
     /// The endpoint changed in the store.
     Reload,
-    /// An attempt finished.
+    /// An attempt finished (`None`: it was not sent, the lease could not be confirmed).
     AttemptDone {
-        entry_id: String,
-        outcome: Box<Outcome>,
+        entry: EntryId,
+        outcome: Option<Box<Outcome>>,
     },
+    /// The partition's committer wrote (or could not write) an outcome.
+    Committed {
+        entry: EntryId,
+        result: Result<(), StoreError>,
+    },
+    /// Send a held outcome to the committer again.
+    Recommit(EntryId),
     /// The idle timer fired.
     IdleCheck,
     /// The node is stopping: start nothing new; answer once no attempt is in flight.
     Drain(tokio::sync::oneshot::Sender<()>),
+}
+
+/// An outcome on its way to the store, kept until it is durable.
+struct Held {
+    commit: crate::store::Outcome,
+    /// The wait before the next try, after a failed commit.
+    retry: Duration,
+    /// The delivery's creation (unix ms) and whether the attempt was a manual retry, for the
+    /// metrics of the final outcome.
+    created_ms: u64,
 }
 
 pub struct EndpointState {
@@ -86,9 +100,12 @@ pub struct EndpointState {
     /// Breaker and failure clock, persisted on every change so a new owner resumes them.
     health: Option<Health>,
     limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
-    /// Deliveries of queued jobs, by stream entry id, loaded when they near the head.
-    loaded: HashMap<String, Delivery>,
-    in_flight: HashSet<String>,
+    /// Jobs (by entry) being sent or whose outcome is being committed.
+    in_flight: HashSet<EntryId>,
+    /// Outcomes sent to the committer and not yet durable.
+    held: HashMap<EntryId, Held>,
+    /// The receiver throttles (429): nothing is sent before this.
+    throttled_until: Option<Instant>,
     /// Set by `Drain`: the waiter to tell when the last in-flight attempt is recorded.
     draining: Option<Option<tokio::sync::oneshot::Sender<()>>>,
     wake_at: Option<Instant>,
@@ -113,10 +130,10 @@ fn now_ms() -> i64 {
     Utc::now().timestamp_millis()
 }
 
-fn instant_of(rfc: &str) -> Option<Instant> {
-    let when = DateTime::parse_from_rfc3339(rfc).ok()?.with_timezone(&Utc);
-    let wait = (when - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Some(Instant::now() + wait)
+/// The moment of a unix-ms time on the monotonic clock.
+fn instant_of_ms(ms: i64) -> Instant {
+    let wait = (ms - now_ms()).max(0) as u64;
+    Instant::now() + Duration::from_millis(wait)
 }
 
 impl EndpointState {
@@ -160,12 +177,22 @@ impl EndpointState {
         });
     }
 
-    fn remove(&mut self, entry_id: &str) {
+    /// Removes a job from the queue (its permit goes with it).
+    fn remove(&mut self, entry: EntryId) {
         self.queue
             .lock()
             .expect("queue lock")
-            .retain(|q| q.job.entry_id != entry_id);
-        self.loaded.remove(entry_id);
+            .retain(|q| q.job.entry != entry);
+    }
+
+    /// A copy of the queued job of `entry`, with its partition.
+    fn queued(&self, entry: EntryId) -> Option<(Job, Arc<super::PartitionHandle>)> {
+        self.queue
+            .lock()
+            .expect("queue lock")
+            .iter()
+            .find(|q| q.job.entry == entry)
+            .map(|q| (q.job.clone(), q.partition.clone()))
     }
 
     async fn pump(&mut self, myself: &ActorRef<EndpointMsg>) -> Result<(), ActorProcessingErr> {
@@ -181,10 +208,11 @@ impl EndpointState {
             return Ok(());
         }
         let Some(ep) = self.endpoint.clone() else {
-            return self.fail_all_for_deleted_endpoint().await;
+            self.fail_all_for_deleted_endpoint(myself);
+            return Ok(());
         };
         if ep.spec.enabled {
-            self.start_ready(myself, &ep).await;
+            self.start_ready(myself, &ep);
         }
         let empty = self.queue.lock().expect("queue lock").is_empty();
         if empty && self.in_flight.is_empty() && !self.idle_timer {
@@ -192,40 +220,6 @@ impl EndpointState {
             myself.send_after(self.idle_time(), || EndpointMsg::IdleCheck);
         }
         Ok(())
-    }
-
-    /// Makes sure the delivery of `job` is loaded. `Dropped` when the job was acknowledged
-    /// here because its delivery is gone or already final (a duplicate after a crash or a
-    /// handoff); `Retry` when the store could not be read.
-    async fn ensure_loaded(&mut self, job: &Job) -> Loaded {
-        if !self.loaded.contains_key(&job.entry_id) {
-            match self.ctx.store.job_delivery(job).await {
-                Ok(Some(d)) => {
-                    self.loaded.insert(job.entry_id.clone(), d);
-                }
-                Ok(None) => {
-                    tracing::warn!(delivery = %job.delivery_id, "job without a delivery record; acknowledging it");
-                    if self.ctx.store.ack(job).await.is_ok() {
-                        self.remove(&job.entry_id);
-                        return Loaded::Dropped;
-                    }
-                    return Loaded::Retry;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot load a delivery; retrying");
-                    return Loaded::Retry;
-                }
-            }
-        }
-        if self.loaded[&job.entry_id].status.is_final() {
-            // Already finished (a duplicate job after a crash or handoff): just acknowledge.
-            if self.ctx.store.ack(job).await.is_ok() {
-                self.remove(&job.entry_id);
-                return Loaded::Dropped;
-            }
-            return Loaded::Retry;
-        }
-        Loaded::Ready
     }
 
     /// The rate limit allows an attempt now; otherwise the time to look again.
@@ -238,27 +232,18 @@ impl EndpointState {
     }
 
     /// Starts the manual retries in the queue at once: ahead of the queue's order, past the
-    /// breaker (an open breaker turns half-open: the manual attempt is its probe), within the
-    /// rate limit.
-    async fn start_manual(
-        &mut self,
-        myself: &ActorRef<EndpointMsg>,
-        ep: &Endpoint,
-    ) -> Option<Instant> {
-        let manual: Vec<Job> = {
+    /// breaker and a throttle (an open breaker turns half-open: the manual attempt is its
+    /// probe), within the rate limit.
+    fn start_manual(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) -> Option<Instant> {
+        let manual: Vec<QueuedRef> = {
             let q = self.queue.lock().expect("queue lock");
             q.iter()
                 .take(UNORDERED_SCAN)
-                .filter(|q| q.job.manual && !self.in_flight.contains(&q.job.entry_id))
-                .map(|q| q.job.clone())
+                .filter(|q| q.job.manual && !self.in_flight.contains(&q.job.entry))
+                .map(QueuedRef::of)
                 .collect()
         };
-        for job in manual {
-            match self.ensure_loaded(&job).await {
-                Loaded::Ready => {}
-                Loaded::Dropped => continue,
-                Loaded::Retry => return Some(Instant::now() + STORE_RETRY),
-            }
+        for q in manual {
             if let Some(at) = self.rate_limited() {
                 return Some(at);
             }
@@ -268,63 +253,53 @@ impl EndpointState {
                 b.state = BreakerState::HalfOpen;
                 b.since_ms = now_ms();
             }
-            self.start_attempt(myself, ep, &job);
+            self.start_attempt(myself, ep, q);
         }
         None
     }
 
-    async fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) {
+    fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) {
         let strict = ep.spec.ordering == Ordering::Strict;
         let max = if strict {
             1
         } else {
             ep.spec.max_in_flight as usize
         };
-        let mut earliest: Option<Instant> = self.start_manual(myself, ep).await;
-        // Strict mode looks past the head only to drop jobs that are already final.
-        let scan = if strict { STRICT_SCAN } else { UNORDERED_SCAN };
-        let limit = scan + self.in_flight.len();
-        let (mut scanned, mut dropped) = (0, 0);
+        let mut earliest: Option<Instant> = self.start_manual(myself, ep);
+        if let Some(until) = self.throttled_until {
+            if until > Instant::now() {
+                self.wake(myself, until);
+                return;
+            }
+            self.throttled_until = None;
+        }
+        let limit = UNORDERED_SCAN + self.in_flight.len();
         // Jobs are copied out of the queue one at a time, as far as the scan goes: a pump that
-        // stops at the head (rate limit, breaker, backoff) copies one. The router only appends
-        // and only this actor removes, so `at` moves on except past a job removed here.
+        // stops at the head (rate limit, breaker, backoff) copies one.
         let mut at = 0;
-        while scanned < limit && self.in_flight.len() < max {
-            let Some(job) = self
+        while at < limit && self.in_flight.len() < max {
+            let Some(q) = self
                 .queue
                 .lock()
                 .expect("queue lock")
                 .get(at)
-                .map(|q| q.job.clone())
+                .map(QueuedRef::of)
             else {
                 break;
             };
-            scanned += 1;
             at += 1;
-            if job.manual && !self.in_flight.contains(&job.entry_id) {
-                // Not started by `start_manual` (rate limit or store): it goes first there.
+            if q.manual && !self.in_flight.contains(&q.entry) {
+                // Not started by `start_manual` (the rate limit): it goes first there.
                 continue;
             }
-            if self.in_flight.contains(&job.entry_id) {
+            if self.in_flight.contains(&q.entry) {
                 if strict { break } else { continue }
             }
-            match self.ensure_loaded(&job).await {
-                Loaded::Ready => {}
-                Loaded::Dropped => {
-                    dropped += 1;
-                    at -= 1;
-                    continue;
-                }
-                Loaded::Retry => {
-                    earliest = Some(Instant::now() + STORE_RETRY);
-                    break;
-                }
-            }
-            let d = &self.loaded[&job.entry_id];
-            if let Some(at) = d.next_attempt_at.as_deref().and_then(instant_of)
-                && at > Instant::now()
+            if let Some(next) = q.next_attempt_ms
+                && next > now_ms()
             {
-                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+                let when = instant_of_ms(next);
+                earliest = Some(earliest.map_or(when, |e| e.min(when)));
                 if strict { break } else { continue }
             }
             match self
@@ -334,13 +309,12 @@ impl EndpointState {
                 .map(|b| b.permit(now_ms()))
             {
                 Some(Permit::WaitUntil(ms)) => {
-                    earliest =
-                        Some(Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64));
+                    earliest = Some(instant_of_ms(ms));
                     break;
                 }
                 Some(Permit::Probe) if !self.in_flight.is_empty() => break,
                 Some(Permit::Probe) => {
-                    self.start_attempt(myself, ep, &job);
+                    self.start_attempt(myself, ep, q);
                     break;
                 }
                 _ => {}
@@ -349,39 +323,37 @@ impl EndpointState {
                 earliest = Some(at);
                 break;
             }
-            self.start_attempt(myself, ep, &job);
+            self.start_attempt(myself, ep, q);
         }
         if let Some(at) = earliest {
             self.wake(myself, at);
         }
-        // The whole look-ahead was finished duplicates: look again at what follows them.
-        if dropped > 0 && dropped == scanned {
-            let _ = myself.cast(EndpointMsg::Pump);
-        }
     }
 
-    fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint, job: &Job) {
-        let d = self.loaded[&job.entry_id].clone();
-        self.in_flight.insert(job.entry_id.clone());
+    fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint, q: QueuedRef) {
+        let Some((job, partition)) = self.queued(q.entry) else {
+            return;
+        };
+        self.in_flight.insert(job.entry);
         let keys = ep.signing_keys(now_ms());
-        let (ctx, ep, me, entry_id) = (
-            self.ctx.clone(),
-            ep.clone(),
-            myself.clone(),
-            job.entry_id.clone(),
-        );
-        let number = d.attempt_count + 1;
+        let (ctx, ep, me) = (self.ctx.clone(), ep.clone(), myself.clone());
+        let number = job.progress.attempts + 1;
+        let entry = job.entry;
         // One span per attempt, so every log line of it carries the ids an operator searches by.
         // The response status or error kind is recorded on it when the attempt ends.
-        let span = tracing::info_span!("attempt", delivery = %d.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
+        let span = tracing::info_span!("attempt", delivery = %job.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
         tokio::spawn(async move {
             let attempt = async move {
-                let outcome = ctx.deliverer.attempt(&ep, &keys, &d, number).await;
+                let may_send = || partition.may_send();
+                let outcome = ctx
+                    .deliverer
+                    .attempt(&ep, &keys, &job, number, may_send)
+                    .await;
                 let span = tracing::Span::current();
-                if let Some(response) = &outcome.attempt.response {
+                if let Some(response) = outcome.as_ref().and_then(|o| o.attempt.response.as_ref()) {
                     span.record("status", response.status);
                 }
-                if let Some(error) = &outcome.attempt.error {
+                if let Some(error) = outcome.as_ref().and_then(|o| o.attempt.error.as_ref()) {
                     span.record("error", error.kind.as_str());
                 }
                 outcome
@@ -389,154 +361,75 @@ impl EndpointState {
             let run = tokio::spawn(tracing::Instrument::instrument(attempt, span));
             let outcome = match run.await {
                 Ok(o) => o,
-                Err(e) => panicked_attempt(number, e.to_string()),
+                Err(e) => Some(outcome::panicked_attempt(number, e.to_string())),
             };
             let _ = me.cast(EndpointMsg::AttemptDone {
-                entry_id,
-                outcome: Box::new(outcome),
+                entry,
+                outcome: outcome.map(Box::new),
             });
         });
     }
 
-    async fn attempt_done(
-        &mut self,
-        myself: &ActorRef<EndpointMsg>,
-        entry_id: String,
-        mut outcome: Outcome,
-    ) -> Result<(), ActorProcessingErr> {
-        self.in_flight.remove(&entry_id);
-        let job = self
-            .queue
-            .lock()
-            .expect("queue lock")
-            .iter()
-            .find(|q| q.job.entry_id == entry_id)
-            .map(|q| q.job.clone());
-        let (Some(job), Some(ep), Some(from)) = (
-            job,
-            self.endpoint.clone(),
-            self.loaded.get(&entry_id).map(|d| d.status),
-        ) else {
-            return Ok(());
-        };
-        let mut health = self.health.clone().unwrap_or_default();
-        let decision = decide(&self.ctx.policy, &ep, &outcome, &mut health, now_ms());
-        if let Some(wait) = decision.retry_in {
-            let next = Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default();
-            outcome.attempt.next_attempt_at = Some(rfc3339(next));
-        }
-        let status = decision.status;
-        let recorded = self
-            .ctx
-            .store
-            .record_attempt(&job, &outcome.attempt, from, status)
-            .await;
-        if let Err(crate::store::StoreError::StaleLease(p)) = recorded {
-            // The partition has passed to another node: its owner will send this delivery.
-            tracing::warn!(delivery = %job.delivery_id, partition = p, "lease lost; leaving the delivery to the new owner");
-            self.remove(&entry_id);
-            return Ok(());
-        }
-        if let Err(e) = recorded {
-            // The attempt happened but its record did not land: forget the loaded state so the
-            // delivery is re-read and re-attempted (at-least-once) once the store is back.
-            tracing::error!(delivery = %job.delivery_id, error = %e, "cannot record an attempt");
-            self.loaded.remove(&entry_id);
-            self.wake(myself, Instant::now() + STORE_RETRY);
-            return Ok(());
-        }
-        self.observe(&outcome, status, from);
-        let was_open = self
-            .health
-            .as_ref()
-            .and_then(|h| h.breaker.as_ref())
-            .is_some_and(|b| b.state != BreakerState::Closed);
-        let is_open = health
-            .breaker
-            .as_ref()
-            .is_some_and(|b| b.state != BreakerState::Closed);
-        if was_open != is_open {
-            crate::telemetry::breaker_moved(&self.ctx.node, is_open);
-            if is_open {
-                tracing::warn!(workspace = %self.key.0, endpoint = %ep.id, last_error = health.last_error.as_deref().unwrap_or(""), "circuit breaker opened");
-            } else {
-                tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
-            }
-        }
-        if is_open && !was_open {
-            let detail = health.view(&self.ctx.policy.breaker);
-            self.emit(
-                "switchyard:endpoint_failing",
-                &ep,
-                "the circuit breaker opened",
-                detail,
-            );
-        }
-        if self.health.as_ref() != Some(&health) {
-            if let Err(e) = self
-                .ctx
-                .store
-                .save_health(&self.key.0, &self.key.1, &health)
-                .await
-            {
-                tracing::warn!(endpoint = %ep.id, error = %e, "cannot save endpoint health");
-            }
-            self.health = Some(health);
-        }
-        tracing::debug!(delivery = %job.delivery_id, attempt = outcome.attempt.attempt, status = status.as_str(), "attempt recorded");
-        if status.is_final() {
-            self.remove(&entry_id);
-        } else if let Some(d) = self.loaded.get_mut(&entry_id) {
-            d.status = status;
-            d.attempt_count = outcome.attempt.attempt;
-            d.next_attempt_at = outcome.attempt.next_attempt_at.clone();
-        }
-        if let Some(reason) = decision.disable {
-            self.disable(ep, &reason).await;
-        }
-        self.pump(myself).await
-    }
-
-    async fn fail_all_for_deleted_endpoint(&mut self) -> Result<(), ActorProcessingErr> {
-        let jobs: Vec<Job> = {
+    /// Fails every queued delivery that is not in flight, without an attempt (the endpoint
+    /// was deleted).
+    fn fail_all_for_deleted_endpoint(&mut self, myself: &ActorRef<EndpointMsg>) {
+        let jobs: Vec<(Job, Arc<super::PartitionHandle>)> = {
             let q = self.queue.lock().expect("queue lock");
             q.iter()
-                .filter(|q| !self.in_flight.contains(&q.job.entry_id))
-                .map(|q| q.job.clone())
+                .filter(|q| !self.in_flight.contains(&q.job.entry))
+                .map(|q| (q.job.clone(), q.partition.clone()))
                 .collect()
         };
-        for job in jobs {
-            let from = self
-                .loaded
-                .get(&job.entry_id)
-                .map_or(Status::Pending, |d| d.status);
-            self.ctx.store.fail_without_attempt(&job, from).await?;
-            self.remove(&job.entry_id);
+        for (job, partition) in jobs {
+            let progress = crate::delivery::Progress {
+                status: crate::delivery::Status::Failed,
+                next_attempt_ms: None,
+                ..job.progress
+            };
+            let commit = crate::store::Outcome {
+                id: job.id,
+                workspace: job.workspace.clone(),
+                endpoint_id: job.endpoint_id.clone(),
+                from: job.progress.status,
+                progress,
+                attempt: None,
+            };
+            self.in_flight.insert(job.entry);
+            self.held.insert(
+                job.entry,
+                Held {
+                    commit: commit.clone(),
+                    retry: STORE_RETRY,
+                    created_ms: job.id.entry.ms,
+                },
+            );
+            if !partition.commit(Commit {
+                outcome: commit,
+                entry: job.entry,
+                reply: myself.clone(),
+            }) {
+                self.in_flight.remove(&job.entry);
+                self.held.remove(&job.entry);
+                self.remove(job.entry);
+            }
         }
-        Ok(())
     }
 }
 
-fn panicked_attempt(number: u32, message: String) -> Outcome {
-    Outcome {
-        attempt: crate::delivery::Attempt {
-            attempt: number,
-            started_at: now_rfc3339(),
-            duration_ms: 0,
-            request: crate::delivery::AttemptRequest {
-                url: String::new(),
-                headers: Default::default(),
-                body: None,
-            },
-            response: None,
-            error: Some(AttemptError {
-                kind: "internal".into(),
-                message,
-            }),
-            next_attempt_at: None,
-        },
-        retry_after: None,
-        final_failure: false,
+/// What the scheduler needs of a queued job without copying it whole.
+struct QueuedRef {
+    entry: EntryId,
+    manual: bool,
+    next_attempt_ms: Option<i64>,
+}
+
+impl QueuedRef {
+    fn of(q: &QueuedJob) -> QueuedRef {
+        QueuedRef {
+            entry: q.job.entry,
+            manual: q.job.manual,
+            next_attempt_ms: q.job.progress.next_attempt_ms,
+        }
     }
 }
 
@@ -559,8 +452,9 @@ impl Actor for EndpointActor {
             endpoint_known: false,
             health: None,
             limiter: None,
-            loaded: HashMap::new(),
             in_flight: HashSet::new(),
+            held: HashMap::new(),
+            throttled_until: None,
             draining: None,
             wake_at: None,
             idle_timer: false,
@@ -612,9 +506,21 @@ impl EndpointState {
                 }
                 state.pump(&myself).await?;
             }
-            EndpointMsg::AttemptDone { entry_id, outcome } => {
-                state.attempt_done(&myself, entry_id, *outcome).await?
+            EndpointMsg::AttemptDone { entry, outcome } => match outcome {
+                Some(outcome) => state.attempt_done(&myself, entry, *outcome).await?,
+                None => {
+                    tracing::warn!(endpoint = %state.key.1, "the partition's lease could not be confirmed before a send; nothing was sent");
+                    state.in_flight.remove(&entry);
+                    state.wake(&myself, Instant::now() + LEASE_RETRY);
+                    if state.draining.is_some() {
+                        state.pump(&myself).await?;
+                    }
+                }
+            },
+            EndpointMsg::Committed { entry, result } => {
+                state.committed(&myself, entry, result).await?
             }
+            EndpointMsg::Recommit(entry) => state.recommit(&myself, entry),
             EndpointMsg::Drain(done) => {
                 if state.in_flight.is_empty() {
                     let _ = done.send(());

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::deliverer::Outcome;
-use crate::delivery::Status;
+use crate::delivery::{Progress, Status};
 use crate::endpoint::health::{Breaker, BreakerPolicy, Health};
 use crate::endpoint::{Endpoint, RateLimit};
 
@@ -16,6 +16,9 @@ pub struct DispatchPolicy {
     pub auto_disable_after_ms: i64,
     /// The limit of endpoints that set none.
     pub default_rate: Option<RateLimit>,
+    /// How long a receiver may throttle one delivery (429, 503 with `Retry-After`) before it
+    /// fails.
+    pub max_throttle_ms: i64,
 }
 
 impl DispatchPolicy {
@@ -32,6 +35,7 @@ impl DispatchPolicy {
                 per_second,
                 burst: c.default_rate_burst,
             }),
+            max_throttle_ms: (c.max_throttle_secs as i64).saturating_mul(1000),
         }
     }
 }
@@ -39,40 +43,90 @@ impl DispatchPolicy {
 /// The consequences of one attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub status: Status,
-    /// When the next attempt may start (only for `Retrying`).
+    /// The delivery's progress after the attempt.
+    pub progress: Progress,
+    /// When the next attempt may start (only while retrying).
     pub retry_in: Option<Duration>,
+    /// The receiver throttles: nothing goes to the endpoint for this long.
+    pub throttle: Option<Duration>,
     /// Disable the endpoint, for this reason.
     pub disable: Option<String>,
 }
 
-/// Applies an outcome to the endpoint's health and decides the delivery's fate.
+/// Whether an answer throttles: 429, or 503 with `Retry-After`. Throttling is the receiver
+/// asking to slow down, not failing: it pauses the whole endpoint, touches neither the breaker
+/// nor `maxAttempts`, and fails a delivery only after `max_throttle_ms` of it.
+fn throttles(outcome: &Outcome) -> bool {
+    match outcome.attempt.response.as_ref().map(|r| r.status) {
+        Some(429) => true,
+        Some(503) => outcome.retry_after.is_some(),
+        _ => false,
+    }
+}
+
+/// Applies an outcome to the endpoint's health and decides the delivery's fate. `before` is
+/// the delivery's progress before this attempt.
 pub fn decide(
     policy: &DispatchPolicy,
     ep: &Endpoint,
     outcome: &Outcome,
     health: &mut Health,
+    before: &Progress,
     now_ms: i64,
 ) -> Decision {
     let attempt = &outcome.attempt;
+    let mut progress = Progress {
+        attempts: before.attempts + 1,
+        next_attempt_ms: None,
+        ..*before
+    };
     let breaker = health
         .breaker
         .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms));
     if attempt.succeeded() {
         breaker.success(&policy.breaker, now_ms);
         health.failing_since_ms = None;
+        progress.status = Status::Succeeded;
+        progress.throttled_since_ms = None;
         return Decision {
-            status: Status::Succeeded,
+            progress,
             retry_in: None,
+            throttle: None,
             disable: None,
         };
     }
-    breaker.failure(&policy.breaker, now_ms);
     health.last_error = attempt
         .error
         .as_ref()
         .map(|e| format!("{}: {}", e.kind, e.message));
     health.last_error_at = Some(attempt.started_at.clone());
+    if throttles(outcome) && !outcome.final_failure {
+        let since = *progress.throttled_since_ms.get_or_insert(now_ms);
+        if now_ms - since >= policy.max_throttle_ms {
+            progress.status = Status::Failed;
+            return Decision {
+                progress,
+                retry_in: None,
+                throttle: None,
+                disable: None,
+            };
+        }
+        let wait = outcome
+            .retry_after
+            .unwrap_or_else(|| ep.spec.retry.jittered_delay_after(progress.attempts))
+            .min(policy.retry_after_ceiling);
+        progress.status = Status::Retrying;
+        progress.next_attempt_ms = Some(now_ms + wait.as_millis() as i64);
+        return Decision {
+            progress,
+            retry_in: Some(wait),
+            throttle: Some(wait),
+            disable: None,
+        };
+    }
+    breaker.failure(&policy.breaker, now_ms);
+    progress.failures += 1;
+    progress.throttled_since_ms = None;
     let failing_since = *health.failing_since_ms.get_or_insert(now_ms);
     let gone = attempt.response.as_ref().is_some_and(|r| r.status == 410);
     let disable = if gone {
@@ -85,20 +139,25 @@ pub fn decide(
     } else {
         None
     };
-    if outcome.final_failure || attempt.attempt >= ep.spec.retry.max_attempts {
+    if outcome.final_failure || progress.failures >= ep.spec.retry.max_attempts {
+        progress.status = Status::Failed;
         return Decision {
-            status: Status::Failed,
+            progress,
             retry_in: None,
+            throttle: None,
             disable,
         };
     }
-    let backoff = ep.spec.retry.jittered_delay_after(attempt.attempt);
+    let backoff = ep.spec.retry.jittered_delay_after(progress.failures);
     let retry_in = outcome
         .retry_after
         .map_or(backoff, |ra| ra.min(policy.retry_after_ceiling));
+    progress.status = Status::Retrying;
+    progress.next_attempt_ms = Some(now_ms + retry_in.as_millis() as i64);
     Decision {
-        status: Status::Retrying,
+        progress,
         retry_in: Some(retry_in),
+        throttle: None,
         disable,
     }
 }
@@ -121,6 +180,7 @@ mod tests {
             retry_after_ceiling: Duration::from_secs(60),
             auto_disable_after_ms: 10_000,
             default_rate: None,
+            max_throttle_ms: 60_000,
         }
     }
 
@@ -167,15 +227,36 @@ mod tests {
         }
     }
 
+    /// The progress of a delivery after `failures` counted failures.
+    fn after(failures: u32) -> Progress {
+        Progress {
+            status: if failures == 0 {
+                Status::Pending
+            } else {
+                Status::Retrying
+            },
+            attempts: failures,
+            failures,
+            ..Progress::NEW
+        }
+    }
+
     #[test]
     fn retries_until_max_attempts_then_fails() {
         let (p, ep, mut h) = (policy(), endpoint(), Health::default());
-        let d1 = decide(&p, &ep, &outcome(1, 500, None), &mut h, 0);
-        assert_eq!(d1.status, Status::Retrying);
+        let d1 = decide(&p, &ep, &outcome(1, 500, None), &mut h, &after(0), 0);
+        assert_eq!(d1.progress.status, Status::Retrying);
+        assert_eq!((d1.progress.attempts, d1.progress.failures), (1, 1));
         let wait = d1.retry_in.unwrap().as_secs_f64();
         assert!((9.0..=11.0).contains(&wait), "{wait}");
         assert_eq!(
-            decide(&p, &ep, &outcome(3, 500, None), &mut h, 1).status,
+            d1.progress.next_attempt_ms,
+            Some(d1.retry_in.unwrap().as_millis() as i64)
+        );
+        assert_eq!(
+            decide(&p, &ep, &outcome(3, 500, None), &mut h, &after(2), 1)
+                .progress
+                .status,
             Status::Failed
         );
         assert_eq!(h.breaker.as_ref().unwrap().state, BreakerState::Open);
@@ -186,38 +267,74 @@ mod tests {
     fn retry_after_is_honoured_and_clamped() {
         let (p, ep, mut h) = (policy(), endpoint(), Health::default());
         assert_eq!(
-            decide(&p, &ep, &outcome(1, 429, Some(2)), &mut h, 0).retry_in,
+            decide(&p, &ep, &outcome(1, 429, Some(2)), &mut h, &after(0), 0).retry_in,
             Some(Duration::from_secs(2))
         );
         assert_eq!(
-            decide(&p, &ep, &outcome(1, 503, Some(999)), &mut h, 0).retry_in,
+            decide(&p, &ep, &outcome(1, 503, Some(999)), &mut h, &after(0), 0).retry_in,
             Some(Duration::from_secs(60))
         );
     }
 
     #[test]
+    fn throttling_pauses_without_failing_until_the_throttle_time_is_up() {
+        let (p, ep, mut h) = (policy(), endpoint(), Health::default());
+        let mut progress = after(0);
+        // Ten 429s in a row, more than maxAttempts (3): still retrying, breaker untouched.
+        for n in 1..=10 {
+            let d = decide(
+                &p,
+                &ep,
+                &outcome(n, 429, Some(2)),
+                &mut h,
+                &progress,
+                n as i64 * 2000,
+            );
+            assert_eq!(d.progress.status, Status::Retrying, "attempt {n}");
+            assert_eq!(d.throttle, Some(Duration::from_secs(2)));
+            progress = d.progress;
+        }
+        assert_eq!((progress.attempts, progress.failures), (10, 0));
+        assert_eq!(progress.throttled_since_ms, Some(2000));
+        assert_eq!(h.breaker.as_ref().unwrap().state, BreakerState::Closed);
+        assert_eq!(h.breaker.as_ref().unwrap().consecutive_failures, 0);
+        // A 503 without Retry-After is a failure like any other.
+        let d = decide(&p, &ep, &outcome(11, 503, None), &mut h, &progress, 30_000);
+        assert_eq!((d.progress.failures, d.throttle), (1, None));
+        assert_eq!(d.progress.throttled_since_ms, None);
+        // Past max_throttle_ms (60 s) of throttling, the delivery fails.
+        let mut t = Progress {
+            throttled_since_ms: Some(0),
+            ..after(0)
+        };
+        t.attempts = 5;
+        let d = decide(&p, &ep, &outcome(6, 429, Some(2)), &mut h, &t, 60_000);
+        assert_eq!(d.progress.status, Status::Failed);
+    }
+
+    #[test]
     fn gone_fails_and_disables_and_a_long_failure_disables() {
         let (p, ep, mut h) = (policy(), endpoint(), Health::default());
-        let d = decide(&p, &ep, &outcome(1, 410, None), &mut h, 0);
-        assert_eq!(d.status, Status::Failed);
+        let d = decide(&p, &ep, &outcome(1, 410, None), &mut h, &after(0), 0);
+        assert_eq!(d.progress.status, Status::Failed);
         assert!(d.disable.is_some());
         let mut h = Health::default();
         assert!(
-            decide(&p, &ep, &outcome(1, 500, None), &mut h, 0)
+            decide(&p, &ep, &outcome(1, 500, None), &mut h, &after(0), 0)
                 .disable
                 .is_none()
         );
         assert!(
-            decide(&p, &ep, &outcome(2, 500, None), &mut h, 9_999)
+            decide(&p, &ep, &outcome(2, 500, None), &mut h, &after(1), 9_999)
                 .disable
                 .is_none()
         );
         assert!(
-            decide(&p, &ep, &outcome(1, 500, None), &mut h, 10_000)
+            decide(&p, &ep, &outcome(1, 500, None), &mut h, &after(0), 10_000)
                 .disable
                 .is_some()
         );
-        decide(&p, &ep, &outcome(1, 200, None), &mut h, 10_001);
+        decide(&p, &ep, &outcome(1, 200, None), &mut h, &after(0), 10_001);
         assert_eq!(h.failing_since_ms, None, "a success clears the clock");
     }
 }

@@ -33,6 +33,12 @@ pub enum RouterMsg {
     DropPartition(u32),
     /// How many endpoint actors are alive.
     CountActors(ractor::RpcReplyPort<usize>),
+    /// Which of these jobs (by entry) of a partition are in an endpoint queue.
+    Queued(
+        u32,
+        Vec<crate::delivery::EntryId>,
+        ractor::RpcReplyPort<std::collections::HashSet<crate::delivery::EntryId>>,
+    ),
 }
 
 struct Child {
@@ -119,7 +125,15 @@ impl Actor for RuleRouter {
                         .await?;
                 }
                 let child = &state.children[&key];
-                child.queue.lock().expect("queue lock").push_back(queued);
+                {
+                    let mut q = child.queue.lock().expect("queue lock");
+                    // A job routed again by a rescan while still queued stays once.
+                    let again =
+                        queued.rerouted() && q.iter().any(|j| j.job.entry == queued.job.entry);
+                    if !again {
+                        q.push_back(queued);
+                    }
+                }
                 // A dead actor's mailbox is lost; the queue is not, so a failed send is harmless.
                 let _ = child.actor.cast(EndpointMsg::Pump);
             }
@@ -174,6 +188,22 @@ impl Actor for RuleRouter {
             RouterMsg::DropPartition(partition) => state.drop_partition(partition),
             RouterMsg::CountActors(reply) => {
                 let _ = reply.send(state.children.len());
+            }
+            RouterMsg::Queued(partition, entries, reply) => {
+                let wanted: std::collections::HashSet<_> = entries.into_iter().collect();
+                let partitions = state.ctx.store.partitions();
+                let mut found = std::collections::HashSet::new();
+                for (key, child) in &state.children {
+                    if crate::delivery::partition_of(&key.1, partitions) != partition {
+                        continue;
+                    }
+                    for q in child.queue.lock().expect("queue lock").iter() {
+                        if wanted.contains(&q.job.entry) {
+                            found.insert(q.job.entry);
+                        }
+                    }
+                }
+                let _ = reply.send(found);
             }
             RouterMsg::Idle(key, actor_id) => {
                 let idle = state.children.get(&key).is_some_and(|c| {

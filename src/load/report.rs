@@ -24,7 +24,11 @@ pub struct Report {
     pub order_violations: usize,
     pub rate_limit_violations: usize,
     pub node_cpu_s: Option<f64>,
+    /// Node CPU per delivery (ingest and dispatch together), µs.
+    pub node_cpu_us_per_delivery: Option<f64>,
     pub node_peak_rss_mib: Option<f64>,
+    /// What the run cost Redis, per delivery (runs on Redis only).
+    pub redis: Option<super::redis_usage::RedisUsage>,
     pub baseline_per_s: Option<f64>,
     /// deliveries/s over the raw client's requests/s.
     pub ratio: Option<f64>,
@@ -107,6 +111,29 @@ impl Report {
                     opt(self.node_cpu_s, " s"),
                     opt(self.node_peak_rss_mib, " MiB")
                 ),
+            ),
+            (
+                "node CPU per delivery",
+                opt(self.node_cpu_us_per_delivery, " µs"),
+            ),
+            (
+                "Redis commands / CPU / bytes per delivery",
+                self.redis.as_ref().map_or("-".into(), |r| {
+                    format!(
+                        "{:.2} / {:.1} µs / {:.0} B",
+                        r.commands_per_delivery, r.cpu_us_per_delivery, r.bytes_per_delivery
+                    )
+                }),
+            ),
+            (
+                "Redis commands by name (per delivery)",
+                self.redis.as_ref().map_or("-".into(), |r| {
+                    r.by_command
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
             ),
             ("raw client baseline", opt(self.baseline_per_s, " req/s")),
             ("dispatcher / raw client", opt(self.ratio, "")),

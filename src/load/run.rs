@@ -51,6 +51,8 @@ pub struct LoadConfig {
     pub ingest_only: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,
+    /// The Redis the node uses, to measure what the run costs it (`INFO` before and after).
+    pub redis_url: Option<String>,
     pub progress: bool,
 }
 
@@ -221,6 +223,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     };
     let pid = child.as_ref().map(|c| c.child.id());
     let cpu_before = pid.and_then(cpu_seconds);
+    let redis_before = match &cfg.redis_url {
+        Some(url) => super::redis_usage::snapshot(url).await,
+        None => None,
+    };
 
     let bar = cfg.progress.then(|| {
         let bar = indicatif::ProgressBar::new(cfg.events as u64);
@@ -241,7 +247,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         .max(1e-6);
     if cfg.ingest_only {
         let (cpu, rss) = node_usage(pid, cpu_before);
+        let redis = redis_usage(&cfg, redis_before.as_ref(), cfg.events).await;
         return Ok(Report {
+            node_cpu_us_per_delivery: cpu.map(|c| c * 1e6 / cfg.events.max(1) as f64),
+            redis,
             store: label,
             ingest_only: true,
             endpoints: cfg.endpoints,
@@ -269,12 +278,15 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         bar.finish_and_clear();
     }
     let (cpu, rss) = node_usage(pid, cpu_before);
+    let redis = redis_usage(&cfg, redis_before.as_ref(), accepted.deliveries.len()).await;
     let created = created_at_ms(&http, &base, &key, &accepted).await;
     let mut report = measure(&receiver, &accepted, created.as_ref(), started, &cfg);
     report.store = label;
     report.events_accepted_per_s = cfg.events as f64 / accept_secs;
     report.node_cpu_s = cpu;
+    report.node_cpu_us_per_delivery = cpu.map(|c| c * 1e6 / report.deliveries.max(1) as f64);
     report.node_peak_rss_mib = rss;
+    report.redis = redis;
     drop(child);
     if cfg.baseline {
         let requests = expected.clamp(1_000, 50_000);
@@ -289,6 +301,16 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         report.ratio = Some(report.deliveries_per_s / rate);
     }
     Ok(report)
+}
+
+/// What the run cost Redis since `before`, per delivery.
+async fn redis_usage(
+    cfg: &LoadConfig,
+    before: Option<&super::redis_usage::Snapshot>,
+    deliveries: usize,
+) -> Option<super::redis_usage::RedisUsage> {
+    let after = super::redis_usage::snapshot(cfg.redis_url.as_deref()?).await?;
+    Some(before?.usage(&after, deliveries))
 }
 
 /// The node's CPU seconds since `cpu_before` and its peak RSS in MiB, when it is our child.

@@ -158,13 +158,7 @@ impl Condition {
             (Op::Prefix, Some(_)) => return Err(bad("value", "must be a string for prefix")),
             (_, Some(v)) => v,
         };
-        let path = field
-            .split('.')
-            .map(|s| match s.parse::<usize>() {
-                Ok(i) => Segment::Index(i, s.to_string()),
-                Err(_) => Segment::Key(s.to_string()),
-            })
-            .collect();
+        let path = parse_path(field).map_err(|e| Invalid::new(e.code, "field", e.message))?;
         Ok(Condition::Leaf { path, op, value })
     }
 
@@ -211,6 +205,37 @@ pub fn eq_key(v: &Value) -> String {
         }
         other => format!("j:{other}"),
     }
+}
+
+/// Segments a path may have at most.
+const MAX_SEGMENTS: usize = 16;
+
+/// A dotted field path (`member.id`, `dataRecord.fields.priority`, `member.labels.0`) split
+/// into segments: the syntax of a condition's `field` and of an endpoint's `orderingKey`.
+pub fn parse_path(field: &str) -> Result<Vec<Segment>, Invalid> {
+    let bad = |msg: &str| Invalid::new("invalid_path", "", msg);
+    if field.is_empty() || field.len() > 512 {
+        return Err(bad("must be a dotted path of 1 to 512 characters"));
+    }
+    let parts: Vec<&str> = field.split('.').collect();
+    if parts.len() > MAX_SEGMENTS {
+        return Err(bad("must have at most 16 segments"));
+    }
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || p.chars().any(char::is_whitespace))
+    {
+        return Err(bad(
+            "must be dot-separated names without blanks (`member.id`), none of them empty",
+        ));
+    }
+    Ok(parts
+        .into_iter()
+        .map(|s| match s.parse::<usize>() {
+            Ok(i) => Segment::Index(i, s.to_string()),
+            Err(_) => Segment::Key(s.to_string()),
+        })
+        .collect())
 }
 
 /// The value at a compiled path in an event.

@@ -6,18 +6,18 @@
 //! response timeout would cut `BLOCK` short).
 //!
 //! The key layout (`docs/architecture.md`) has two kinds of hash tags so that it runs on a
-//! Redis Cluster unchanged: a workspace's own records share the slot of `{W}` (`P:ws:{W}:...`),
-//! and everything a delivery's life writes atomically — its record, attempts, endpoint index and
-//! counts, the dead letter, the job stream and the lease — shares its partition's slot
-//! (`P:{pN}:...`). No script or transaction spans the two.
+//! Redis Cluster unchanged: a workspace's own records share the slot of `{W}` (`P:ws:{W}:...`:
+//! endpoints, rules, the event log, idempotency records), and everything a delivery's life
+//! writes atomically — its job, its state, the counts, the dead letter, the checkpoint and the
+//! lease — shares its partition's slot (`P:{pN}:...`). On one Redis an ingest is one script
+//! over both kinds; on a cluster it is one script per slot, ordered so that a retry of the same
+//! request repairs a crash between them.
 
 mod cluster;
 mod conn;
-mod deliveries;
 mod health;
 mod jobs;
-
-use std::time::Duration;
+mod log;
 
 use redis::AsyncCommands;
 
@@ -29,6 +29,7 @@ pub use cluster::NodeInfo;
 pub use conn::Conn;
 pub use jobs::JobReader;
 
+use super::jobs::Retention;
 use super::{Result, StoreError};
 
 /// Claims a routine tick once: KEYS tick, last-fired; ARGV scheduled ms, TTL seconds.
@@ -43,9 +44,6 @@ return 0
 
 static CLAIM_SCRIPT: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new(CLAIM));
-
-/// The consumer group of every partition stream.
-pub const GROUP: &str = "dispatch";
 
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> Self {
@@ -68,8 +66,8 @@ pub struct RedisStore {
     conn: Conn,
     prefix: String,
     partitions: u32,
-    /// How long finished deliveries, attempts, log and dead-letter entries are kept.
-    retention: Duration,
+    /// How long and how many finished deliveries are kept.
+    retention: Retention,
 }
 
 impl RedisStore {
@@ -83,23 +81,20 @@ impl RedisStore {
             conn,
             prefix: prefix.to_string(),
             partitions,
-            retention: super::DEFAULT_RETENTION,
+            retention: Retention::default(),
         })
     }
 
-    /// Keeps finished records for `retention` (default 30 days).
-    pub fn with_retention(mut self, retention: Duration) -> Self {
+    /// Keeps finished deliveries as `retention` says (default 30 days, 1,000,000 per
+    /// partition).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
         self
     }
 
     /// The oldest stream id (unix ms) a trimmed stream keeps.
     pub(crate) fn retention_cutoff_ms(&self) -> i64 {
-        chrono::Utc::now().timestamp_millis() - self.retention.as_millis() as i64
-    }
-
-    pub(crate) fn retention_secs(&self) -> i64 {
-        self.retention.as_secs().max(1) as i64
+        chrono::Utc::now().timestamp_millis() - self.retention.time.as_millis() as i64
     }
 
     pub fn partitions(&self) -> u32 {
@@ -126,12 +121,6 @@ impl RedisStore {
         } else {
             self.key(&format!("ws:{{{ws}}}:{rest}"))
         }
-    }
-
-    /// A record of a delivery's life in partition `p`: `P:{pN}:ws:W:rest`, in the slot of
-    /// the partition's job stream and lease.
-    pub(crate) fn part_key(&self, partition: u32, ws: &str, rest: &str) -> String {
-        self.key(&format!("{{p{partition}}}:ws:{ws}:{rest}"))
     }
 
     /// The partition whose slot holds an endpoint's deliveries.

@@ -89,6 +89,7 @@ async fn three_nodes_scenario(redis_url: &str) {
     const ENDPOINTS: u64 = 500;
     let key_prefix = prefix("cluster");
     let logs = tempfile::tempdir().unwrap();
+
     let receiver = Receiver::start(|_, _| Reply {
         delay: Duration::from_millis(1),
         ..Reply::status(200)

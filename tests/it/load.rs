@@ -32,6 +32,7 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
         warmup: true,
         ingest_only: false,
         timeout: Duration::from_secs(60),
+        redis_url: Some(redis.url.clone()),
         progress: false,
     })
     .await
@@ -50,6 +51,13 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
         "accept {accept:?} against submit {:?}",
         report.latency_ms
     );
+    let redis = report
+        .redis
+        .as_ref()
+        .expect("the run's cost to Redis is measured");
+    assert!(redis.commands_per_delivery > 1.0, "{redis:?}");
+    assert!(redis.by_command.contains_key("xadd"), "{redis:?}");
+    assert!(report.node_cpu_us_per_delivery.is_some_and(|c| c > 0.0));
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["acceptLatencyMs"]["p99"].is_number(), "{json}");
 }

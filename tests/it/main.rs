@@ -7,6 +7,7 @@ mod controls;
 mod crash;
 mod delivery;
 mod edge;
+mod faults;
 mod load;
 mod metrics;
 mod operations;

@@ -57,17 +57,6 @@ async fn a_redis_restart_answers_503_meanwhile_and_loses_nothing() {
     )
     .await;
     acked.extend(post(50).await);
-    // A vanished consumer group (NOGROUP) is recreated by the reader on its own.
-    let stream = format!(
-        "{key_prefix}:{{p{}}}:jobs",
-        switchyard::delivery::partition_of(ep["id"].as_str().unwrap(), 4)
-    );
-    let _: redis::Value = redis.cmd(
-        redis::cmd("XGROUP")
-            .arg("DESTROY")
-            .arg(&stream)
-            .arg("dispatch"),
-    );
     acked.extend(post(100).await);
 
     crate::support::wait_all_arrived(&receiver, acked.iter(), Duration::from_secs(60)).await;

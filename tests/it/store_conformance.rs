@@ -1,12 +1,19 @@
 //! One conformance suite over the store backends: every test runs on Redis, on a three-master
 //! Redis Cluster and on the embedded store, and must see the same behaviour.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchyard::delivery::{
-    Attempt, AttemptRequest, AttemptResponse, Delivery, Job, NewDelivery, Status, partition_of, seq,
+    Attempt, AttemptRequest, AttemptResponse, EntryId, Job, NewDelivery, Progress, Status,
+    partition_of,
 };
-use switchyard::store::{DeliveryFilter, EmbeddedStore, NewEvent, RedisStore, Store};
+use switchyard::store::jobs::Retention;
+use switchyard::store::record::AttemptRecord;
+use switchyard::store::{
+    Checkpoint, DeliveryFilter, EmbeddedStore, Idempotency, Ingested, NewEvent, Outcome,
+    RedisStore, Store, StoreError,
+};
 
 use crate::support::{Redis, RedisCluster, prefix};
 
@@ -20,11 +27,7 @@ struct Backend {
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn redis_backend() -> Backend {
-    redis_backend_keeping(switchyard::store::DEFAULT_RETENTION).await
-}
-
-async fn redis_backend_keeping(retention: Duration) -> Backend {
+async fn redis_backend_keeping(retention: Retention) -> Backend {
     let redis = Redis::start();
     let store = RedisStore::connect(&redis.url, &prefix("conf"), PARTITIONS)
         .await
@@ -40,11 +43,12 @@ async fn redis_backend_keeping(retention: Duration) -> Backend {
 
 /// A Redis Cluster of three masters: the partitions' and the workspace's keys land on
 /// different masters, so every command that spans slots would fail here.
-async fn redis_cluster_backend() -> Backend {
+async fn redis_cluster_backend_keeping(retention: Retention) -> Backend {
     let cluster = RedisCluster::start();
     let store = RedisStore::connect(&cluster.url, &prefix("conf"), PARTITIONS)
         .await
-        .unwrap();
+        .unwrap()
+        .with_retention(retention);
     assert!(store.is_cluster());
     Backend {
         store: Store::Redis(store),
@@ -54,15 +58,13 @@ async fn redis_cluster_backend() -> Backend {
     }
 }
 
-fn embedded_backend() -> Backend {
-    embedded_backend_keeping(switchyard::store::DEFAULT_RETENTION)
-}
-
-fn embedded_backend_keeping(retention: Duration) -> Backend {
+fn embedded_backend_keeping(retention: Retention) -> Backend {
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), PARTITIONS)
-        .unwrap()
-        .with_retention(retention);
+    let settings = switchyard::store::embedded::Settings {
+        retention,
+        min_free_bytes: 0,
+    };
+    let store = EmbeddedStore::open_with(dir.path(), PARTITIONS, settings).unwrap();
     Backend {
         store: Store::Embedded(store),
         _redis: None,
@@ -71,19 +73,22 @@ fn embedded_backend_keeping(retention: Duration) -> Backend {
     }
 }
 
-/// Runs a conformance case on both backends, as two tests.
+/// Runs a conformance case on every backend, as three tests.
 macro_rules! conformance {
     ($name:ident, $body:expr) => {
+        conformance!($name, Retention::default(), $body);
+    };
+    ($name:ident, $retention:expr, $body:expr) => {
         mod $name {
             use super::*;
             #[tokio::test]
             async fn on_redis() {
-                let b = redis_backend().await;
+                let b = redis_backend_keeping($retention).await;
                 ($body)(b.store.clone()).await;
             }
             #[tokio::test]
             async fn on_redis_cluster() {
-                let b = redis_cluster_backend().await;
+                let b = redis_cluster_backend_keeping($retention).await;
                 ($body)(b.store.clone()).await;
                 let counts = b._cluster.as_ref().unwrap().key_counts();
                 assert!(
@@ -93,7 +98,7 @@ macro_rules! conformance {
             }
             #[tokio::test]
             async fn on_embedded() {
-                let b = embedded_backend();
+                let b = embedded_backend_keeping($retention);
                 ($body)(b.store.clone()).await;
             }
         }
@@ -103,43 +108,40 @@ macro_rules! conformance {
 const WS: &str = "ws-1";
 const EP: &str = "ep_conformance";
 
-/// An event with `n` deliveries to `EP` (one per rule id), created now.
-fn event(id: &str, n: usize, first_index: usize) -> NewEvent {
-    let now = chrono::Utc::now();
-    let new_deliveries: Vec<NewDelivery> = (0..n)
-        .map(|i| NewDelivery {
-            delivery: Delivery {
-                id: format!("msg_{id}_{i}"),
-                event_id: id.into(),
-                event_type: "member:created".into(),
+fn p() -> u32 {
+    partition_of(EP, PARTITIONS)
+}
+
+/// An event with `n` deliveries to `EP` (one per rule id).
+fn event(n: usize) -> NewEvent {
+    NewEvent {
+        id: switchyard::delivery::new_event_id(),
+        event_type: "member:created".into(),
+        body: Arc::from(if n == 0 { "{\"no\":\"rule\"}" } else { "" }),
+        deliveries: (0..n)
+            .map(|i| NewDelivery {
+                partition: p(),
                 endpoint_id: EP.into(),
                 rule_id: i as u64 + 1,
-                status: Status::Pending,
-                created_at: now.to_rfc3339(),
-                attempt_count: 0,
-                next_attempt_at: None,
-                body: format!("{{\"n\":{i}}}"),
-                seq: seq(now.timestamp_millis(), first_index + i),
-            },
-            partition: partition_of(EP, PARTITIONS),
-        })
-        .collect();
-    NewEvent {
-        id: id.into(),
-        event_type: "member:created".into(),
-        created_at: now.to_rfc3339(),
-        deliveries: new_deliveries
-            .iter()
-            .map(|d| d.delivery.id.clone())
+                key: String::new(),
+                body: format!("{{\"n\":{i}}}").into(),
+            })
             .collect(),
-        new_deliveries,
     }
 }
 
-fn attempt(n: u32, status: u16) -> Attempt {
-    Attempt {
+/// The delivery ids a successful ingest wrote.
+async fn ingest(store: &Store, events: &[NewEvent]) -> Vec<String> {
+    match store.ingest(WS, events, None).await.unwrap() {
+        Ingested::Written(answer) => answer.into_iter().flat_map(|(_, d)| d).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn attempt(n: u32, status: u16) -> AttemptRecord {
+    AttemptRecord::of(&Attempt {
         attempt: n,
-        started_at: chrono::Utc::now().to_rfc3339(),
+        started_at: switchyard::delivery::now_rfc3339(),
         duration_ms: 1,
         request: AttemptRequest {
             url: "https://x.io".into(),
@@ -154,11 +156,11 @@ fn attempt(n: u32, status: u16) -> Attempt {
         }),
         error: None,
         next_attempt_at: None,
-    }
+    })
 }
 
-async fn read_all(store: &Store, partition: u32, want: usize) -> Vec<Job> {
-    let mut reader = store.job_reader(partition).await.unwrap();
+async fn read_all(store: &Store, want: usize) -> Vec<Job> {
+    let mut reader = store.job_reader(p()).await.unwrap();
     let mut jobs = Vec::new();
     for _ in 0..20 {
         jobs.extend(reader.read(want, Duration::from_millis(50)).await.unwrap());
@@ -169,137 +171,174 @@ async fn read_all(store: &Store, partition: u32, want: usize) -> Vec<Job> {
     jobs
 }
 
+/// The outcome of one attempt of `job` with status `code`, moving it to `to`.
+fn outcome(job: &Job, code: u16, to: Status) -> Outcome {
+    let failures = job.progress.failures + u32::from(!(200..300).contains(&code));
+    Outcome {
+        id: job.id,
+        workspace: job.workspace.clone(),
+        endpoint_id: job.endpoint_id.clone(),
+        from: job.progress.status,
+        progress: Progress {
+            status: to,
+            attempts: job.progress.attempts + 1,
+            failures,
+            next_attempt_ms: (to == Status::Retrying).then_some(1),
+            throttled_since_ms: None,
+        },
+        attempt: Some(attempt(job.progress.attempts + 1, code)),
+    }
+}
+
+/// Commits outcomes the way a partition's owner does, with its checkpoint.
+async fn commit(store: &Store, outcomes: &[Outcome], done_below: EntryId, read_upto: EntryId) {
+    let checkpoint = Checkpoint {
+        done_below,
+        read_upto,
+    };
+    store.commit(p(), None, outcomes, checkpoint).await.unwrap();
+}
+
 conformance!(
-    jobs_come_in_order_and_unfinished_ones_resume_in_order,
+    jobs_come_in_order_and_a_new_owner_resumes_the_unfinished_ones,
     |store: Store| async move {
-        let p = partition_of(EP, PARTITIONS);
-        assert_eq!(store.ingest(WS, &[event("e1", 10, 0)]).await.unwrap(), 10);
-        let jobs = read_all(&store, p, 10).await;
-        let ids: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
+        let ids = ingest(&store, &[event(10)]).await;
+        let jobs = read_all(&store, 10).await;
+        let read: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(read, ids, "every job once, in ingest order");
+        assert!(jobs.iter().all(|j| j.body.starts_with("{\"n\":")));
+        // The owner finishes jobs 0, 1, 2 and 5 and sees job 3 fail once.
+        let done: Vec<Outcome> = [0, 1, 2, 5]
+            .iter()
+            .map(|i| outcome(&jobs[*i], 200, Status::Succeeded))
+            .collect();
+        let mut batch = done.clone();
+        batch.push(outcome(&jobs[3], 500, Status::Retrying));
+        commit(&store, &batch, jobs[3].entry, jobs[9].entry).await;
+        // A new owner (a restart, or another node) resumes from the checkpoint: the
+        // unfinished jobs in order, the retrying one with its progress, the finished not again.
+        let resumed = read_all(&store, 6).await;
+        let resumed_ids: Vec<String> = resumed.iter().map(|j| j.id.to_string()).collect();
+        let expected: Vec<String> = [3, 4, 6, 7, 8, 9].iter().map(|i| ids[*i].clone()).collect();
+        assert_eq!(resumed_ids, expected);
+        assert_eq!(resumed[0].progress.status, Status::Retrying);
         assert_eq!(
-            ids,
-            (0..10).map(|i| format!("msg_e1_{i}")).collect::<Vec<_>>()
+            (resumed[0].progress.attempts, resumed[0].progress.failures),
+            (1, 1)
         );
-        for job in &jobs[..3] {
-            store
-                .record_attempt(job, &attempt(1, 200), Status::Pending, Status::Succeeded)
-                .await
-                .unwrap();
-        }
-        // A new reader (a restart, or another node taking the partition) gets the unfinished jobs.
-        let resumed = read_all(&store, p, 7).await;
-        let resumed_ids: Vec<&str> = resumed.iter().map(|j| j.delivery_id.as_str()).collect();
-        assert_eq!(resumed_ids, ids[3..].to_vec());
-        let mut fresh = store.job_reader(p).await.unwrap();
-        let _ = fresh.read(100, Duration::from_millis(10)).await.unwrap();
-        assert!(
-            fresh
-                .read(100, Duration::from_millis(50))
-                .await
-                .unwrap()
-                .is_empty(),
-            "nothing new"
+        assert_eq!(resumed[1].progress, Progress::NEW);
+        let counts = store.counts(WS, EP).await.unwrap();
+        assert_eq!(
+            (counts.pending, counts.retrying, counts.succeeded),
+            (5, 1, 4)
         );
     }
 );
 
 conformance!(
-    ingesting_the_same_event_twice_creates_nothing_new,
+    an_idempotency_key_writes_once_and_refuses_other_events,
     |store: Store| async move {
-        let ev = event("e2", 3, 0);
-        assert_eq!(
-            store.ingest(WS, std::slice::from_ref(&ev)).await.unwrap(),
-            3
-        );
-        assert_eq!(store.ingest(WS, &[ev]).await.unwrap(), 0);
-        // A retry from another request (another node, later): same ids, a later seq.
-        assert_eq!(store.ingest(WS, &[event("e2", 3, 100)]).await.unwrap(), 0);
+        let idem = |fp: &str| Idempotency {
+            key: "order-42".into(),
+            fingerprint: fp.into(),
+            ttl_secs: 60,
+        };
+        let events = [event(3)];
+        let first = store.ingest(WS, &events, Some(&idem("fp1"))).await.unwrap();
+        let Ingested::Written(answer) = first else {
+            panic!("{first:?}")
+        };
+        assert_eq!(answer[0].1.len(), 3);
+        // The same request again (another node, later): its first answer, nothing written.
+        let again = store
+            .ingest(WS, &[event(3)], Some(&idem("fp1")))
+            .await
+            .unwrap();
+        assert_eq!(again, Ingested::Answered(answer.clone()));
+        // The key with other events: refused, nothing written.
+        let other = store
+            .ingest(WS, &[event(1)], Some(&idem("fp2")))
+            .await
+            .unwrap();
+        assert_eq!(other, Ingested::Reused);
+        assert_eq!(read_all(&store, 3).await.len(), 3);
         let listed = store
             .list_deliveries(WS, &DeliveryFilter::default(), 10, None)
             .await
             .unwrap();
-        assert_eq!(listed.data.len(), 3, "each delivery is listed once");
-        assert_eq!(
-            read_all(&store, partition_of(EP, PARTITIONS), 10)
-                .await
-                .len(),
-            3
-        );
+        assert_eq!(listed.data.len(), 3, "each delivery once");
         assert_eq!(store.counts(WS, EP).await.unwrap().pending, 3);
-        use switchyard::store::Claim;
-        assert_eq!(
-            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
-            Claim::New
-        );
-        assert_eq!(
-            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
-            Claim::InProgress,
-            "claimed, not yet answered"
-        );
-        store
-            .remember_answer(WS, "k", "fp1", "{\"id\":\"e2\"}", 60)
-            .await
-            .unwrap();
-        assert_eq!(
-            store.claim_idempotency(WS, "k", "fp1", 60).await.unwrap(),
-            Claim::Answered("{\"id\":\"e2\"}".into())
-        );
-        assert_eq!(
-            store.claim_idempotency(WS, "k", "fp2", 60).await.unwrap(),
-            Claim::Reused,
-            "another body with the same key"
-        );
+        // An event that made no delivery is in the event log with its body.
+        let unrouted = event(0);
+        let answer = ingest(&store, std::slice::from_ref(&unrouted)).await;
+        assert!(answer.is_empty());
+        let found = store.find_event(WS, &unrouted.id).await.unwrap().unwrap();
+        assert_eq!(found.record.b.as_deref(), Some("{\"no\":\"rule\"}"));
+        assert!(found.record.deliveries().is_empty());
     }
 );
 
 conformance!(
     attempts_are_logged_and_statuses_counted,
     |store: Store| async move {
-        store.ingest(WS, &[event("e3", 2, 0)]).await.unwrap();
-        let jobs = read_all(&store, partition_of(EP, PARTITIONS), 2).await;
-        let mut retry = attempt(1, 500);
-        retry.next_attempt_at = Some("2030-01-01T00:00:00.000Z".into());
-        store
-            .record_attempt(&jobs[0], &retry, Status::Pending, Status::Retrying)
-            .await
-            .unwrap();
-        store
-            .record_attempt(
-                &jobs[0],
-                &attempt(2, 200),
-                Status::Retrying,
-                Status::Succeeded,
-            )
-            .await
-            .unwrap();
-        let d = store
-            .delivery(WS, &jobs[0].delivery_id)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((d.status, d.attempt_count), (Status::Succeeded, 2));
-        assert_eq!(d.body, "{\"n\":0}");
-        let attempts = store.attempts(WS, &jobs[0].delivery_id).await.unwrap();
-        let codes: Vec<u16> = attempts
+        let ids = ingest(&store, &[event(2)]).await;
+        let jobs = read_all(&store, 2).await;
+        commit(
+            &store,
+            &[outcome(&jobs[0], 500, Status::Retrying)],
+            jobs[0].entry,
+            jobs[1].entry,
+        )
+        .await;
+        let mut retried = jobs[0].clone();
+        retried.progress = Progress {
+            status: Status::Retrying,
+            attempts: 1,
+            failures: 1,
+            next_attempt_ms: Some(1),
+            throttled_since_ms: None,
+        };
+        commit(
+            &store,
+            &[outcome(&retried, 200, Status::Succeeded)],
+            jobs[1].entry,
+            jobs[1].entry,
+        )
+        .await;
+        let view = store.delivery(WS, &ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            (view.delivery.status, view.delivery.attempt_count),
+            (Status::Succeeded, 2)
+        );
+        assert_eq!(&*view.delivery.body, "{\"n\":0}");
+        let codes: Vec<u16> = view
+            .attempts
             .iter()
             .map(|a| a.response.as_ref().unwrap().status)
             .collect();
         assert_eq!(codes, vec![500, 200]);
+        assert_eq!(view.attempts[1].request.headers["webhook-id"], ids[0]);
+        assert!(
+            store
+                .delivery("another-ws", &ids[0])
+                .await
+                .unwrap()
+                .is_none(),
+            "tenancy"
+        );
+        assert!(store.delivery(WS, "msg_0_1-1").await.unwrap().is_none());
+        assert!(store.delivery(WS, "not an id").await.unwrap().is_none());
         let counts = store.counts(WS, EP).await.unwrap();
         assert_eq!(
             (counts.pending, counts.retrying, counts.succeeded),
             (1, 0, 1)
         );
+        let succeeded = DeliveryFilter {
+            status: Some(Status::Succeeded),
+            ..Default::default()
+        };
         let page = store
-            .list_deliveries(
-                WS,
-                &DeliveryFilter {
-                    status: Some(Status::Succeeded),
-                    ..Default::default()
-                },
-                10,
-                None,
-            )
+            .list_deliveries(WS, &succeeded, 10, None)
             .await
             .unwrap();
         assert_eq!(page.data.len(), 1);
@@ -307,7 +346,7 @@ conformance!(
             .list_deliveries(WS, &DeliveryFilter::default(), 1, None)
             .await
             .unwrap();
-        assert_eq!(all.data[0].id, "msg_e3_1", "newest first");
+        assert_eq!(all.data[0].id, ids[1], "newest first");
         let next = store
             .list_deliveries(
                 WS,
@@ -317,25 +356,43 @@ conformance!(
             )
             .await
             .unwrap();
-        assert_eq!(next.data[0].id, "msg_e3_0");
+        assert_eq!(next.data[0].id, ids[0]);
         assert_eq!(next.next_cursor, None, "no cursor past the last delivery");
+        let of_endpoint = DeliveryFilter {
+            endpoint_id: Some(EP.into()),
+            ..Default::default()
+        };
+        let page = store
+            .list_deliveries(WS, &of_endpoint, 1, None)
+            .await
+            .unwrap();
+        assert_eq!(page.data[0].id, ids[1]);
+        let rest = store
+            .list_deliveries(WS, &of_endpoint, 5, page.next_cursor.as_deref())
+            .await
+            .unwrap();
+        assert_eq!(
+            rest.data.iter().map(|d| d.id.clone()).collect::<Vec<_>>(),
+            vec![ids[0].clone()]
+        );
     }
 );
 
 conformance!(
     failed_deliveries_go_to_the_dead_letter_and_replay_once_in_order,
     |store: Store| async move {
-        let p = partition_of(EP, PARTITIONS);
-        store.ingest(WS, &[event("e4", 4, 0)]).await.unwrap();
-        let mut reader = store.job_reader(p).await.unwrap();
-        let jobs = reader.read(10, Duration::from_millis(50)).await.unwrap();
+        let ids = ingest(&store, &[event(4)]).await;
+        let jobs = read_all(&store, 4).await;
         let since = chrono::Utc::now().timestamp_millis() - 1;
+        // Fail them in reverse, one commit each: replay must still follow ingest order.
         for job in jobs.iter().rev() {
-            // Fail them in reverse: replay must still follow ingest order.
-            store
-                .record_attempt(job, &attempt(1, 500), Status::Pending, Status::Failed)
-                .await
-                .unwrap();
+            commit(
+                &store,
+                &[outcome(job, 500, Status::Failed)],
+                jobs[0].entry,
+                jobs[3].entry,
+            )
+            .await;
         }
         assert_eq!(store.counts(WS, EP).await.unwrap().failed, 4);
         assert_eq!(store.replay(WS, EP, since, None).await.unwrap(), 4);
@@ -344,168 +401,204 @@ conformance!(
             0,
             "requeued once"
         );
-        let again = reader.read(10, Duration::from_millis(200)).await.unwrap();
-        let ids: Vec<&str> = again.iter().map(|j| j.delivery_id.as_str()).collect();
-        assert_eq!(ids, vec!["msg_e4_0", "msg_e4_1", "msg_e4_2", "msg_e4_3"]);
-        let d = store.delivery(WS, "msg_e4_0").await.unwrap().unwrap();
-        assert_eq!(d.status, Status::Pending);
+        let done = jobs[3].entry.next();
+        let checkpoint = Checkpoint {
+            done_below: done,
+            read_upto: jobs[3].entry,
+        };
+        store.commit(p(), None, &[], checkpoint).await.unwrap();
+        let again = read_all(&store, 4).await;
+        let replayed: Vec<String> = again.iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(replayed, ids, "the same deliveries, in ingest order");
+        assert!(
+            again
+                .iter()
+                .all(|j| j.progress.status == Status::Pending && j.progress.attempts == 1)
+        );
+        assert!(again.iter().all(|j| !j.manual));
+        let view = store.delivery(WS, &ids[0]).await.unwrap().unwrap();
         assert_eq!(
+            (view.delivery.status, view.attempts.len()),
+            (Status::Pending, 1)
+        );
+        assert_eq!(store.counts(WS, EP).await.unwrap().failed, 0);
+        let later = chrono::Utc::now().timestamp_millis() + 1000;
+        assert_eq!(store.replay(WS, EP, later, None).await.unwrap(), 0);
+        // A manual retry of a finished delivery: once, marked manual.
+        commit(
+            &store,
+            &[outcome(&again[0], 200, Status::Succeeded)],
+            again[1].entry,
+            again[3].entry,
+        )
+        .await;
+        let id = again[0].id;
+        assert!(
             store
-                .replay(WS, EP, chrono::Utc::now().timestamp_millis() + 1000, None)
+                .requeue(WS, id, &[Status::Failed, Status::Succeeded], true)
                 .await
-                .unwrap(),
-            0
+                .unwrap()
+        );
+        assert!(
+            !store
+                .requeue(WS, id, &[Status::Failed, Status::Succeeded], true)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .requeue("another-ws", again[1].id, &[Status::Failed], true)
+                .await
+                .unwrap()
         );
     }
 );
 
 conformance!(
-    a_request_with_more_deliveries_than_one_store_call_takes_is_written_whole,
+    a_request_with_many_deliveries_is_written_whole_and_listed_in_pages,
     |store: Store| async move {
-        // 1,200 deliveries: more than one script call creates (500) on Redis.
-        let ev = event("big", 1200, 0);
-        assert_eq!(
-            store.ingest(WS, std::slice::from_ref(&ev)).await.unwrap(),
-            1200
-        );
-        assert_eq!(store.ingest(WS, &[ev]).await.unwrap(), 0, "and once only");
-        assert_eq!(store.counts(WS, EP).await.unwrap().pending, 1200);
-        let mut listed = 0;
+        let ids = ingest(&store, &[event(600), event(600)]).await;
+        assert_eq!(ids.len(), 1200);
+        let mut listed = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let page = store
                 .list_deliveries(WS, &DeliveryFilter::default(), 1000, cursor.as_deref())
                 .await
                 .unwrap();
-            listed += page.data.len();
+            listed.extend(page.data.into_iter().map(|d| d.id));
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
                 None => break,
             }
         }
-        assert_eq!(listed, 1200);
-        let jobs = read_all(&store, partition_of(EP, PARTITIONS), 1200).await;
-        let ids: Vec<&str> = jobs.iter().map(|j| j.delivery_id.as_str()).collect();
-        let expected: Vec<String> = (0..1200).map(|i| format!("msg_big_{i}")).collect();
-        assert_eq!(ids, expected, "every job once, in ingest order");
+        listed.reverse();
+        assert_eq!(listed, ids, "every delivery once, newest first");
+        let jobs = read_all(&store, 1200).await;
+        let read: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+        assert_eq!(read, ids, "every job once, in ingest order");
     }
 );
 
-/// Retention: finished deliveries (and their attempts) go after the retention; pending ones stay.
+/// Retention by age: finished deliveries go; a pending one stays, and so does its job.
 async fn retention_case(store: Store) {
-    let ws = switchyard::workspace::Workspace {
-        uuid: WS.into(),
-        name: "w".into(),
-        created_at: String::new(),
-    };
-    store.create_workspace(&ws).await.unwrap();
-    store.ingest(WS, &[event("e5", 2, 0)]).await.unwrap();
-    let jobs = read_all(&store, partition_of(EP, PARTITIONS), 2).await;
-    store
-        .record_attempt(
-            &jobs[0],
-            &attempt(1, 200),
-            Status::Pending,
-            Status::Succeeded,
-        )
-        .await
-        .unwrap();
+    let ids = ingest(&store, &[event(2)]).await;
+    let jobs = read_all(&store, 2).await;
+    commit(
+        &store,
+        &[outcome(&jobs[0], 200, Status::Succeeded)],
+        jobs[1].entry,
+        jobs[1].entry,
+    )
+    .await;
     crate::support::wait_until(
         Duration::from_secs(10),
         "the finished delivery to expire",
         || async {
-            store.trim().await.unwrap();
-            store.delivery(WS, "msg_e5_0").await.unwrap().is_none()
+            store.trim_partition(p(), EntryId::ZERO).await.unwrap();
+            store.delivery(WS, &ids[0]).await.unwrap().is_none()
         },
     )
     .await;
-    assert!(store.attempts(WS, "msg_e5_0").await.unwrap().is_empty());
     let pending = store
-        .delivery(WS, "msg_e5_1")
+        .delivery(WS, &ids[1])
         .await
         .unwrap()
         .expect("a pending delivery is never trimmed");
-    assert_eq!(pending.status, Status::Pending);
-    let resumed = read_all(&store, partition_of(EP, PARTITIONS), 1).await;
+    assert_eq!(pending.delivery.status, Status::Pending);
+    let resumed = read_all(&store, 1).await;
     assert_eq!(
-        resumed[0].delivery_id, "msg_e5_1",
+        resumed[0].id.to_string(),
+        ids[1],
         "and its job is still there"
     );
 }
 
-#[tokio::test]
-async fn retention_on_redis() {
-    let b = redis_backend_keeping(Duration::from_secs(1)).await;
-    retention_case(b.store.clone()).await;
-}
+conformance!(
+    retention_drops_finished_deliveries_by_age,
+    Retention {
+        time: Duration::from_millis(800),
+        max_per_partition: 1_000_000,
+    },
+    retention_case
+);
 
+conformance!(
+    retention_drops_the_oldest_finished_deliveries_beyond_the_cap,
+    Retention {
+        time: Duration::from_secs(3600),
+        max_per_partition: 3,
+    },
+    |store: Store| async move {
+        let ids = ingest(&store, &[event(6)]).await;
+        let jobs = read_all(&store, 6).await;
+        // 0 stays pending; the others finish.
+        let done: Vec<Outcome> = jobs[1..]
+            .iter()
+            .map(|j| outcome(j, 200, Status::Succeeded))
+            .collect();
+        commit(&store, &done, jobs[0].entry, jobs[5].entry).await;
+        let (dropped, _) = store.trim_partition(p(), EntryId::ZERO).await.unwrap();
+        assert_eq!(
+            dropped, 2,
+            "six held, a cap of three: the oldest finished beyond it"
+        );
+        let kept: Vec<bool> =
+            futures::future::join_all(ids.iter().map(|id| store.delivery(WS, id)))
+                .await
+                .into_iter()
+                .map(|d| d.unwrap().is_some())
+                .collect();
+        assert_eq!(
+            kept,
+            vec![true, false, false, true, true, true],
+            "the pending one stays"
+        );
+    }
+);
+
+/// A commit under a lease that has passed to another node is refused whole.
 #[tokio::test]
-async fn retention_on_redis_cluster() {
-    let cluster = RedisCluster::start();
-    let store = RedisStore::connect(&cluster.url, &prefix("conf"), PARTITIONS)
+async fn a_commit_with_a_stale_lease_is_refused() {
+    let b = redis_backend_keeping(Retention::default()).await;
+    let Store::Redis(redis) = &b.store else {
+        unreachable!()
+    };
+    let mine = redis
+        .acquire_lease(p(), "node-a", 60_000)
         .await
         .unwrap()
-        .with_retention(Duration::from_secs(1));
-    retention_case(Store::Redis(store)).await;
-}
-
-#[tokio::test]
-async fn retention_on_embedded() {
-    let b = embedded_backend_keeping(Duration::from_millis(500));
-    retention_case(b.store.clone()).await;
-}
-
-/// Acknowledged jobs leave the partition stream; pending ones (read, unfinished) stay and are
-/// read again by the next reader.
-async fn trim_jobs_case(redis: RedisStore) {
-    let store = Store::Redis(redis.clone());
-    let p = partition_of(EP, PARTITIONS);
-    store.ingest(WS, &[event("e6", 10, 0)]).await.unwrap();
-    let jobs = read_all(&store, p, 10).await;
-    for job in &jobs[3..] {
-        store
-            .record_attempt(job, &attempt(1, 200), Status::Pending, Status::Succeeded)
-            .await
-            .unwrap();
-    }
-    assert_eq!(
-        redis.trim_jobs(p).await.unwrap(),
-        0,
-        "job 0 is still pending"
+        .unwrap();
+    ingest(&b.store, &[event(1)]).await;
+    let jobs = read_all(&b.store, 1).await;
+    redis.release_lease(p(), &mine).await.unwrap();
+    let theirs = redis
+        .acquire_lease(p(), "node-b", 60_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(mine, theirs);
+    let refused = b
+        .store
+        .commit(
+            p(),
+            Some(&mine),
+            &[outcome(&jobs[0], 200, Status::Succeeded)],
+            Checkpoint::default(),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::StaleLease(_))),
+        "{refused:?}"
     );
-    let resumed = read_all(&store, p, 3).await;
-    let ids: Vec<&str> = resumed.iter().map(|j| j.delivery_id.as_str()).collect();
-    assert_eq!(ids, vec!["msg_e6_0", "msg_e6_1", "msg_e6_2"]);
-    for job in &resumed {
-        store
-            .record_attempt(job, &attempt(1, 200), Status::Pending, Status::Succeeded)
-            .await
-            .unwrap();
-    }
     assert_eq!(
-        redis.trim_jobs(p).await.unwrap(),
-        9,
-        "all but the last delivered entry"
+        b.store
+            .delivery(WS, &jobs[0].id.to_string())
+            .await
+            .unwrap()
+            .unwrap()
+            .delivery
+            .status,
+        Status::Pending
     );
-    store.ingest(WS, &[event("e7", 1, 0)]).await.unwrap();
-    let fresh = read_all(&store, p, 1).await;
-    assert_eq!(fresh[0].delivery_id, "msg_e7_0", "new jobs still flow");
-}
-
-#[tokio::test]
-async fn acknowledged_jobs_are_trimmed_and_pending_ones_kept_on_redis() {
-    let b = redis_backend().await;
-    let Store::Redis(s) = b.store.clone() else {
-        unreachable!()
-    };
-    trim_jobs_case(s).await;
-}
-
-#[tokio::test]
-async fn acknowledged_jobs_are_trimmed_and_pending_ones_kept_on_a_redis_cluster() {
-    let b = redis_cluster_backend().await;
-    let Store::Redis(s) = b.store.clone() else {
-        unreachable!()
-    };
-    trim_jobs_case(s).await;
 }

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::EndpointState;
@@ -37,21 +36,21 @@ impl EndpointState {
             };
             let emitted = async {
                 let Some(ws) = ctx.store.workspace(&ws_id).await? else {
-                    return Ok(0);
+                    return Ok(());
                 };
                 let rules = ctx.rules.get(&ctx.store, &ws_id).await?;
                 let fired = rules.matching(event_type, &event.body);
-                let planned = crate::ingest::plan(
+                crate::ingest::ingest(
                     &ctx.store,
                     &ws,
                     vec![crate::ingest::Fired {
                         event,
-                        key: None,
                         rules: fired,
                     }],
+                    None,
                 )
-                .await?;
-                ctx.store.ingest(&ws_id, &planned).await
+                .await
+                .map(drop)
             };
             if let Err(e) = emitted.await {
                 tracing::warn!(event = event_type, error = %e, "cannot emit an operational event");
@@ -62,7 +61,7 @@ impl EndpointState {
     /// Counts an attempt (and a final outcome) in the node's metrics, and logs a failed one at
     /// `warn` with the ids an operator searches by (a TLS or connect error names the endpoint
     /// here, not only inside the attempt's span).
-    pub(super) fn observe(&self, outcome: &Outcome, status: Status, _from: Status) {
+    pub(super) fn observe(&self, outcome: &Outcome, status: Status) {
         let a = &outcome.attempt;
         if !a.succeeded() {
             let code = a.response.as_ref().map(|r| r.status);
@@ -92,19 +91,6 @@ impl EndpointState {
         );
         if kind == Some("ssrf") {
             crate::telemetry::ssrf_refused(node, "connect");
-        }
-        if status.is_final() {
-            let since = self
-                .loaded
-                .values()
-                .find(|d| d.attempt_count + 1 == a.attempt || d.attempt_count == a.attempt)
-                .and_then(|d| DateTime::parse_from_rfc3339(&d.created_at).ok())
-                .and_then(|t| (Utc::now() - t.with_timezone(&Utc)).to_std().ok());
-            crate::telemetry::delivery_final(
-                node,
-                status.as_str(),
-                since.filter(|_| status == Status::Succeeded),
-            );
         }
     }
 

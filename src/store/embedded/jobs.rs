@@ -1,119 +1,521 @@
-//! Partition jobs in the embedded store: the `jobs` table holds every unfinished job under
-//! `(partition, seq)`; a reader walks its partition in `seq` order from the start, so after a
-//! restart it first meets the jobs that were read but not finished (the "pending" ones), in
-//! order, exactly as the Redis reader replays its pending entries.
+//! The jobs role on the embedded store: ingest, a partition's reader, outcome batches,
+//! requeues and retention, each a single write of the group commit.
 
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use super::{EmbeddedStore, Ks, Tx, backend, entry_key, event_key, fjall_error, key_entry, now_ms};
+use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
+use crate::store::jobs::{Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::record::{
+    Answered, Checkpoint, EventRecord, JobRecord, decode_progress, encode_state, split_ids,
+    state_attempts,
+};
+use crate::store::{Counts, Result};
 
-use super::{EmbeddedStore, JOBS, backend};
-use crate::delivery::Job;
-use crate::store::Result;
+/// Jobs a retention pass looks at.
+const TRIM_BATCH: usize = 2000;
 
-#[derive(Serialize, Deserialize)]
-pub(crate) struct StoredJob {
-    pub w: String,
-    pub e: String,
-    pub d: String,
-    /// A manual retry.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub m: bool,
+/// A dead letter.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeadRecord {
+    d: String,
+    e: String,
+    w: String,
 }
 
-/// A reader of one partition.
+fn job_of(partition: u32, entry: EntryId, value: &[u8]) -> Result<RawJob> {
+    let r: JobRecord = serde_json::from_slice(value)?;
+    let first = r.d.as_deref().and_then(|d| d.parse::<EntryId>().ok());
+    Ok(RawJob {
+        requeued: first.is_some(),
+        job: Job {
+            id: DeliveryId {
+                partition,
+                entry: first.unwrap_or(entry),
+            },
+            entry,
+            workspace: r.w,
+            endpoint_id: r.e,
+            rule_id: r.r,
+            event_id: r.v,
+            event_type: r.t,
+            key: r.k,
+            body: r.b.into(),
+            manual: r.m,
+            progress: Progress::NEW,
+        },
+    })
+}
+
+pub(crate) fn read_job(store: &EmbeddedStore, id: DeliveryId) -> Result<Option<RawJob>> {
+    match store
+        .ks(Ks::Q)
+        .get(entry_key(id.partition, id.entry))
+        .map_err(fjall_error)?
+    {
+        Some(v) => Ok(Some(job_of(id.partition, id.entry, &v)?)),
+        None => Ok(None),
+    }
+}
+
+fn count(tx: &mut Tx, ws: &str, ep: &str, moves: &[(&str, i64)]) -> Result<()> {
+    if moves.is_empty() {
+        return Ok(());
+    }
+    let key = format!("n/{ws}/{ep}");
+    let mut counts: HashMap<String, i64> = tx.get_json(&key)?.unwrap_or_default();
+    for (c, d) in moves {
+        *counts.entry(c.to_string()).or_default() += d;
+    }
+    tx.put_json(&key, &counts)
+}
+
+/// An idempotency record as stored, with its expiry.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Remembered {
+    expires_ms: i64,
+    answer: String,
+}
+
+/// A partition's reader.
 pub struct JobReader {
     store: EmbeddedStore,
     partition: u32,
-    after: u64,
 }
 
 impl EmbeddedStore {
-    pub fn job_reader(&self, partition: u32) -> JobReader {
-        JobReader {
-            store: self.clone(),
-            partition,
-            after: 0,
-        }
-    }
-
-    pub(crate) fn insert_job(
-        jobs: &mut redb::Table<(u32, u64), &'static [u8]>,
-        partition: u32,
-        seq: u64,
-        job: &StoredJob,
-    ) -> Result<()> {
-        let bytes = serde_json::to_vec(job)?;
-        jobs.insert((partition, seq), bytes.as_slice())
-            .map_err(backend)?;
-        Ok(())
-    }
-
-    pub(crate) fn entry_seq(job: &Job) -> Result<u64> {
-        job.entry_id
-            .parse()
-            .map_err(|_| crate::store::StoreError::Corrupt(format!("job id {}", job.entry_id)))
-    }
-
-    pub async fn ack(&self, job: &Job) -> Result<()> {
-        let key = (job.partition, Self::entry_seq(job)?);
-        self.write(move |txn, _| {
-            txn.open_table(JOBS)
-                .map_err(backend)?
-                .remove(key)
-                .map_err(backend)?;
-            Ok(())
+    pub async fn ingest(
+        &self,
+        ws: &str,
+        events: &[NewEvent],
+        idem: Option<&Idempotency>,
+    ) -> Result<Ingested> {
+        let (ws, events, idem) = (ws.to_string(), events.to_vec(), idem.cloned());
+        self.write(move |tx| {
+            let now = chrono::Utc::now().timestamp_millis();
+            let idem_key = idem.as_ref().map(|i| format!("idem/{ws}/{}", i.key));
+            if let (Some(i), Some(k)) = (&idem, &idem_key)
+                && let Some(r) = tx.get_json::<Remembered>(k)?
+                && r.expires_ms > now
+            {
+                let prev = Answered::decode(&r.answer);
+                if prev.fingerprint != i.fingerprint {
+                    return Ok(Ingested::Reused);
+                }
+                return Ok(Ingested::Answered(prev.events));
+            }
+            let mut answer = Vec::with_capacity(events.len());
+            let mut created: HashMap<(u32, String), i64> = HashMap::new();
+            for ev in &events {
+                let mut ids = Vec::with_capacity(ev.deliveries.len());
+                for d in &ev.deliveries {
+                    let entry = tx.next_job(d.partition);
+                    let record = JobRecord {
+                        w: ws.clone(),
+                        e: d.endpoint_id.clone(),
+                        r: d.rule_id,
+                        v: ev.id.clone(),
+                        t: ev.event_type.clone(),
+                        k: d.key.clone(),
+                        b: d.body.to_string(),
+                        d: None,
+                        m: false,
+                    };
+                    tx.put(
+                        Ks::Q,
+                        &entry_key(d.partition, entry),
+                        serde_json::to_vec(&record)?,
+                    );
+                    *created
+                        .entry((d.partition, d.endpoint_id.clone()))
+                        .or_default() += 1;
+                    ids.push(DeliveryId {
+                        partition: d.partition,
+                        entry,
+                    });
+                }
+                let ms = crate::store::log::event_ms(&ev.id).unwrap_or_else(now_ms);
+                let entry = tx.next_event(&ws, ms);
+                let (p, d) = split_ids(&ids);
+                let record = EventRecord {
+                    v: ev.id.clone(),
+                    t: ev.event_type.clone(),
+                    d,
+                    p,
+                    b: ev.deliveries.is_empty().then(|| ev.body.to_string()),
+                };
+                tx.put(Ks::Ev, &event_key(&ws, entry), serde_json::to_vec(&record)?);
+                answer.push((ev.id.clone(), ids.iter().map(|i| i.to_string()).collect()));
+            }
+            for ((_, ep), n) in created {
+                count(tx, &ws, &ep, &[("c", n)])?;
+            }
+            if let (Some(i), Some(k)) = (&idem, &idem_key) {
+                let record = Answered {
+                    fingerprint: i.fingerprint.clone(),
+                    events: answer.clone(),
+                };
+                tx.put_json(
+                    k,
+                    &Remembered {
+                        expires_ms: now + i.ttl_secs as i64 * 1000,
+                        answer: record.encode(),
+                    },
+                )?;
+            }
+            Ok(Ingested::Written(answer))
         })
         .await
     }
-}
 
-impl JobReader {
-    fn next_batch(&mut self, count: usize) -> Result<Vec<Job>> {
-        let txn = self.store.db().begin_read().map_err(backend)?;
-        let table = txn.open_table(JOBS).map_err(backend)?;
+    /// A reader of `partition` that starts after `after` (it counts the jobs after it, once,
+    /// for the lag gauge).
+    pub fn job_reader(&self, partition: u32, after: EntryId) -> JobReader {
+        let start = entry_key(partition, after.next());
+        let end = entry_key(
+            partition,
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            },
+        );
+        let behind = self.ks(Ks::Q).range(start..=end).count() as i64;
+        self.unread(partition).store(behind, Ordering::Relaxed);
+        JobReader {
+            store: self.clone(),
+            partition,
+        }
+    }
+
+    pub fn checkpoint(&self, partition: u32) -> Result<Checkpoint> {
+        Ok(self
+            .get_json::<String>(&format!("ck/{partition}"))?
+            .map(|c| Checkpoint::decode(&c))
+            .unwrap_or_default())
+    }
+
+    pub fn progress(&self, ids: &[DeliveryId]) -> Result<Vec<Option<Progress>>> {
+        ids.iter()
+            .map(|id| {
+                let v = self
+                    .ks(Ks::S)
+                    .get(entry_key(id.partition, id.entry))
+                    .map_err(fjall_error)?;
+                v.map(|v| decode_progress(&String::from_utf8_lossy(&v)))
+                    .transpose()
+            })
+            .collect()
+    }
+
+    pub async fn commit(
+        &self,
+        partition: u32,
+        outcomes: &[Outcome],
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
+        let outcomes = outcomes.to_vec();
+        self.write(move |tx| {
+            for o in &outcomes {
+                let key = entry_key(o.id.partition, o.id.entry);
+                let earlier = match tx.get(Ks::S, &key)? {
+                    Some(v) => state_attempts(&String::from_utf8_lossy(&v)).to_string(),
+                    None => String::new(),
+                };
+                let mut attempts = earlier;
+                if let Some(a) = &o.attempt {
+                    if !attempts.is_empty() {
+                        attempts.push('\n');
+                    }
+                    attempts.push_str(&serde_json::to_string(a)?);
+                }
+                let state = encode_state(&o.progress, &attempts)?;
+                tx.put(Ks::S, &key, state.into_bytes());
+                count(
+                    tx,
+                    &o.workspace,
+                    &o.endpoint_id,
+                    &Counts::moves(o.from, o.progress.status),
+                )?;
+                if o.progress.status == Status::Failed && o.from != Status::Failed {
+                    let entry = tx.next_dead(o.id.partition);
+                    let dead = DeadRecord {
+                        d: o.id.entry.to_string(),
+                        e: o.endpoint_id.clone(),
+                        w: o.workspace.clone(),
+                    };
+                    tx.put(
+                        Ks::Dead,
+                        &entry_key(o.id.partition, entry),
+                        serde_json::to_vec(&dead)?,
+                    );
+                }
+            }
+            tx.put_json(&format!("ck/{partition}"), &checkpoint.encode())
+        })
+        .await
+    }
+
+    pub async fn requeue(
+        &self,
+        ws: &str,
+        id: DeliveryId,
+        from: &[Status],
+        manual: bool,
+    ) -> Result<bool> {
+        let (ws, from) = (ws.to_string(), from.to_vec());
+        self.write(move |tx| {
+            let key = entry_key(id.partition, id.entry);
+            let Some(value) = tx.get(Ks::Q, &key)? else {
+                return Ok(false);
+            };
+            let mut record: JobRecord = serde_json::from_slice(&value)?;
+            if record.w != ws || record.d.is_some() {
+                return Ok(false);
+            }
+            let Some(state) = tx.get(Ks::S, &key)? else {
+                return Ok(false);
+            };
+            let state = String::from_utf8_lossy(&state).into_owned();
+            let progress = decode_progress(&state)?;
+            if !from.contains(&progress.status) {
+                return Ok(false);
+            }
+            let fresh = Progress {
+                status: Status::Pending,
+                next_attempt_ms: None,
+                throttled_since_ms: None,
+                ..progress
+            };
+            tx.put(
+                Ks::S,
+                &key,
+                encode_state(&fresh, state_attempts(&state))?.into_bytes(),
+            );
+            count(
+                tx,
+                &ws,
+                &record.e,
+                &Counts::moves(progress.status, Status::Pending),
+            )?;
+            record.d = Some(id.entry.to_string());
+            record.m = manual;
+            let entry = tx.next_job(id.partition);
+            tx.put(
+                Ks::Q,
+                &entry_key(id.partition, entry),
+                serde_json::to_vec(&record)?,
+            );
+            Ok(true)
+        })
+        .await
+    }
+
+    pub fn dead_letters(
+        &self,
+        ws: &str,
+        endpoint: &str,
+        partition: u32,
+        since_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<Vec<DeliveryId>> {
+        let from = entry_key(
+            partition,
+            EntryId {
+                ms: since_ms.max(0) as u64,
+                seq: 0,
+            },
+        );
+        let to = entry_key(
+            partition,
+            EntryId {
+                ms: until_ms.map_or(u64::MAX, |u| u.max(0) as u64),
+                seq: u64::MAX,
+            },
+        );
         let mut out = Vec::new();
-        for item in table
-            .range((self.partition, self.after + 1)..=(self.partition, u64::MAX))
-            .map_err(backend)?
-            .take(count)
-        {
-            let (k, v) = item.map_err(backend)?;
-            let (_, seq) = k.value();
-            let stored: StoredJob = serde_json::from_slice(v.value())?;
-            self.after = seq;
-            self.store
-                .unread(self.partition)
-                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            out.push(Job {
-                partition: self.partition,
-                entry_id: seq.to_string(),
-                workspace: stored.w,
-                endpoint_id: stored.e,
-                delivery_id: stored.d,
-                fence: None,
-                manual: stored.m,
-            });
+        for g in self.ks(Ks::Dead).range(from..=to) {
+            let v = g.value().map_err(fjall_error)?;
+            let dead: DeadRecord = serde_json::from_slice(&v)?;
+            if dead.w == ws
+                && dead.e == endpoint
+                && let Ok(entry) = dead.d.parse()
+            {
+                out.push(DeliveryId { partition, entry });
+            }
         }
         Ok(out)
     }
 
-    /// Jobs written and not yet read.
+    /// One retention pass over a partition's oldest jobs from `from` on (and its dead letters
+    /// older than the retention).
+    pub async fn trim_partition(&self, partition: u32, from: EntryId) -> Result<(u64, EntryId)> {
+        let retention = self.settings().retention;
+        let cutoff = (chrono::Utc::now().timestamp_millis() - retention.time.as_millis() as i64)
+            .max(0) as u64;
+        let start = entry_key(partition, from.next());
+        let end = entry_key(
+            partition,
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            },
+        );
+        let held = self.jobs_held(partition);
+        let over = held.saturating_sub(retention.max_per_partition);
+        let mut candidates: Vec<(EntryId, Option<EntryId>)> = Vec::new();
+        let mut next = EntryId::ZERO;
+        let mut young = false;
+        let mut seen = 0;
+        for g in self.ks(Ks::Q).range(start..=end) {
+            let (k, v) = g.into_inner().map_err(fjall_error)?;
+            let Some((_, entry)) = key_entry(&k) else {
+                continue;
+            };
+            if entry.ms >= cutoff && (seen as u64) >= over {
+                young = true;
+                break;
+            }
+            seen += 1;
+            let record: JobRecord = serde_json::from_slice(&v)?;
+            candidates.push((entry, record.d.and_then(|d| d.parse().ok())));
+            next = entry;
+            if seen == TRIM_BATCH {
+                break;
+            }
+        }
+        if young || seen < TRIM_BATCH {
+            next = EntryId::ZERO;
+        }
+        let dead_end = entry_key(partition, EntryId { ms: cutoff, seq: 0 });
+        let dead: Vec<Vec<u8>> = self
+            .ks(Ks::Dead)
+            .range(entry_key(partition, EntryId::ZERO)..dead_end)
+            .take(TRIM_BATCH)
+            .filter_map(|g| g.key().ok().map(|k| k.to_vec()))
+            .collect();
+        let events = if partition == 0 {
+            self.old_events(cutoff)?
+        } else {
+            Vec::new()
+        };
+        if candidates.is_empty() && dead.is_empty() && events.is_empty() {
+            return Ok((0, next));
+        }
+        let removed = self
+            .write(move |tx| {
+                let mut removed = 0u64;
+                for (entry, first) in &candidates {
+                    let state_key = entry_key(partition, first.unwrap_or(*entry));
+                    let state = tx.get(Ks::S, &state_key)?;
+                    let final_ = match &state {
+                        Some(s) => decode_progress(&String::from_utf8_lossy(s))?
+                            .status
+                            .is_final(),
+                        None => first.is_some(),
+                    };
+                    if final_ {
+                        tx.remove(Ks::Q, &entry_key(partition, *entry));
+                        if first.is_none() {
+                            tx.remove(Ks::S, &state_key);
+                        }
+                        removed += 1;
+                    }
+                }
+                for k in &dead {
+                    tx.remove(Ks::Dead, k);
+                }
+                for k in &events {
+                    tx.remove(Ks::Ev, k);
+                }
+                Ok(removed)
+            })
+            .await?;
+        self.held(partition)
+            .fetch_sub(removed as i64, Ordering::Relaxed);
+        Ok((removed, next))
+    }
+
+    /// Keys of events older than `cutoff_ms` (up to a batch), over every workspace: the event
+    /// log's retention, run with partition 0's.
+    fn old_events(&self, cutoff_ms: u64) -> Result<Vec<Vec<u8>>> {
+        let mut out = Vec::new();
+        for key in self.scan_keys("ws/")? {
+            let ws = &key["ws/".len()..];
+            let from = event_key(ws, EntryId::ZERO);
+            let to = event_key(
+                ws,
+                EntryId {
+                    ms: cutoff_ms,
+                    seq: 0,
+                },
+            );
+            for g in self.ks(Ks::Ev).range(from..to).take(TRIM_BATCH - out.len()) {
+                out.push(g.key().map_err(fjall_error)?.to_vec());
+            }
+            if out.len() >= TRIM_BATCH {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Jobs of a partition still in the log (for the cap).
+    fn jobs_held(&self, partition: u32) -> u64 {
+        let held = self.held(partition);
+        if held.load(Ordering::Relaxed) < 0 {
+            let n = self.ks(Ks::Q).prefix(partition.to_be_bytes()).count() as i64;
+            held.store(n, Ordering::Relaxed);
+        }
+        held.load(Ordering::Relaxed).max(0) as u64
+    }
+}
+
+impl JobReader {
+    fn next_batch(&self, after: EntryId, count: usize) -> Result<Vec<RawJob>> {
+        let start = entry_key(self.partition, after.next());
+        let end = entry_key(
+            self.partition,
+            EntryId {
+                ms: u64::MAX,
+                seq: u64::MAX,
+            },
+        );
+        let mut out = Vec::new();
+        for g in self.store.ks(Ks::Q).range(start..=end).take(count) {
+            let (k, v) = g.into_inner().map_err(fjall_error)?;
+            let (_, entry) = key_entry(&k).ok_or_else(|| backend("a job key of another shape"))?;
+            out.push(job_of(self.partition, entry, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Up to `count` jobs after `after`, waiting up to `block` for new ones.
+    pub async fn read(
+        &mut self,
+        after: EntryId,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<RawJob>> {
+        let mut jobs = self.next_batch(after, count)?;
+        if jobs.is_empty() {
+            // A write between the scan and this wait leaves a permit in the Notify: no lost
+            // wake-up.
+            let _ = tokio::time::timeout(block, self.store.wake(self.partition).notified()).await;
+            jobs = self.next_batch(after, count)?;
+        }
+        self.store
+            .unread(self.partition)
+            .fetch_sub(jobs.len() as i64, Ordering::Relaxed);
+        Ok(jobs)
+    }
+
+    /// Jobs after the reader's position.
     pub fn lag(&self) -> i64 {
         self.store
             .unread(self.partition)
-            .load(std::sync::atomic::Ordering::Relaxed)
+            .load(Ordering::Relaxed)
             .max(0)
-    }
-
-    /// Up to `count` jobs after the last one read, waiting up to `block` for new ones.
-    pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Job>> {
-        let jobs = self.next_batch(count)?;
-        if !jobs.is_empty() {
-            return Ok(jobs);
-        }
-        // A write between the scan and this wait leaves a permit in the Notify: no lost wake-up.
-        let _ = tokio::time::timeout(block, self.store.wake(self.partition).notified()).await;
-        self.next_batch(count)
     }
 }

@@ -173,24 +173,15 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Entries of a partition not yet read by its consumer (`lag`) and read but unfinished
-    /// (`pending`), from `XINFO GROUPS`.
-    pub async fn partition_lag(&self, partition: u32) -> Result<(i64, i64)> {
-        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, redis::Value>>> =
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(self.stream_key(partition))
-                .query_async(&mut self.conn())
-                .await;
-        let Ok(groups) = groups else {
-            return Ok((0, 0));
-        };
-        let int = |v: Option<&redis::Value>| match v {
-            Some(redis::Value::Int(n)) => *n,
-            _ => 0,
-        };
-        Ok(groups
-            .first()
-            .map_or((0, 0), |g| (int(g.get("lag")), int(g.get("pending")))))
+    /// A partition's log length (jobs not yet dropped by retention) and its checkpoint.
+    pub async fn partition_summary(
+        &self,
+        partition: u32,
+    ) -> Result<(u64, crate::store::Checkpoint)> {
+        let len: u64 = redis::cmd("XLEN")
+            .arg(self.stream_key(partition))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok((len, self.checkpoint(partition).await?))
     }
 }

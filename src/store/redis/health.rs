@@ -1,22 +1,15 @@
-//! Endpoint health: the breaker and failure clock an endpoint actor persists, and the delivery
-//! counts kept up to date by every status change, so any node can answer
-//! `GET /v1/endpoints/{id}` without asking the owner.
-
-use std::collections::HashMap;
+//! Endpoint health: the breaker and failure clock an endpoint actor persists, so any node can
+//! answer `GET /v1/endpoints/{id}` without asking the owner (the counts are kept by ingest and
+//! the outcome commits, in `jobs`).
 
 use redis::AsyncCommands;
 
 use super::RedisStore;
-use crate::store::{Counts, Health, Result};
+use crate::store::{Health, Result};
 
 impl RedisStore {
     pub(crate) fn health_key(&self, ws: &str, ep: &str) -> String {
         self.ws_key(ws, &format!("ep:{ep}:health"))
-    }
-
-    /// In the endpoint's partition slot: every status change moves it in the same script.
-    pub(crate) fn stats_key(&self, ws: &str, ep: &str) -> String {
-        self.part_key(self.partition_of(ep), ws, &format!("ep:{ep}:stats"))
     }
 
     pub async fn save_health(&self, ws: &str, ep: &str, health: &Health) -> Result<()> {
@@ -33,10 +26,5 @@ impl RedisStore {
             .map(|j| serde_json::from_str(&j))
             .transpose()?
             .unwrap_or_default())
-    }
-
-    pub async fn counts(&self, ws: &str, ep: &str) -> Result<Counts> {
-        let h: HashMap<String, i64> = self.conn().hgetall(self.stats_key(ws, ep)).await?;
-        Ok(Counts::from_map(&h))
     }
 }

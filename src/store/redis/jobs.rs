@@ -1,36 +1,275 @@
-//! Reading a partition's job stream as its fixed consumer.
+//! The jobs role on Redis: ingest scripts, a partition's reader, group-committed outcomes,
+//! requeues and retention.
 //!
-//! Each partition is read as consumer `p<N>` of group `dispatch`, whichever node owns it, so
-//! a node taking a partition over inherits the previous owner's pending entries. A reader first
-//! replays its pending entries (id `0`, in stream order), then reads new ones (`>`).
+//! Per delivery (one event with one delivery, no retries) this is five commands inside
+//! scripts: at ingest `XADD` of the job, `XADD` of the event, `HINCRBY` of the endpoint's
+//! created count (one per endpoint and request); at the outcome `HSET` of the delivery's state
+//! and `HINCRBY` of its status count. The scripts, the partition reads and the checkpoint cost
+//! one call per request or batch, not per delivery.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, Value};
+use redis::Value;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 
-use super::{Conn, GROUP, RedisStore};
-use crate::delivery::Job;
-use crate::store::Result;
+use super::{Conn, RedisStore};
+use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
+use crate::store::jobs::{Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::record::{Answered, Checkpoint, decode_progress};
+use crate::store::{Counts, Result, StoreError};
 
-enum Phase {
-    /// Replaying this consumer's pending entries after the given id.
-    Pending(String),
-    New,
+/// Ingest on one Redis, one call per request: the idempotency check, every job, the events
+/// (each after the workspace log's newest entry, at the event id's time or later, so an id
+/// finds its event from its time), the endpoints' created counts and the idempotency record.
+/// The script only moves arguments into commands: ids, fields and counts are built by the
+/// caller, so its cost is the commands it makes.
+///
+/// KEYS: event log, idempotency record, then the jobs streams and counts of the partitions
+/// touched. ARGV: workspace, `1` with an idempotency key, its fingerprint, its TTL, the event
+/// log's MINID bound and cap, the number of events, the number of count moves; per event: id,
+/// unix ms of the id, type, body (only when it has no delivery), its deliveries' partitions
+/// (space-separated), number of deliveries; per delivery: KEYS index of its stream, endpoint,
+/// rule, ordering key, body; per count move: KEYS index, field, increment.
+/// Returns `{'=', record}` (the key was used with these events), `{'!'}` (with others), or
+/// `{'+', entries of event 1, entries of event 2, ...}`.
+const INGEST: &str = r#"
+local ws = ARGV[1]
+if ARGV[2] == '1' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then
+    local nl = string.find(prev, '\n', 1, true)
+    local fp = prev
+    if nl then fp = string.sub(prev, 1, nl - 1) end
+    if fp == ARGV[3] then return {'=', prev} end
+    return {'!'}
+  end
+end
+local head = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = 0
+if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
+local out = {'+'}
+local lines = {}
+local a = 9
+for e = 1, tonumber(ARGV[7]) do
+  local id, ems, etype, ebody, parts, n = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+  a = a + 6
+  local jids = {}
+  for i = 1, n do
+    jids[i] = redis.call('XADD', KEYS[tonumber(ARGV[a])], '*', 'w', ws, 'e', ARGV[a + 1],
+      'r', ARGV[a + 2], 'v', id, 't', etype, 'k', ARGV[a + 3], 'b', ARGV[a + 4])
+    a = a + 5
+  end
+  if ems < last then ems = last end
+  last = ems
+  local d = table.concat(jids, ' ')
+  local at = string.format('%.0f', ems) .. '-*'
+  if ebody ~= '' then
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], at, 'v', id, 't', etype, 'd', d, 'p', parts, 'b', ebody)
+  else
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], at, 'v', id, 't', etype, 'd', d, 'p', parts)
+  end
+  out[#out + 1] = d
+  if ARGV[2] == '1' then lines[#lines + 1] = id .. '|' .. parts .. '|' .. d end
+end
+for i = 1, tonumber(ARGV[8]) do
+  redis.call('HINCRBY', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2])
+  a = a + 3
+end
+if last % 64 == 0 and tonumber(ARGV[6]) > 0 then
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[6])
+end
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[2], ARGV[3] .. '\n' .. table.concat(lines, '\n'), 'EX', ARGV[4])
+end
+return out
+"#;
+
+/// Redis Cluster, step 1 of an idempotent ingest (the workspace's slot): claims the key for
+/// the fingerprint with the event ids. KEYS: idempotency record. ARGV: fingerprint, event ids
+/// (space-separated), TTL. Returns `+` (claimed), `!` (used with other events), or what the key
+/// holds: `#ids` (claimed, not finished: the same event ids again) or `=answer`.
+const CLAIM: &str = r#"
+local prev = redis.call('GET', KEYS[1])
+if not prev then
+  redis.call('SET', KEYS[1], ARGV[1] .. '\n#' .. ARGV[2], 'EX', ARGV[3])
+  return '+'
+end
+local nl = string.find(prev, '\n', 1, true)
+local fp, rest = prev, ''
+if nl then fp = string.sub(prev, 1, nl - 1); rest = string.sub(prev, nl + 1) end
+if fp ~= ARGV[1] then return '!' end
+if string.sub(rest, 1, 1) == '#' then return rest end
+return '=' .. prev
+"#;
+
+/// Redis Cluster, step 2 (one partition's slot): the partition's jobs and counts; with a key,
+/// only once (a marker holds the entries written, for a retry). KEYS: jobs stream, counts,
+/// marker. ARGV: workspace, `1` with a key, TTL, the number of jobs, the number of count
+/// moves; per job: event id, type, endpoint, rule, ordering key, body; per count move: field,
+/// increment. Returns the jobs' entries, space-separated.
+const PART: &str = r#"
+if ARGV[2] == '1' then
+  local done = redis.call('GET', KEYS[3])
+  if done then return done end
+end
+local ws = ARGV[1]
+local ids = {}
+local a = 6
+for i = 1, tonumber(ARGV[4]) do
+  ids[i] = redis.call('XADD', KEYS[1], '*', 'w', ws, 'e', ARGV[a + 2], 'r', ARGV[a + 3],
+    'v', ARGV[a], 't', ARGV[a + 1], 'k', ARGV[a + 4], 'b', ARGV[a + 5])
+  a = a + 6
+end
+for i = 1, tonumber(ARGV[5]) do
+  redis.call('HINCRBY', KEYS[2], ARGV[a], ARGV[a + 1])
+  a = a + 2
+end
+local out = table.concat(ids, ' ')
+if ARGV[2] == '1' then redis.call('SET', KEYS[3], out, 'EX', ARGV[3]) end
+return out
+"#;
+
+/// Redis Cluster, step 3 (the workspace's slot): the events, and with a key the answer, once:
+/// if the key's claim was already answered, its answer is returned and nothing is written.
+/// KEYS: event log, idempotency record. ARGV: `1` with a key, TTL, MINID bound, cap, the
+/// answer to store, the number of events, then per event: unix ms, id, type, its deliveries'
+/// entries and partitions (space-separated), body (or empty). Returns `=answer` or `+`.
+const EVENTS: &str = r#"
+if ARGV[1] == '1' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then
+    local nl = string.find(prev, '\n', 1, true)
+    if nl and string.sub(prev, nl + 1, nl + 1) ~= '#' then return '=' .. prev end
+  end
+end
+local head = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local last = 0
+if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
+local a = 7
+for e = 1, tonumber(ARGV[6]) do
+  local ems = tonumber(ARGV[a])
+  if ems < last then ems = last end
+  last = ems
+  local id = string.format('%.0f', ems) .. '-*'
+  if ARGV[a + 5] ~= '' then
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], id, 'v', ARGV[a + 1], 't', ARGV[a + 2], 'd', ARGV[a + 3], 'p', ARGV[a + 4], 'b', ARGV[a + 5])
+  else
+    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], id, 'v', ARGV[a + 1], 't', ARGV[a + 2], 'd', ARGV[a + 3], 'p', ARGV[a + 4])
+  end
+  a = a + 6
+end
+if last % 64 == 0 and tonumber(ARGV[4]) > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[4]) end
+if ARGV[1] == '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[2]) end
+return '+'
+"#;
+
+/// A batch of one partition's outcomes, fenced by its lease: each delivery's state (its
+/// progress, its earlier attempts when `append`, the new attempt), the dead letter of newly
+/// failed ones, the counts and the checkpoint. KEYS: lease, states, counts, dead letter,
+/// checkpoint. ARGV: holder (`""`: not fenced), checkpoint, dead-letter MINID bound, number of
+/// outcomes, number of count moves; per outcome: entry, the state (without `append`: whole;
+/// with it: the progress line), the attempt line (with `append`), `1` to append, `1` for the
+/// dead letter, workspace, endpoint; per count move: field, delta.
+const COMMIT: &str = r#"
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('STALE_LEASE this node no longer owns the partition')
+end
+local a = 6
+for i = 1, tonumber(ARGV[4]) do
+  local id, value = ARGV[a], ARGV[a + 1]
+  if ARGV[a + 3] == '1' then
+    local old = redis.call('HGET', KEYS[2], id)
+    if old then
+      local nl = string.find(old, '\n', 1, true)
+      if nl then value = value .. '\n' .. string.sub(old, nl + 1) end
+    end
+    if ARGV[a + 2] ~= '' then value = value .. '\n' .. ARGV[a + 2] end
+  end
+  redis.call('HSET', KEYS[2], id, value)
+  if ARGV[a + 4] == '1' then
+    redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[3], '*', 'd', id, 'e', ARGV[a + 6], 'w', ARGV[a + 5])
+  end
+  a = a + 7
+end
+for i = 1, tonumber(ARGV[5]) do
+  redis.call('HINCRBY', KEYS[3], ARGV[a], ARGV[a + 1])
+  a = a + 2
+end
+redis.call('SET', KEYS[5], ARGV[2])
+return 1
+"#;
+
+/// Puts a finished delivery back in its partition's log (a manual retry, a replay), only if
+/// its status is one of those given, so two replays of one window send it once. Its state
+/// becomes pending (its attempts are kept) and a copy of its job is appended, naming the
+/// delivery (`d`) and, for a manual retry, `m`. KEYS: jobs stream, states, counts. ARGV:
+/// entry, workspace, allowed statuses (space-separated), `1` for a manual retry.
+const REQUEUE: &str = r#"
+local job = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #job == 0 then return 0 end
+local fields = job[1][2]
+local f = {}
+for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+if f['w'] ~= ARGV[2] or f['d'] then return 0 end
+local state = redis.call('HGET', KEYS[2], ARGV[1])
+if not state then return 0 end
+local nl = string.find(state, '\n', 1, true)
+local header, rest = state, ''
+if nl then header = string.sub(state, 1, nl - 1); rest = string.sub(state, nl) end
+local p = cjson.decode(header)
+if not string.find(' ' .. ARGV[3] .. ' ', ' ' .. p['s'] .. ' ', 1, true) then return 0 end
+local fresh = '{"s":"pending","n":' .. tostring(p['n'] or 0) .. ',"f":' .. tostring(p['f'] or 0) .. '}'
+redis.call('HSET', KEYS[2], ARGV[1], fresh .. rest)
+local counter = ({succeeded = 's', failed = 'f', retrying = 'r'})[p['s']]
+if counter then redis.call('HINCRBY', KEYS[3], f['w'] .. '|' .. f['e'] .. '|' .. counter, -1) end
+redis.call('XADD', KEYS[1], '*', 'w', f['w'], 'e', f['e'], 'r', f['r'], 'v', f['v'], 't', f['t'],
+  'k', f['k'] or '', 'b', f['b'], 'd', ARGV[1], 'm', ARGV[4])
+return 1
+"#;
+
+/// Retention of one partition: of the candidate jobs given (old enough, or beyond the cap),
+/// drops those whose delivery is final, with their state (a copy's state is its delivery's,
+/// dropped with the delivery's first job; a copy whose state is gone is dropped too). Checked
+/// here, in one step, so a requeue between the caller's read and this call cannot lose its
+/// delivery's state. KEYS: jobs stream, states. ARGV: pairs of (entry, the state's key).
+const TRIM: &str = r#"
+local dels = {}
+for i = 1, #ARGV, 2 do
+  local entry, key = ARGV[i], ARGV[i + 1]
+  local state = redis.call('HGET', KEYS[2], key)
+  local final = state and (string.find(state, '^{"s":"succeeded"') or string.find(state, '^{"s":"failed"'))
+  if final or (not state and entry ~= key) then
+    dels[#dels + 1] = entry
+    if entry == key then redis.call('HDEL', KEYS[2], key) end
+  end
+end
+if #dels > 0 then redis.call('XDEL', KEYS[1], unpack(dels)) end
+return #dels
+"#;
+
+macro_rules! script {
+    ($name:ident, $src:ident) => {
+        static $name: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new($src));
+    };
 }
+script!(INGEST_SCRIPT, INGEST);
+script!(CLAIM_SCRIPT, CLAIM);
+script!(PART_SCRIPT, PART);
+script!(EVENTS_SCRIPT, EVENTS);
+script!(COMMIT_SCRIPT, COMMIT);
+script!(REQUEUE_SCRIPT, REQUEUE);
+script!(TRIM_SCRIPT, TRIM);
 
-/// A partition's reader, on a connection of its own (blocking reads must not share one).
-pub struct JobReader {
-    conn: Conn,
-    stream: String,
-    consumer: String,
-    partition: u32,
-    phase: Phase,
-    /// The lease holder the jobs are read under (stamped on each job for fenced writes).
-    fence: Option<String>,
-}
+/// Deliveries written per script call at most (a call holds the Redis thread while it runs,
+/// and every other command waits behind it); a request that makes more is split in calls made
+/// in order.
+const MAX_PER_CALL: usize = 500;
+/// Jobs a retention pass looks at.
+const TRIM_BATCH: usize = 2000;
 
-fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<String> {
+pub(crate) fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<String> {
     match map.get(k)? {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -38,163 +277,604 @@ fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> Option<Stri
     }
 }
 
-impl RedisStore {
-    /// Opens a reader for `partition`, creating the stream and group when missing.
-    pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
-        let conn = self.target.blocking().await?;
-        let mut reader = JobReader {
-            conn,
-            stream: self.stream_key(partition),
-            consumer: format!("p{partition}"),
+/// A job from its stream entry, `None` for an entry that is not a job.
+pub(crate) fn job_of(
+    partition: u32,
+    id: &str,
+    map: &std::collections::HashMap<String, Value>,
+) -> Option<RawJob> {
+    let entry: EntryId = id.parse().ok()?;
+    let first = field(map, "d").and_then(|d| d.parse::<EntryId>().ok());
+    let job = Job {
+        id: DeliveryId {
             partition,
-            phase: Phase::Pending("0".into()),
-            fence: None,
-        };
-        reader.ensure_group().await?;
-        Ok(reader)
-    }
+            entry: first.unwrap_or(entry),
+        },
+        entry,
+        workspace: field(map, "w")?,
+        endpoint_id: field(map, "e")?,
+        rule_id: field(map, "r")?.parse().ok()?,
+        event_id: field(map, "v").unwrap_or_default(),
+        event_type: field(map, "t").unwrap_or_default(),
+        key: field(map, "k").unwrap_or_default(),
+        body: field(map, "b").unwrap_or_default().into(),
+        manual: field(map, "m").as_deref() == Some("1"),
+        progress: Progress::NEW,
+    };
+    Some(RawJob {
+        job,
+        requeued: first.is_some(),
+    })
+}
+
+/// A partition's reader, on a connection of its own (a blocking read must not share one).
+pub struct JobReader {
+    conn: Conn,
+    stream: String,
+    partition: u32,
+    /// Where the reader stood the last time it caught up with the stream, as
+    /// (`entries-added` then, entries read since): the lag is the difference.
+    caught_up: Option<(u64, u64)>,
 }
 
 impl RedisStore {
-    /// Drops the partition's acknowledged jobs from its stream (an acknowledged entry stays in
-    /// a stream until trimmed). Everything below both the oldest pending entry and the group's
-    /// last-delivered id is acknowledged, and that bound only moves forward (new pending
-    /// entries come from new reads, above it), so reading it and trimming need no atomicity.
-    /// Returns the entries removed.
-    pub async fn trim_jobs(&self, partition: u32) -> Result<u64> {
+    pub(crate) fn stream_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:q"))
+    }
+
+    pub(crate) fn states_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:s"))
+    }
+
+    pub(crate) fn counts_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:n"))
+    }
+
+    pub(crate) fn dead_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:dead"))
+    }
+
+    fn checkpoint_key(&self, partition: u32) -> String {
+        self.key(&format!("{{p{partition}}}:ck"))
+    }
+
+    pub(crate) fn events_key(&self, ws: &str) -> String {
+        self.ws_key(ws, "ev")
+    }
+
+    fn idem_key(&self, ws: &str, key: &str) -> String {
+        self.ws_key(ws, &format!("idem:{key}"))
+    }
+
+    /// The cutoff of the time retention, as a stream id bound.
+    fn cutoff(&self) -> String {
+        self.retention_cutoff_ms().max(0).to_string()
+    }
+
+    pub async fn ingest(
+        &self,
+        ws: &str,
+        events: &[NewEvent],
+        idem: Option<&Idempotency>,
+    ) -> Result<Ingested> {
+        let total: usize = events.iter().map(|e| e.deliveries.len()).sum();
+        if self.is_cluster() || (total > MAX_PER_CALL && idem.is_some()) {
+            // A cluster's slots, or a keyed request too large for one call: the steps of the
+            // cluster protocol (claim, partitions, events), each once for the key.
+            return self.ingest_on_cluster(ws, events, idem).await;
+        }
+        if total > MAX_PER_CALL {
+            // One call at a time, in order, so a long request never holds Redis for long.
+            let mut answer = Vec::with_capacity(events.len());
+            let mut start = 0;
+            while start < events.len() {
+                let mut end = start;
+                let mut n = 0;
+                while end < events.len()
+                    && (end == start || n + events[end].deliveries.len() <= MAX_PER_CALL)
+                {
+                    n += events[end].deliveries.len();
+                    end += 1;
+                }
+                match self.ingest_one_call(ws, &events[start..end], None).await? {
+                    Ingested::Written(a) => answer.extend(a),
+                    other => return Ok(other),
+                }
+                start = end;
+            }
+            return Ok(Ingested::Written(answer));
+        }
+        self.ingest_one_call(ws, events, idem).await
+    }
+
+    /// One call of the ingest script for `events`.
+    async fn ingest_one_call(
+        &self,
+        ws: &str,
+        events: &[NewEvent],
+        idem: Option<&Idempotency>,
+    ) -> Result<Ingested> {
+        let mut inv = INGEST_SCRIPT.prepare_invoke();
+        inv.key(self.events_key(ws));
+        inv.key(match idem {
+            Some(i) => self.idem_key(ws, &i.key),
+            None => self.ws_key(ws, "idem:"),
+        });
+        // KEYS indexes (1-based, as Lua sees them) of each partition's stream; its counts key
+        // follows it.
+        let mut slot: BTreeMap<u32, usize> = BTreeMap::new();
+        let mut next_key = 3;
+        for e in events {
+            for d in &e.deliveries {
+                slot.entry(d.partition).or_insert_with(|| {
+                    inv.key(self.stream_key(d.partition));
+                    inv.key(self.counts_key(d.partition));
+                    next_key += 2;
+                    next_key - 2
+                });
+            }
+        }
+        let mut created: BTreeMap<(usize, &str), i64> = BTreeMap::new();
+        for e in events {
+            for d in &e.deliveries {
+                *created
+                    .entry((slot[&d.partition] + 1, &d.endpoint_id))
+                    .or_default() += 1;
+            }
+        }
+        inv.arg(ws)
+            .arg(if idem.is_some() { "1" } else { "0" })
+            .arg(idem.map_or("", |i| i.fingerprint.as_str()))
+            .arg(idem.map_or(1, |i| i.ttl_secs.max(1)))
+            .arg(self.cutoff())
+            .arg(self.retention.max_per_partition)
+            .arg(events.len())
+            .arg(created.len());
+        for e in events {
+            let parts: Vec<String> = e
+                .deliveries
+                .iter()
+                .map(|d| d.partition.to_string())
+                .collect();
+            inv.arg(&e.id)
+                .arg(crate::store::log::event_ms(&e.id).unwrap_or(0))
+                .arg(&e.event_type)
+                .arg(if e.deliveries.is_empty() {
+                    e.body.as_bytes()
+                } else {
+                    b""
+                })
+                .arg(parts.join(" "))
+                .arg(e.deliveries.len());
+            for d in &e.deliveries {
+                inv.arg(slot[&d.partition])
+                    .arg(&d.endpoint_id)
+                    .arg(d.rule_id)
+                    .arg(&d.key)
+                    .arg(d.body.as_bytes());
+            }
+        }
+        for ((counts, ep), n) in &created {
+            inv.arg(*counts).arg(format!("{ws}|{ep}|c")).arg(*n);
+        }
+        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        Ok(match reply.first().map(String::as_str) {
+            Some("!") => Ingested::Reused,
+            Some("=") => {
+                Ingested::Answered(Answered::decode(reply.get(1).map_or("", String::as_str)).events)
+            }
+            _ => Ingested::Written(
+                events
+                    .iter()
+                    .zip(reply.iter().skip(1))
+                    .map(|(e, entries)| (e.id.clone(), delivery_ids(e, entries)))
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Ingest on a Redis Cluster: the claim (with a key), one call per partition, then the
+    /// events and the answer; see [`CLAIM`], [`PART`], [`EVENTS`]. A crash between the steps
+    /// is repaired by the same request again (its key's claim and markers make each step
+    /// once); without a key it can leave jobs whose event is not in the event log.
+    async fn ingest_on_cluster(
+        &self,
+        ws: &str,
+        events: &[NewEvent],
+        idem: Option<&Idempotency>,
+    ) -> Result<Ingested> {
+        let mut ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        if let Some(i) = idem {
+            let claim: String = CLAIM_SCRIPT
+                .key(self.idem_key(ws, &i.key))
+                .arg(&i.fingerprint)
+                .arg(ids.join(" "))
+                .arg(i.ttl_secs.max(1))
+                .invoke_async(&mut self.conn())
+                .await?;
+            match claim.as_bytes().first() {
+                Some(b'!') => return Ok(Ingested::Reused),
+                Some(b'=') => return Ok(Ingested::Answered(Answered::decode(&claim[1..]).events)),
+                Some(b'#') => {
+                    let claimed: Vec<String> = claim[1..].split(' ').map(str::to_string).collect();
+                    if claimed.len() == ids.len() {
+                        ids = claimed;
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut by_partition: BTreeMap<u32, Vec<(usize, &crate::delivery::NewDelivery)>> =
+            BTreeMap::new();
+        for (e, ev) in events.iter().enumerate() {
+            for d in &ev.deliveries {
+                by_partition.entry(d.partition).or_default().push((e, d));
+            }
+        }
+        let keyed = idem.is_some();
+        let ids_ref = &ids;
+        let writes = by_partition.iter().map(|(p, group)| async move {
+            let mut written: Vec<DeliveryId> = Vec::with_capacity(group.len());
+            for (n, chunk) in group.chunks(MAX_PER_CALL).enumerate() {
+                let marker = match idem {
+                    Some(i) => self.key(&format!("{{p{p}}}:idem:{ws}:{}:{n}", i.key)),
+                    None => self.key(&format!("{{p{p}}}:idem:")),
+                };
+                let mut created: BTreeMap<&str, i64> = BTreeMap::new();
+                for (_, d) in chunk {
+                    *created.entry(&d.endpoint_id).or_default() += 1;
+                }
+                let mut inv = PART_SCRIPT.prepare_invoke();
+                inv.key(self.stream_key(*p))
+                    .key(self.counts_key(*p))
+                    .key(marker)
+                    .arg(ws)
+                    .arg(if keyed { "1" } else { "0" })
+                    .arg(idem.map_or(1, |i| i.ttl_secs.max(1)))
+                    .arg(chunk.len())
+                    .arg(created.len());
+                for (e, d) in chunk {
+                    inv.arg(&ids_ref[*e])
+                        .arg(&events[*e].event_type)
+                        .arg(&d.endpoint_id)
+                        .arg(d.rule_id)
+                        .arg(&d.key)
+                        .arg(d.body.as_bytes());
+                }
+                for (ep, n) in &created {
+                    inv.arg(format!("{ws}|{ep}|c")).arg(*n);
+                }
+                let out: String = inv.invoke_async(&mut self.conn()).await?;
+                written.extend(out.split(' ').filter(|s| !s.is_empty()).filter_map(|e| {
+                    e.parse::<EntryId>().ok().map(|entry| DeliveryId {
+                        partition: *p,
+                        entry,
+                    })
+                }));
+            }
+            Ok::<_, StoreError>((group, written))
+        });
+        let written = futures::future::try_join_all(writes).await?;
+        let mut per_event: Vec<Vec<DeliveryId>> = vec![Vec::new(); events.len()];
+        for (group, written) in written {
+            for ((e, _), id) in group.iter().zip(written) {
+                per_event[*e].push(id);
+            }
+        }
+        let answer = Answered {
+            fingerprint: idem.map(|i| i.fingerprint.clone()).unwrap_or_default(),
+            events: ids
+                .iter()
+                .zip(&per_event)
+                .map(|(id, ds)| (id.clone(), ds.iter().map(|d| d.to_string()).collect()))
+                .collect(),
+        };
+        let mut inv = EVENTS_SCRIPT.prepare_invoke();
+        inv.key(self.events_key(ws))
+            .key(match idem {
+                Some(i) => self.idem_key(ws, &i.key),
+                None => self.ws_key(ws, "idem:"),
+            })
+            .arg(if keyed { "1" } else { "0" })
+            .arg(idem.map_or(1, |i| i.ttl_secs.max(1)))
+            .arg(self.cutoff())
+            .arg(self.retention.max_per_partition)
+            .arg(answer.encode())
+            .arg(events.len());
+        for ((ev, id), ds) in events.iter().zip(&ids).zip(&per_event) {
+            let (partitions, entries) = crate::store::record::split_ids(ds);
+            inv.arg(crate::store::log::event_ms(id).unwrap_or(0))
+                .arg(id)
+                .arg(&ev.event_type)
+                .arg(entries)
+                .arg(partitions)
+                .arg(if ev.deliveries.is_empty() {
+                    ev.body.as_bytes()
+                } else {
+                    b""
+                });
+        }
+        let done: String = inv.invoke_async(&mut self.conn()).await?;
+        if let Some(prev) = done.strip_prefix('=') {
+            return Ok(Ingested::Answered(Answered::decode(prev).events));
+        }
+        Ok(Ingested::Written(answer.events))
+    }
+
+    /// Opens a reader of `partition` on a connection of its own.
+    pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
+        Ok(JobReader {
+            conn: self.target.blocking().await?,
+            stream: self.stream_key(partition),
+            partition,
+            caught_up: None,
+        })
+    }
+
+    pub async fn checkpoint(&self, partition: u32) -> Result<Checkpoint> {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.checkpoint_key(partition))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(raw.map(|r| Checkpoint::decode(&r)).unwrap_or_default())
+    }
+
+    /// The progress of deliveries of one partition, in one `HMGET`.
+    pub async fn progress(
+        &self,
+        partition: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Option<Progress>>> {
+        let mut cmd = redis::cmd("HMGET");
+        cmd.arg(self.states_key(partition));
+        for id in ids {
+            cmd.arg(id.entry.to_string());
+        }
+        let states: Vec<Option<String>> = cmd.query_async(&mut self.conn()).await?;
+        states
+            .iter()
+            .map(|s| s.as_deref().map(decode_progress).transpose())
+            .collect()
+    }
+
+    pub async fn commit(
+        &self,
+        partition: u32,
+        fence: Option<&str>,
+        outcomes: &[Outcome],
+        checkpoint: Checkpoint,
+    ) -> Result<()> {
+        let mut moves: BTreeMap<String, i64> = BTreeMap::new();
+        let mut inv = COMMIT_SCRIPT.prepare_invoke();
+        inv.key(self.lease_key(partition))
+            .key(self.states_key(partition))
+            .key(self.counts_key(partition))
+            .key(self.dead_key(partition))
+            .key(self.checkpoint_key(partition))
+            .arg(fence.unwrap_or(""))
+            .arg(checkpoint.encode())
+            .arg(self.cutoff())
+            .arg(outcomes.len());
+        let mut counted = Vec::new();
+        for o in outcomes {
+            for (counter, delta) in Counts::moves(o.from, o.progress.status) {
+                *moves
+                    .entry(format!("{}|{}|{counter}", o.workspace, o.endpoint_id))
+                    .or_default() += delta;
+            }
+            let line = match &o.attempt {
+                Some(a) => serde_json::to_string(a)?,
+                None => String::new(),
+            };
+            let append = o.attempt.as_ref().is_none_or(|a| a.n > 1) || o.from != Status::Pending;
+            let dead = o.progress.status == Status::Failed && o.from != Status::Failed;
+            counted.push((serde_json::to_string(&o.progress)?, line, append, dead));
+        }
+        inv.arg(moves.len());
+        for (o, (progress, line, append, dead)) in outcomes.iter().zip(&counted) {
+            let (state, line) = match (*append, line.is_empty()) {
+                (true, _) => (progress.clone(), line.as_str()),
+                (false, true) => (progress.clone(), ""),
+                (false, false) => (format!("{progress}\n{line}"), ""),
+            };
+            inv.arg(o.id.entry.to_string())
+                .arg(state)
+                .arg(line)
+                .arg(if *append { "1" } else { "0" })
+                .arg(if *dead { "1" } else { "0" })
+                .arg(&o.workspace)
+                .arg(&o.endpoint_id);
+        }
+        for (f, d) in &moves {
+            inv.arg(f).arg(*d);
+        }
+        let done: redis::RedisResult<i64> = inv.invoke_async(&mut self.conn()).await;
+        match done {
+            Err(e) if e.code() == Some("STALE_LEASE") => Err(StoreError::StaleLease(partition)),
+            other => other.map(drop).map_err(StoreError::from),
+        }
+    }
+
+    pub async fn requeue(
+        &self,
+        ws: &str,
+        id: DeliveryId,
+        from: &[Status],
+        manual: bool,
+    ) -> Result<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let done: i64 = REQUEUE_SCRIPT
+            .key(self.stream_key(id.partition))
+            .key(self.states_key(id.partition))
+            .key(self.counts_key(id.partition))
+            .arg(id.entry.to_string())
+            .arg(ws)
+            .arg(from.join(" "))
+            .arg(if manual { "1" } else { "0" })
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(done == 1)
+    }
+
+    /// The deliveries of `endpoint` that went to the dead letter between `since_ms` and
+    /// `until_ms`.
+    pub async fn dead_letters(
+        &self,
+        ws: &str,
+        endpoint: &str,
+        partition: u32,
+        since_ms: i64,
+        until_ms: Option<i64>,
+    ) -> Result<Vec<DeliveryId>> {
+        let end = until_ms.map_or("+".to_string(), |u| u.to_string());
+        let entries: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(self.dead_key(partition))
+            .arg(since_ms.max(0).to_string())
+            .arg(end)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(entries
+            .ids
+            .iter()
+            .filter(|e| {
+                field(&e.map, "e").as_deref() == Some(endpoint)
+                    && field(&e.map, "w").as_deref() == Some(ws)
+            })
+            .filter_map(|e| field(&e.map, "d")?.parse().ok())
+            .map(|entry| DeliveryId { partition, entry })
+            .collect())
+    }
+
+    /// One retention pass over a partition's oldest jobs from `from` on: returns how many
+    /// were dropped and where the next pass starts (back at the head once it met jobs too
+    /// young to drop).
+    pub async fn trim_partition(&self, partition: u32, from: EntryId) -> Result<(u64, EntryId)> {
         let stream = self.stream_key(partition);
         let mut conn = self.conn();
-        let summary: redis::RedisResult<redis::streams::StreamPendingReply> =
-            conn.xpending(&stream, GROUP).await;
-        let groups: redis::RedisResult<Vec<std::collections::HashMap<String, Value>>> =
-            redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&stream)
-                .query_async(&mut conn)
-                .await;
-        // No stream or no group yet: nothing to trim.
-        let (Ok(summary), Ok(groups)) = (summary, groups) else {
-            return Ok(0);
-        };
-        let Some(delivered) = groups.iter().find_map(|g| field(g, "last-delivered-id")) else {
-            return Ok(0);
-        };
-        let bound = match summary {
-            redis::streams::StreamPendingReply::Data(d) => {
-                std::cmp::min_by_key(d.start_id, delivered, |id| stream_id(id))
-            }
-            _ => delivered,
-        };
-        if stream_id(&bound) == (0, 0) {
-            return Ok(0);
-        }
-        Ok(redis::cmd("XTRIM")
+        let len: u64 = redis::cmd("XLEN")
             .arg(&stream)
-            .arg("MINID")
-            .arg(&bound)
             .query_async(&mut conn)
-            .await?)
+            .await?;
+        let over = len.saturating_sub(self.retention.max_per_partition);
+        let start = if from == EntryId::ZERO {
+            "-".to_string()
+        } else {
+            format!("({from}")
+        };
+        let chunk: StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(TRIM_BATCH)
+            .query_async(&mut conn)
+            .await?;
+        let cutoff = self.retention_cutoff_ms().max(0) as u64;
+        let mut args: Vec<String> = Vec::new();
+        let mut next = EntryId::ZERO;
+        let mut young = false;
+        for (i, e) in chunk.ids.iter().enumerate() {
+            let Ok(entry) = e.id.parse::<EntryId>() else {
+                continue;
+            };
+            if entry.ms >= cutoff && (i as u64) >= over {
+                young = true;
+                break;
+            }
+            next = entry;
+            args.push(e.id.clone());
+            args.push(field(&e.map, "d").unwrap_or_else(|| e.id.clone()));
+        }
+        if young || chunk.ids.len() < TRIM_BATCH {
+            next = EntryId::ZERO;
+        }
+        if args.is_empty() {
+            return Ok((0, next));
+        }
+        let mut inv = TRIM_SCRIPT.prepare_invoke();
+        inv.key(&stream).key(self.states_key(partition));
+        for a in &args {
+            inv.arg(a);
+        }
+        let removed: i64 = inv.invoke_async(&mut conn).await?;
+        Ok((removed.max(0) as u64, next))
     }
 }
 
-/// A stream id as (ms, seq), for comparing.
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+/// The delivery ids of an event's deliveries from the entries its ingest wrote.
+fn delivery_ids(e: &NewEvent, entries: &str) -> Vec<String> {
+    e.deliveries
+        .iter()
+        .zip(entries.split(' '))
+        .filter_map(|(d, entry)| {
+            Some(
+                DeliveryId {
+                    partition: d.partition,
+                    entry: entry.parse().ok()?,
+                }
+                .to_string(),
+            )
+        })
+        .collect()
 }
 
 impl JobReader {
-    /// Stamps every job read from now on with this lease holder.
-    pub fn fenced(mut self, holder: String) -> Self {
-        self.fence = Some(holder);
-        self
-    }
-
-    /// Entries not yet read by the group (`lag` of `XINFO GROUPS`).
-    pub async fn lag(&mut self) -> Result<i64> {
-        let groups: Vec<std::collections::HashMap<String, Value>> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&self.stream)
-            .query_async(&mut self.conn)
-            .await?;
-        Ok(groups
+    /// Up to `count` jobs after `after`, waiting up to `block` for new ones.
+    pub async fn read(
+        &mut self,
+        after: EntryId,
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<RawJob>> {
+        let opts = StreamReadOptions::default()
+            .count(count)
+            .block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> = redis::AsyncCommands::xread_options(
+            &mut self.conn,
+            &[&self.stream],
+            &[after.to_string()],
+            &opts,
+        )
+        .await?;
+        let entries: Vec<_> = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
+            .unwrap_or_default();
+        if let Some((_, read)) = &mut self.caught_up {
+            *read += entries.len() as u64;
+        }
+        Ok(entries
             .iter()
-            .find(|g| field(g, "name").as_deref() == Some(GROUP))
-            .and_then(|g| match g.get("lag") {
-                Some(Value::Int(n)) => Some(*n),
-                _ => None,
-            })
-            .unwrap_or(0))
+            .filter_map(|e| job_of(self.partition, &e.id, &e.map))
+            .collect())
     }
 
-    async fn ensure_group(&mut self) -> Result<()> {
-        let created: redis::RedisResult<()> = self
-            .conn
-            .xgroup_create_mkstream(&self.stream, GROUP, "0")
-            .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => Ok(other?),
-        }
-    }
-
-    /// Up to `count` jobs: pending ones first, then new ones (waiting up to `block`).
-    /// A vanished group (`NOGROUP`, after a Redis restart without persistence) is recreated.
-    pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Job>> {
-        loop {
-            let (id, opts) = match &self.phase {
-                Phase::Pending(after) => (
-                    after.clone(),
-                    StreamReadOptions::default()
-                        .group(GROUP, &self.consumer)
-                        .count(count),
-                ),
-                Phase::New => (
-                    ">".to_string(),
-                    StreamReadOptions::default()
-                        .group(GROUP, &self.consumer)
-                        .count(count)
-                        .block(block.as_millis() as usize),
-                ),
-            };
-            let reply: redis::RedisResult<Option<StreamReadReply>> = self
-                .conn
-                .xread_options(&[&self.stream], &[&id], &opts)
+    /// Entries after `after`, from `XINFO STREAM`: exact once the reader has caught up with
+    /// the stream once (it then counts what it reads), the stream's length before.
+    pub async fn lag(&mut self, after: EntryId) -> Result<i64> {
+        let info: redis::RedisResult<std::collections::HashMap<String, Value>> =
+            redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&self.stream)
+                .query_async(&mut self.conn)
                 .await;
-            let reply = match reply {
-                Err(e) if e.code() == Some("NOGROUP") => {
-                    tracing::warn!(stream = %self.stream, "consumer group vanished (NOGROUP); recreating it");
-                    self.ensure_group().await?;
-                    self.phase = Phase::Pending("0".into());
-                    continue;
-                }
-                other => other?,
-            };
-            let entries: Vec<_> = reply
-                .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-                .unwrap_or_default();
-            if let Phase::Pending(_) = self.phase {
-                match entries.last() {
-                    Some(last) => self.phase = Phase::Pending(last.id.clone()),
-                    None => {
-                        self.phase = Phase::New;
-                        continue;
-                    }
-                }
-            }
-            let jobs = entries
-                .into_iter()
-                .map(|e| Job {
-                    partition: self.partition,
-                    workspace: field(&e.map, "w").unwrap_or_default(),
-                    endpoint_id: field(&e.map, "e").unwrap_or_default(),
-                    delivery_id: field(&e.map, "d").unwrap_or_default(),
-                    fence: self.fence.clone(),
-                    manual: field(&e.map, "m").as_deref() == Some("1"),
-                    entry_id: e.id,
-                })
-                .collect();
-            return Ok(jobs);
+        let Ok(info) = info else {
+            return Ok(0);
+        };
+        let int = |k: &str| match info.get(k) {
+            Some(Value::Int(n)) => *n as u64,
+            _ => 0,
+        };
+        let last: EntryId = field(&info, "last-generated-id")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_default();
+        let added = int("entries-added");
+        if last <= after {
+            self.caught_up = Some((added, 0));
+            return Ok(0);
         }
+        Ok(match self.caught_up {
+            Some((at, read)) => added.saturating_sub(at + read) as i64,
+            None => int("length") as i64,
+        })
     }
 }

@@ -1,0 +1,236 @@
+//! What happens after an attempt: the decision (`dispatch::policy`), the endpoint's health,
+//! the outcome on its way to the committer, and what its commit means for the queue. Split
+//! from the actor so its file stays about scheduling.
+//!
+//! An outcome whose commit fails is held and sent to the committer again with backoff; its
+//! delivery is not sent again meanwhile (a resend happens only if the process dies first), and
+//! in `strict` mode the endpoint's next delivery waits for it.
+
+use std::time::Duration;
+
+use ractor::{ActorProcessingErr, ActorRef};
+use tokio::time::Instant;
+
+use super::{EndpointMsg, EndpointState, Held, now_ms};
+use crate::deliverer::Outcome;
+use crate::delivery::{AttemptError, EntryId, now_rfc3339};
+use crate::dispatch::partition::Commit;
+use crate::dispatch::policy::decide;
+use crate::endpoint::health::BreakerState;
+use crate::store::StoreError;
+use crate::store::record::AttemptRecord;
+
+/// The longest wait between two tries of a commit that keeps failing.
+const COMMIT_RETRY_MAX: Duration = Duration::from_secs(10);
+
+pub(super) fn panicked_attempt(number: u32, message: String) -> Outcome {
+    Outcome {
+        attempt: crate::delivery::Attempt {
+            attempt: number,
+            started_at: now_rfc3339(),
+            duration_ms: 0,
+            request: crate::delivery::AttemptRequest {
+                url: String::new(),
+                headers: Default::default(),
+                body: None,
+            },
+            response: None,
+            error: Some(AttemptError {
+                kind: "internal".into(),
+                message,
+            }),
+            next_attempt_at: None,
+        },
+        retry_after: None,
+        final_failure: false,
+    }
+}
+
+impl EndpointState {
+    pub(super) async fn attempt_done(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        entry: EntryId,
+        mut outcome: Outcome,
+    ) -> Result<(), ActorProcessingErr> {
+        let (Some((job, partition)), Some(ep)) = (self.queued(entry), self.endpoint.clone()) else {
+            self.in_flight.remove(&entry);
+            return Ok(());
+        };
+        let mut health = self.health.clone().unwrap_or_default();
+        let now = now_ms();
+        let decision = decide(
+            &self.ctx.policy,
+            &ep,
+            &outcome,
+            &mut health,
+            &job.progress,
+            now,
+        );
+        outcome.attempt.next_attempt_at = decision
+            .progress
+            .next_attempt_ms
+            .map(crate::delivery::ms_rfc3339);
+        if let Some(wait) = decision.throttle {
+            let until = Instant::now() + wait;
+            self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
+        }
+        self.observe(&outcome, decision.progress.status);
+        self.health_moved(&ep, health).await;
+        let commit = crate::store::Outcome {
+            id: job.id,
+            workspace: job.workspace.clone(),
+            endpoint_id: job.endpoint_id.clone(),
+            from: job.progress.status,
+            progress: decision.progress,
+            attempt: Some(AttemptRecord::of(&outcome.attempt)),
+        };
+        self.held.insert(
+            entry,
+            Held {
+                commit: commit.clone(),
+                retry: Duration::from_millis(100),
+                created_ms: job.id.entry.ms,
+            },
+        );
+        if !partition.commit(Commit {
+            outcome: commit,
+            entry,
+            reply: myself.clone(),
+        }) {
+            // The partition is no longer owned here: its new owner sends the delivery.
+            self.forget(entry);
+        }
+        if let Some(reason) = decision.disable {
+            self.disable(ep, &reason).await;
+        }
+        Ok(())
+    }
+
+    /// The breaker's moves (metrics, logs, the `endpoint_failing` event) and the persisted
+    /// health, when it changed.
+    async fn health_moved(
+        &mut self,
+        ep: &crate::endpoint::Endpoint,
+        health: crate::endpoint::health::Health,
+    ) {
+        let open = |h: Option<&crate::endpoint::health::Health>| {
+            h.and_then(|h| h.breaker.as_ref())
+                .is_some_and(|b| b.state != BreakerState::Closed)
+        };
+        let (was_open, is_open) = (open(self.health.as_ref()), open(Some(&health)));
+        if was_open != is_open {
+            crate::telemetry::breaker_moved(&self.ctx.node, is_open);
+            if is_open {
+                tracing::warn!(workspace = %self.key.0, endpoint = %ep.id, last_error = health.last_error.as_deref().unwrap_or(""), "circuit breaker opened");
+                let detail = health.view(&self.ctx.policy.breaker);
+                self.emit(
+                    "switchyard:endpoint_failing",
+                    ep,
+                    "the circuit breaker opened",
+                    detail,
+                );
+            } else {
+                tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
+            }
+        }
+        if self.health.as_ref() != Some(&health) {
+            if let Err(e) = self
+                .ctx
+                .store
+                .save_health(&self.key.0, &self.key.1, &health)
+                .await
+            {
+                tracing::warn!(endpoint = %ep.id, error = %e, "cannot save endpoint health");
+            }
+            self.health = Some(health);
+        }
+    }
+
+    /// Drops a job this node can no longer finish (its partition has moved on).
+    fn forget(&mut self, entry: EntryId) {
+        self.held.remove(&entry);
+        self.in_flight.remove(&entry);
+        self.remove(entry);
+    }
+
+    pub(super) async fn committed(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        entry: EntryId,
+        result: Result<(), StoreError>,
+    ) -> Result<(), ActorProcessingErr> {
+        match result {
+            Ok(()) => {
+                let Some(held) = self.held.remove(&entry) else {
+                    self.in_flight.remove(&entry);
+                    return self.pump(myself).await;
+                };
+                self.in_flight.remove(&entry);
+                let progress = held.commit.progress;
+                if progress.status.is_final() {
+                    self.remove(entry);
+                    let since = (now_ms() - held.created_ms as i64).max(0) as u64;
+                    crate::telemetry::delivery_final(
+                        &self.ctx.node,
+                        progress.status.as_str(),
+                        (progress.status == crate::delivery::Status::Succeeded)
+                            .then(|| Duration::from_millis(since)),
+                    );
+                } else if let Some(q) = self
+                    .queue
+                    .lock()
+                    .expect("queue lock")
+                    .iter_mut()
+                    .find(|q| q.job.entry == entry)
+                {
+                    q.job.progress = progress;
+                    q.job.manual = false;
+                }
+                tracing::debug!(delivery = %held.commit.id, status = progress.status.as_str(), "outcome recorded");
+            }
+            Err(StoreError::StaleLease(p)) => {
+                tracing::warn!(partition = p, endpoint = %self.key.1, "lease lost; leaving the delivery to the new owner");
+                self.forget(entry);
+            }
+            Err(e) => {
+                let Some(held) = self.held.get_mut(&entry) else {
+                    self.in_flight.remove(&entry);
+                    return Ok(());
+                };
+                if held.retry <= Duration::from_millis(100) {
+                    tracing::warn!(delivery = %held.commit.id, error = %e,
+                        "cannot record an outcome; holding it and retrying (the delivery is not sent again meanwhile)");
+                } else {
+                    tracing::debug!(delivery = %held.commit.id, error = %e, retry_in_ms = held.retry.as_millis() as u64, "still cannot record an outcome");
+                }
+                let wait = held.retry;
+                held.retry = (held.retry * 2)
+                    .min(COMMIT_RETRY_MAX)
+                    .max(Duration::from_millis(100));
+                myself.send_after(wait, move || EndpointMsg::Recommit(entry));
+                return Ok(());
+            }
+        }
+        self.pump(myself).await
+    }
+
+    /// Sends a held outcome to the committer again.
+    pub(super) fn recommit(&mut self, myself: &ActorRef<EndpointMsg>, entry: EntryId) {
+        let Some(held) = self.held.get(&entry) else {
+            return;
+        };
+        let Some((_, partition)) = self.queued(entry) else {
+            self.forget(entry);
+            return;
+        };
+        let sent = partition.commit(Commit {
+            outcome: held.commit.clone(),
+            entry,
+            reply: myself.clone(),
+        });
+        if !sent {
+            self.forget(entry);
+        }
+    }
+}
