@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dispatch::RouterMsg;
-use crate::rule::cache::RuleCache;
+use crate::ingest::cache::WorkspaceCache;
 use crate::ssrf::Guard;
 use crate::store::{Page, Store};
 use crate::workspace::Workspace;
@@ -45,7 +45,7 @@ const DEFAULT_LIMIT: usize = 50;
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub rules: Arc<RuleCache>,
+    pub rules: Arc<WorkspaceCache>,
     pub guard: Arc<Guard>,
     pub router: ActorRef<RouterMsg>,
     pub config: Arc<Config>,

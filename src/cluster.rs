@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use ractor::ActorRef;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{Lease, PartitionArgs, PartitionOwner, RouterMsg, spawn_partition};
+use crate::dispatch::{Dispatch, Lease, PartitionOwner, RouterMsg};
+use crate::store::RedisStore;
 use crate::store::redis::NodeInfo;
-use crate::store::{RedisStore, Store};
 
 /// Settings of the coordinator.
 #[derive(Debug, Clone)]
@@ -65,14 +65,14 @@ struct Owned {
     owner: Option<PartitionOwner>,
     /// The background drain of a graceful release, done when it may be let go.
     releasing: Option<tokio::task::JoinHandle<()>>,
-    /// The owner's stop tokens, kept here too so a lost lease stops a draining partition.
-    stop: (CancellationToken, CancellationToken),
+    /// The reader's stop token, kept here too so a lost lease stops a draining partition.
+    stop: CancellationToken,
 }
 
 /// The per-node coordinator task.
 pub struct Coordinator {
     redis: RedisStore,
-    store: Store,
+    dispatch: Arc<Dispatch>,
     router: ActorRef<RouterMsg>,
     config: ClusterConfig,
     owned: BTreeMap<u32, Owned>,
@@ -94,13 +94,13 @@ pub fn fair_share(partitions: u32, live_ids: &[String], me: &str) -> u32 {
 impl Coordinator {
     pub fn new(
         redis: RedisStore,
-        store: Store,
+        dispatch: Arc<Dispatch>,
         router: ActorRef<RouterMsg>,
         config: ClusterConfig,
     ) -> Coordinator {
         Coordinator {
             redis,
-            store,
+            dispatch,
             router,
             config,
             owned: BTreeMap::new(),
@@ -195,8 +195,7 @@ impl Coordinator {
         let Some(owner) = o.owner.take() else { return };
         let (router, wait) = (self.router.clone(), self.config.drain.as_millis() as u64);
         o.releasing = Some(tokio::spawn(async move {
-            owner.stop_reading.cancel();
-            let _ = owner.reader.await;
+            owner.stop_reading().await;
             let released = ractor::call_t!(
                 router,
                 |reply| RouterMsg::ReleasePartition {
@@ -209,8 +208,6 @@ impl Coordinator {
             if released.is_err() {
                 let _ = router.cast(RouterMsg::DropPartition(partition));
             }
-            owner.stop_committing.cancel();
-            let _ = owner.committer.await;
         }));
         self.publish_view();
     }
@@ -313,20 +310,13 @@ impl Coordinator {
     fn start(&mut self, partition: u32, holder: String, sent: Instant) {
         tracing::info!(partition, %holder, "partition acquired");
         let lease = Arc::new(Lease::new(holder, sent, self.config.lease, self.margin()));
-        let owner = spawn_partition(PartitionArgs {
-            store: self.store.clone(),
-            partition,
-            lease: Some(lease.clone()),
-            router: self.router.clone(),
-            buffer: self.config.partition_buffer,
-            node: self.config.node_id.clone(),
-        });
+        let owner = self.dispatch.own(partition, Some(lease.clone()));
         self.owned.insert(
             partition,
             Owned {
                 lease,
                 renewed: sent,
-                stop: (owner.stop_reading.clone(), owner.stop_committing.clone()),
+                stop: owner.stop.clone(),
                 owner: Some(owner),
                 releasing: None,
             },
@@ -339,11 +329,9 @@ impl Coordinator {
         let Some(o) = self.owned.remove(&partition) else {
             return;
         };
-        o.stop.0.cancel();
-        o.stop.1.cancel();
+        o.stop.cancel();
         if let Some(owner) = o.owner {
-            let _ = owner.reader.await;
-            let _ = owner.committer.await;
+            owner.stop_reading().await;
         }
         if let Some(r) = o.releasing {
             r.abort();

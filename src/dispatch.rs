@@ -37,7 +37,7 @@ use crate::delivery::Job;
 use crate::store::Store;
 
 pub use endpoint_actor::{EndpointActor, EndpointMsg};
-pub use partition::{Lease, PartitionArgs, PartitionHandle, PartitionOwner, spawn_partition};
+pub use partition::{Dispatch, Lease, PartitionHandle, PartitionOwner};
 pub use router::{RouterMsg, RuleRouter};
 
 /// What every dispatch actor shares.
@@ -50,7 +50,7 @@ pub struct DispatchContext {
     /// This node's id, the `node` label of its metrics.
     pub node: String,
     /// The rule sets (shared with the API), to route the operational events actors emit.
-    pub rules: Arc<crate::rule::cache::RuleCache>,
+    pub rules: Arc<crate::ingest::cache::WorkspaceCache>,
 }
 
 /// A job, the reader's buffer slot it occupies until its final outcome, and its partition

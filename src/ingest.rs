@@ -12,6 +12,8 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+pub mod cache;
+
 use crate::delivery::{NewDelivery, new_event_id, partition_of};
 use crate::endpoint::Endpoint;
 use crate::event::Event;
@@ -26,7 +28,13 @@ pub struct Fired<'a> {
 }
 
 /// Builds the [`NewEvent`]s (with their deliveries) of fired events.
-pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Result<Vec<NewEvent>> {
+pub async fn plan(
+    store: &Store,
+    cache: &cache::WorkspaceCache,
+    snapshot: &cache::Snapshot,
+    ws: &Workspace,
+    fired: Vec<Fired<'_>>,
+) -> Result<Vec<NewEvent>> {
     let wanted: HashSet<&str> = fired
         .iter()
         .flat_map(|f| {
@@ -35,14 +43,16 @@ pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Resul
                 .flat_map(|r| r.endpoint_ids.iter().map(String::as_str))
         })
         .collect();
-    let endpoints: HashMap<String, Endpoint> = store.endpoints_by_id(&ws.uuid, wanted).await?;
+    let endpoints: HashMap<String, Arc<Endpoint>> =
+        cache.endpoints(store, &ws.uuid, snapshot, wanted).await?;
     let workspace_block = json!({"uuid": ws.uuid, "name": ws.name});
     let partitions = store.partitions();
     let mut out = Vec::with_capacity(fired.len());
     for Fired { event, rules } in fired {
         let mut deliveries = Vec::new();
+        let mut event_json: Option<String> = None;
         for rule in rules {
-            let targets: Vec<&Endpoint> = rule
+            let targets: Vec<&Arc<Endpoint>> = rule
                 .endpoint_ids
                 .iter()
                 .filter_map(|e| endpoints.get(e))
@@ -51,10 +61,7 @@ pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Resul
             if targets.is_empty() {
                 continue;
             }
-            let mut payload = event.body.clone();
-            payload.insert("eventRule".into(), rule.block.clone());
-            payload.insert("workspace".into(), workspace_block.clone());
-            let body: Arc<str> = serde_json::to_string(&payload)?.into();
+            let body = payload(&event, &mut event_json, &rule.block, &workspace_block)?;
             for ep in targets {
                 deliveries.push(NewDelivery {
                     partition: partition_of(&ep.id, partitions),
@@ -80,13 +87,61 @@ pub async fn plan(store: &Store, ws: &Workspace, fired: Vec<Fired<'_>>) -> Resul
     Ok(out)
 }
 
+/// The payload of one rule's deliveries: the event with `eventRule` and `workspace` added.
+/// The event is serialised once for all its rules (`event_json`) and the two blocks are
+/// appended to that text, instead of cloning the event's map per rule. [`Event::parse`]
+/// refuses events that carry either key, so the splice never makes a duplicate.
+fn payload(
+    event: &Event,
+    event_json: &mut Option<String>,
+    rule_block: &serde_json::Value,
+    workspace_block: &serde_json::Value,
+) -> Result<Arc<str>> {
+    debug_assert!(!event.body.contains_key("eventRule") && !event.body.contains_key("workspace"));
+    if event_json.is_none() {
+        *event_json = Some(serde_json::to_string(&event.body)?);
+    }
+    let json = event_json.as_deref().unwrap_or("{}");
+    let open = &json[..json.len() - 1];
+    let sep = if open.len() > 1 { "," } else { "" };
+    Ok(format!("{open}{sep}\"eventRule\":{rule_block},\"workspace\":{workspace_block}}}").into())
+}
+
 /// Plans fired events and writes them; see [`Store::ingest`].
 pub async fn ingest(
     store: &Store,
+    cache: &cache::WorkspaceCache,
+    snapshot: &cache::Snapshot,
     ws: &Workspace,
     fired: Vec<Fired<'_>>,
     idem: Option<&Idempotency>,
 ) -> Result<Ingested> {
-    let planned = plan(store, ws, fired).await?;
+    let planned = plan(store, cache, snapshot, ws, fired).await?;
     store.ingest(&ws.uuid, &planned, idem).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_payload_is_the_event_and_its_two_blocks() {
+        let rule = json!({"id": 1, "uuid": "u", "name": "n"});
+        let ws = json!({"uuid": "w", "name": "W"});
+        let spoofed = json!({"event": "member:created", "workspace": "spoofed"});
+        assert!(Event::parse(spoofed).is_err(), "a spoofed block is refused before the splice");
+        for body in [
+            json!({"event": "member:created", "member": {"id": 1}}),
+            json!({"event": "member:created", "member": {"id": "}\"{"}, "n": [1, {}]}),
+        ] {
+            let event = Event::parse(body.clone()).unwrap();
+            let mut cache = None;
+            let text = payload(&event, &mut cache, &rule, &ws).unwrap();
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mut expected = body.as_object().unwrap().clone();
+            expected.insert("eventRule".into(), rule.clone());
+            expected.insert("workspace".into(), ws.clone());
+            assert_eq!(parsed, serde_json::Value::Object(expected));
+        }
+    }
 }

@@ -16,10 +16,8 @@ use crate::api::{AppState, app};
 use crate::cluster::{ClusterConfig, ClusterView, Coordinator};
 use crate::config::Config;
 use crate::deliverer::{Deliverer, DelivererError};
-use crate::dispatch::{
-    DispatchContext, PartitionArgs, PartitionOwner, RouterMsg, RuleRouter, spawn_partition,
-};
-use crate::rule::cache::RuleCache;
+use crate::dispatch::{Dispatch, DispatchContext, PartitionOwner, RouterMsg, RuleRouter};
+use crate::ingest::cache::WorkspaceCache;
 use crate::store::{Store, StoreError};
 
 /// Why a node could not start.
@@ -66,7 +64,7 @@ pub async fn run(
     store.ping().await?;
     let deliverer = Deliverer::new(&config)?;
     let guard = deliverer.guard().clone();
-    let rules = Arc::new(RuleCache::default());
+    let rules = Arc::new(WorkspaceCache::default());
     let ctx = Arc::new(DispatchContext {
         store: store.clone(),
         deliverer,
@@ -79,9 +77,23 @@ pub async fn run(
         .await
         .map_err(|e| NodeError::Spawn(e.to_string()))?;
     let stop = CancellationToken::new();
-    let (owners, mut tasks, coordinator, cluster_view) =
-        start_delivering(&config, &store, &router, &stop, listener.local_addr()?);
-    let routines = tokio::spawn(crate::routine::Scheduler::new(store.clone()).run(stop.clone()));
+    let dispatch = Arc::new(Dispatch::start(
+        store.clone(),
+        router.clone(),
+        config.node_id.clone(),
+        config.partition_buffer,
+    ));
+    let (owners, mut tasks, coordinator, cluster_view) = start_delivering(
+        &config,
+        &store,
+        &dispatch,
+        &router,
+        &stop,
+        listener.local_addr()?,
+    );
+    let routines = tokio::spawn(
+        crate::routine::Scheduler::new(store.clone(), rules.clone()).run(stop.clone()),
+    );
 
     let state = AppState {
         store: store.clone(),
@@ -114,19 +126,15 @@ pub async fn run(
     // The embedded store's partitions: stop reading, let in-flight attempts finish and their
     // outcomes be committed (bounded), then stop committing. Their jobs are then final, not
     // sent again as duplicates on the next start. Anything not finished stays unfinished.
-    for o in &owners {
-        o.stop_reading.cancel();
+    for o in owners {
+        o.stop_reading().await;
     }
     let drain = Duration::from_secs(config.drain_timeout_secs);
     match ractor::call_t!(router, RouterMsg::Drain, drain.as_millis() as u64) {
         Ok(()) => tracing::info!("in-flight attempts drained"),
         Err(e) => tracing::warn!(error = %e, "drain timed out; unfinished jobs stay pending"),
     }
-    for o in owners {
-        o.stop_committing.cancel();
-        let _ = o.reader.await;
-        let _ = o.committer.await;
-    }
+    dispatch.stop().await;
     router.stop(Some("shutdown".into()));
     let _ = routines.await;
     let _ = router_done.await;
@@ -193,6 +201,7 @@ fn banner(config: &Config, addr: std::net::SocketAddr, generated_token: bool) ->
 fn start_delivering(
     config: &Config,
     store: &Store,
+    dispatch: &Arc<Dispatch>,
     router: &ractor::ActorRef<RouterMsg>,
     stop: &CancellationToken,
     listen: std::net::SocketAddr,
@@ -205,16 +214,7 @@ fn start_delivering(
     match store {
         Store::Embedded(_) => {
             let owners = (0..config.partitions)
-                .map(|partition| {
-                    spawn_partition(PartitionArgs {
-                        store: store.clone(),
-                        partition,
-                        lease: None,
-                        router: router.clone(),
-                        buffer: config.partition_buffer,
-                        node: config.node_id.clone(),
-                    })
-                })
+                .map(|partition| dispatch.own(partition, None))
                 .collect();
             (owners, tokio::task::JoinSet::new(), None, None)
         }
@@ -229,7 +229,7 @@ fn start_delivering(
                 drain: Duration::from_secs(config.drain_timeout_secs),
             };
             let coordinator =
-                Coordinator::new(redis.clone(), store.clone(), router.clone(), cluster);
+                Coordinator::new(redis.clone(), dispatch.clone(), router.clone(), cluster);
             let view = coordinator.view();
             let mut tasks = tokio::task::JoinSet::new();
             tasks.spawn(crate::cluster::listen_for_changes(

@@ -180,11 +180,15 @@ pub fn tick_event(rule: &Rule, schedule: &Schedule, at: DateTime<Utc>) -> Event 
 /// Fires due ticks of every routine, on every node; the store's claim decides who fires each.
 pub struct Scheduler {
     store: Store,
+    cache: std::sync::Arc<crate::ingest::cache::WorkspaceCache>,
 }
 
 impl Scheduler {
-    pub fn new(store: Store) -> Scheduler {
-        Scheduler { store }
+    pub fn new(
+        store: Store,
+        cache: std::sync::Arc<crate::ingest::cache::WorkspaceCache>,
+    ) -> Scheduler {
+        Scheduler { store, cache }
     }
 
     pub async fn run(self, stop: CancellationToken) {
@@ -235,8 +239,11 @@ impl Scheduler {
                     continue;
                 }
                 let event = tick_event(&rule, &schedule, at);
+                let snapshot = self.cache.get(&self.store, &ws_id).await?;
                 crate::ingest::ingest(
                     &self.store,
+                    &self.cache,
+                    &snapshot,
                     &ws,
                     vec![Fired {
                         event,

@@ -5,7 +5,6 @@
 //! exact event type, by family (`member:*`) and catch-all (`*`), so matching an event looks at
 //! the candidate rules only and evaluates pre-compiled conditions without re-parsing anything.
 
-pub mod cache;
 pub mod condition;
 
 use std::collections::HashMap;

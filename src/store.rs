@@ -267,8 +267,10 @@ impl Store {
         each!(self, s => s.routine_last(ws, uuid).await)
     }
 
-    pub async fn rules_version(&self, ws: &str) -> Result<u64> {
-        each!(self, s => s.rules_version(ws).await)
+    /// The workspace's rule-set and endpoint versions (each bumped by every change), read
+    /// together so a cache of both costs one round trip.
+    pub async fn versions(&self, ws: &str) -> Result<(u64, u64)> {
+        each!(self, s => s.versions(ws).await)
     }
 
     /// All rules of a workspace (newest first) and the version they were read at.

@@ -6,10 +6,11 @@
 //! labels (outcome, status class, partition): never an endpoint or workspace id, which would
 //! grow without bound; the endpoints that lag most are found through the API instead.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -117,8 +118,47 @@ pub fn register(node: &str) {
     }
 }
 
+/// The series a node records on every delivery, registered once: building a labelled key and
+/// looking it up in the registry on each call allocates, and it showed in profiles.
+struct Handles {
+    events: Counter,
+    rate_waits: Counter,
+    attempt_duration: Histogram,
+    delivery_latency: Histogram,
+    roundtrip: Histogram,
+    commit_outcomes: Histogram,
+    succeeded: Counter,
+    failed: Counter,
+    attempts: std::sync::Mutex<HashMap<(&'static str, String), Counter>>,
+}
+
+static HANDLES: LazyLock<RwLock<HashMap<String, Arc<Handles>>>> = LazyLock::new(Default::default);
+
+fn handles(node: &str) -> Arc<Handles> {
+    if let Some(h) = HANDLES.read().expect("metrics lock").get(node) {
+        return h.clone();
+    }
+    let n = || node.to_string();
+    let h = Arc::new(Handles {
+        events: counter!("switchyard_events_accepted_total", "node" => n()),
+        rate_waits: counter!("switchyard_rate_limit_waits_total", "node" => n()),
+        attempt_duration: histogram!("switchyard_attempt_duration_seconds", "node" => n()),
+        delivery_latency: histogram!("switchyard_delivery_latency_seconds", "node" => n()),
+        roundtrip: histogram!("switchyard_store_roundtrip_seconds", "node" => n()),
+        commit_outcomes: histogram!("switchyard_commit_outcomes", "node" => n()),
+        succeeded: counter!("switchyard_deliveries_total", "node" => n(), "outcome" => "succeeded"),
+        failed: counter!("switchyard_deliveries_total", "node" => n(), "outcome" => "failed"),
+        attempts: Default::default(),
+    });
+    HANDLES
+        .write()
+        .expect("metrics lock")
+        .insert(node.to_string(), h.clone());
+    h
+}
+
 pub fn events_accepted(node: &str, n: usize) {
-    counter!("switchyard_events_accepted_total", "node" => node.to_string()).increment(n as u64);
+    handles(node).events.increment(n as u64);
 }
 
 /// `2xx`, `4xx`, `5xx`, or the error kind when there was no response.
@@ -130,17 +170,28 @@ pub fn status_class(status: Option<u16>, error_kind: Option<&str>) -> String {
 }
 
 pub fn attempt(node: &str, outcome: &'static str, class: String, took: Duration) {
-    counter!("switchyard_attempts_total", "node" => node.to_string(), "outcome" => outcome, "class" => class).increment(1);
-    histogram!("switchyard_attempt_duration_seconds", "node" => node.to_string())
-        .record(took.as_secs_f64());
+    let h = handles(node);
+    let counter = h
+        .attempts
+        .lock()
+        .expect("metrics lock")
+        .entry((outcome, class))
+        .or_insert_with_key(|(o, c)| {
+            counter!("switchyard_attempts_total", "node" => node.to_string(), "outcome" => *o, "class" => c.clone())
+        })
+        .clone();
+    counter.increment(1);
+    h.attempt_duration.record(took.as_secs_f64());
 }
 
 pub fn delivery_final(node: &str, outcome: &'static str, since_ingest: Option<Duration>) {
-    counter!("switchyard_deliveries_total", "node" => node.to_string(), "outcome" => outcome)
-        .increment(1);
+    let h = handles(node);
+    match outcome {
+        "succeeded" => h.succeeded.increment(1),
+        _ => h.failed.increment(1),
+    }
     if let Some(d) = since_ingest {
-        histogram!("switchyard_delivery_latency_seconds", "node" => node.to_string())
-            .record(d.as_secs_f64());
+        h.delivery_latency.record(d.as_secs_f64());
     }
 }
 
@@ -163,12 +214,11 @@ pub fn breaker_moved(node: &str, opened: bool) {
 }
 
 pub fn rate_limit_wait(node: &str) {
-    counter!("switchyard_rate_limit_waits_total", "node" => node.to_string()).increment(1);
+    handles(node).rate_waits.increment(1);
 }
 
 pub fn store_roundtrip(node: &str, took: Duration) {
-    histogram!("switchyard_store_roundtrip_seconds", "node" => node.to_string())
-        .record(took.as_secs_f64());
+    handles(node).roundtrip.record(took.as_secs_f64());
 }
 
 pub fn retention_dropped(n: u64) {
@@ -177,9 +227,9 @@ pub fn retention_dropped(n: u64) {
 
 /// One group commit of `n` outcomes that took `took`.
 pub fn commit(node: &str, n: usize, took: Duration) {
-    histogram!("switchyard_commit_outcomes", "node" => node.to_string()).record(n as f64);
-    histogram!("switchyard_store_roundtrip_seconds", "node" => node.to_string())
-        .record(took.as_secs_f64());
+    let h = handles(node);
+    h.commit_outcomes.record(n as f64);
+    h.roundtrip.record(took.as_secs_f64());
 }
 
 pub fn ssrf_refused(node: &str, at: &'static str) {

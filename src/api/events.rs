@@ -172,13 +172,13 @@ async fn plan_and_ingest(
     events: Vec<Event>,
     idem: Option<&Idempotency>,
 ) -> Result<Ingested, ApiError> {
-    let rules = state.rules.get(&state.store, &ws.uuid).await?;
+    let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
     let fired: Vec<Fired> = events
         .into_iter()
         .map(|event| {
-            let rules = rules.matching(&event.event_type, &event.body);
+            let rules = snapshot.rules.matching(&event.event_type, &event.body);
             Fired { event, rules }
         })
         .collect();
-    Ok(crate::ingest::ingest(&state.store, ws, fired, idem).await?)
+    Ok(crate::ingest::ingest(&state.store, &state.rules, &snapshot, ws, fired, idem).await?)
 }

@@ -27,7 +27,6 @@ use tokio::time::Instant;
 mod outcome;
 mod signals;
 
-use super::partition::Commit;
 use super::router::RouterMsg;
 use super::{DispatchContext, EndpointKey, EndpointQueue, QueuedJob};
 use crate::deliverer::Outcome;
@@ -94,7 +93,7 @@ pub struct EndpointState {
     queue: EndpointQueue,
     router: ActorRef<RouterMsg>,
     /// `None` once the endpoint is deleted: its deliveries then fail.
-    endpoint: Option<Endpoint>,
+    endpoint: Option<Arc<Endpoint>>,
     /// Whether `endpoint` was read from the store at least once (`None` means deleted only then).
     endpoint_known: bool,
     /// Breaker and failure clock, persisted on every change so a new owner resumes them.
@@ -150,7 +149,7 @@ impl EndpointState {
         if rate != self.limiter.as_ref().map(|(r, _)| *r) {
             self.limiter = rate.and_then(limiter_for);
         }
-        self.endpoint = ep;
+        self.endpoint = ep.map(Arc::new);
         self.endpoint_known = true;
         self.loaded_at = Some(Instant::now());
         Ok(())
@@ -234,7 +233,11 @@ impl EndpointState {
     /// Starts the manual retries in the queue at once: ahead of the queue's order, past the
     /// breaker and a throttle (an open breaker turns half-open: the manual attempt is its
     /// probe), within the rate limit.
-    fn start_manual(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) -> Option<Instant> {
+    fn start_manual(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        ep: &Arc<Endpoint>,
+    ) -> Option<Instant> {
         let manual: Vec<QueuedRef> = {
             let q = self.queue.lock().expect("queue lock");
             q.iter()
@@ -258,7 +261,7 @@ impl EndpointState {
         None
     }
 
-    fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint) {
+    fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Arc<Endpoint>) {
         let strict = ep.spec.ordering == Ordering::Strict;
         let max = if strict {
             1
@@ -330,7 +333,7 @@ impl EndpointState {
         }
     }
 
-    fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Endpoint, q: QueuedRef) {
+    fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Arc<Endpoint>, q: QueuedRef) {
         let Some((job, partition)) = self.queued(q.entry) else {
             return;
         };
@@ -342,26 +345,34 @@ impl EndpointState {
         // One span per attempt, so every log line of it carries the ids an operator searches by.
         // The response status or error kind is recorded on it when the attempt ends.
         let span = tracing::info_span!("attempt", delivery = %job.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
+        let attempt = async move {
+            let may_send = || partition.may_send();
+            let outcome = ctx
+                .deliverer
+                .attempt(&ep, &keys, &job, number, may_send)
+                .await;
+            let span = tracing::Span::current();
+            if let Some(response) = outcome.as_ref().and_then(|o| o.attempt.response.as_ref()) {
+                span.record("status", response.status);
+            }
+            if let Some(error) = outcome.as_ref().and_then(|o| o.attempt.error.as_ref()) {
+                span.record("error", error.kind.as_str());
+            }
+            outcome
+        };
+        // One task per attempt; a panic in it becomes an `internal` error attempt.
+        let attempt = std::panic::AssertUnwindSafe(tracing::Instrument::instrument(attempt, span));
         tokio::spawn(async move {
-            let attempt = async move {
-                let may_send = || partition.may_send();
-                let outcome = ctx
-                    .deliverer
-                    .attempt(&ep, &keys, &job, number, may_send)
-                    .await;
-                let span = tracing::Span::current();
-                if let Some(response) = outcome.as_ref().and_then(|o| o.attempt.response.as_ref()) {
-                    span.record("status", response.status);
-                }
-                if let Some(error) = outcome.as_ref().and_then(|o| o.attempt.error.as_ref()) {
-                    span.record("error", error.kind.as_str());
-                }
-                outcome
-            };
-            let run = tokio::spawn(tracing::Instrument::instrument(attempt, span));
-            let outcome = match run.await {
+            let outcome = match futures::FutureExt::catch_unwind(attempt).await {
                 Ok(o) => o,
-                Err(e) => Some(outcome::panicked_attempt(number, e.to_string())),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "the attempt panicked".into());
+                    Some(outcome::panicked_attempt(number, message))
+                }
             };
             let _ = me.cast(EndpointMsg::AttemptDone {
                 entry,
@@ -403,11 +414,7 @@ impl EndpointState {
                     created_ms: job.id.entry.ms,
                 },
             );
-            if !partition.commit(Commit {
-                outcome: commit,
-                entry: job.entry,
-                reply: myself.clone(),
-            }) {
+            if !partition.commit(commit, job.entry, myself.clone()) {
                 self.in_flight.remove(&job.entry);
                 self.held.remove(&job.entry);
                 self.remove(job.entry);

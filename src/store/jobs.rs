@@ -96,14 +96,56 @@ pub struct RawJob {
     pub requeued: bool,
 }
 
+/// Where a partition's owner stands in its log: the last entry read, and up to where jobs may
+/// have been read by an earlier owner (their state is looked up: a finished one is skipped, one
+/// in backoff resumes).
+#[derive(Debug, Clone, Copy)]
+pub struct Cursor {
+    pub partition: u32,
+    pub after: EntryId,
+    pub recover_upto: EntryId,
+}
+
+impl Cursor {
+    /// Turns what was read after the cursor into the jobs to run, and moves past it.
+    pub async fn resolve(&mut self, store: &Store, raw: Vec<RawJob>) -> Result<Vec<Job>> {
+        let Some(last) = raw.last() else {
+            return Ok(Vec::new());
+        };
+        let last = last.job.entry;
+        let ask: Vec<DeliveryId> = raw
+            .iter()
+            .filter(|r| r.requeued || r.job.entry <= self.recover_upto)
+            .map(|r| r.job.id)
+            .collect();
+        let found = if ask.is_empty() {
+            Vec::new()
+        } else {
+            store.progress(self.partition, &ask).await?
+        };
+        let mut found = found.into_iter();
+        let mut jobs = Vec::with_capacity(raw.len());
+        for RawJob { mut job, requeued } in raw {
+            if requeued || job.entry <= self.recover_upto {
+                match found.next().flatten() {
+                    Some(p) if p.status.is_final() => continue,
+                    Some(p) => job.progress = p,
+                    // A replayed job whose delivery retention has removed.
+                    None if requeued => continue,
+                    None => {}
+                }
+            }
+            jobs.push(job);
+        }
+        self.after = last;
+        Ok(jobs)
+    }
+}
+
 /// A partition's reader, from its checkpoint on.
 pub struct JobReader {
     inner: Inner,
-    partition: u32,
-    /// The last entry read.
-    after: EntryId,
-    /// Jobs up to here may have been read by an earlier owner: their state is looked up.
-    recover_upto: EntryId,
+    cursor: Cursor,
     store: Store,
 }
 
@@ -118,39 +160,15 @@ impl JobReader {
     /// progress.
     pub async fn read(&mut self, count: usize, block: Duration) -> Result<Vec<Job>> {
         loop {
+            let after = self.cursor.after;
             let raw = match &mut self.inner {
-                Inner::Redis(r) => r.read(self.after, count, block).await?,
-                Inner::Embedded(r) => r.read(self.after, count, block).await?,
+                Inner::Redis(r) => r.read(after, count, block).await?,
+                Inner::Embedded(r) => r.read(after, count, block).await?,
             };
-            let Some(last) = raw.last() else {
+            if raw.is_empty() {
                 return Ok(Vec::new());
-            };
-            self.after = last.job.entry;
-            let ask: Vec<DeliveryId> = raw
-                .iter()
-                .filter(|r| r.requeued || r.job.entry <= self.recover_upto)
-                .map(|r| r.job.id)
-                .collect();
-            let found = if ask.is_empty() {
-                Vec::new()
-            } else {
-                self.store.progress(self.partition, &ask).await?
-            };
-            let mut found = ask.into_iter().zip(found);
-            let mut jobs = Vec::with_capacity(raw.len());
-            for RawJob { mut job, requeued } in raw {
-                if requeued || job.entry <= self.recover_upto {
-                    let (_, progress) = found.next().expect("one answer per id asked");
-                    match progress {
-                        Some(p) if p.status.is_final() => continue,
-                        Some(p) => job.progress = p,
-                        // A replayed job whose delivery retention has removed.
-                        None if requeued => continue,
-                        None => {}
-                    }
-                }
-                jobs.push(job);
             }
+            let jobs = self.cursor.resolve(&self.store, raw).await?;
             if !jobs.is_empty() {
                 return Ok(jobs);
             }
@@ -159,16 +177,26 @@ impl JobReader {
 
     /// The last entry read.
     pub fn position(&self) -> EntryId {
-        self.after
+        self.cursor.after
     }
 
     /// Entries of the partition not yet read (`switchyard_partition_lag`).
     pub async fn lag(&mut self) -> Result<i64> {
         match &mut self.inner {
-            Inner::Redis(r) => r.lag(self.after).await,
+            Inner::Redis(r) => r.lag(self.cursor.after).await,
             Inner::Embedded(r) => Ok(r.lag()),
         }
     }
+}
+
+/// One partition's share of a group commit.
+#[derive(Debug, Clone)]
+pub struct CommitBatch {
+    pub partition: u32,
+    /// The lease holder that fences the write (Redis; `None` on a single embedded node).
+    pub fence: Option<String>,
+    pub outcomes: Vec<Outcome>,
+    pub checkpoint: Checkpoint,
 }
 
 impl Store {
@@ -187,20 +215,27 @@ impl Store {
         }
     }
 
+    /// Where a new owner of `partition` starts: just before the first job that may not be
+    /// final, looking up the state of those an earlier owner may have read.
+    pub async fn cursor(&self, partition: u32) -> Result<Cursor> {
+        let checkpoint = self.checkpoint(partition).await?;
+        Ok(Cursor {
+            partition,
+            after: checkpoint.done_below.prev(),
+            recover_upto: checkpoint.read_upto,
+        })
+    }
+
     /// A reader of `partition`'s jobs from its checkpoint.
     pub async fn job_reader(&self, partition: u32) -> Result<JobReader> {
-        let checkpoint = self.checkpoint(partition).await?;
-        // Start just before the first job that may not be final.
-        let after = checkpoint.done_below.prev();
+        let cursor = self.cursor(partition).await?;
         let inner = match self {
             Store::Redis(s) => Inner::Redis(s.job_reader(partition).await?),
-            Store::Embedded(s) => Inner::Embedded(s.job_reader(partition, after)),
+            Store::Embedded(s) => Inner::Embedded(s.job_reader(partition, cursor.after)),
         };
         Ok(JobReader {
             inner,
-            partition,
-            after,
-            recover_upto: checkpoint.read_upto,
+            cursor,
             store: self.clone(),
         })
     }
@@ -238,6 +273,22 @@ impl Store {
         match self {
             Store::Redis(s) => s.commit(partition, fence, outcomes, checkpoint).await,
             Store::Embedded(s) => s.commit(partition, outcomes, checkpoint).await,
+        }
+    }
+
+    /// Writes several partitions' batches of a group commit: on one Redis in one script, on a
+    /// Redis Cluster one per partition (each its own slot), concurrently; on the embedded store
+    /// in one commit. One answer per batch, in order (a stale lease refuses only its batch).
+    pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
+        match self {
+            Store::Redis(s) if !s.is_cluster() => s.commit_many(batches).await,
+            Store::Embedded(s) => s.commit_many(batches).await,
+            _ => {
+                futures::future::join_all(batches.iter().map(|b| {
+                    self.commit(b.partition, b.fence.as_deref(), &b.outcomes, b.checkpoint)
+                }))
+                .await
+            }
         }
     }
 

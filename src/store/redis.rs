@@ -27,7 +27,7 @@ use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 pub use cluster::NodeInfo;
 pub use conn::Conn;
-pub use jobs::JobReader;
+pub use jobs::{JobReader, Lag, MultiReader};
 
 use super::jobs::Retention;
 use super::{Result, StoreError};
@@ -199,11 +199,15 @@ impl RedisStore {
 
     // ---- endpoints --------------------------------------------------------------------------
 
+    /// Saves an endpoint and bumps the workspace's endpoint version in one transaction, so
+    /// every node's cache sees the change on its next ingest.
     pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {
         let json = serde_json::to_string(ep)?;
-        let _: () = self
-            .conn()
+        redis::pipe()
+            .atomic()
             .hset(self.ws_key(ws, "ep"), &ep.id, json)
+            .incr(self.ws_key(ws, "ep:ver"), 1)
+            .exec_async(&mut self.conn())
             .await?;
         Ok(())
     }
@@ -250,7 +254,12 @@ impl RedisStore {
 
     /// Deletes an endpoint; `false` when it did not exist.
     pub async fn delete_endpoint(&self, ws: &str, id: &str) -> Result<bool> {
-        let n: u32 = self.conn().hdel(self.ws_key(ws, "ep"), id).await?;
+        let (n, _): (u32, u64) = redis::pipe()
+            .atomic()
+            .hdel(self.ws_key(ws, "ep"), id)
+            .incr(self.ws_key(ws, "ep:ver"), 1)
+            .query_async(&mut self.conn())
+            .await?;
         Ok(n > 0)
     }
 
@@ -339,9 +348,13 @@ impl RedisStore {
         Ok(n > 0)
     }
 
-    pub async fn rules_version(&self, ws: &str) -> Result<u64> {
-        let v: Option<u64> = self.conn().get(self.ws_key(ws, "rules:ver")).await?;
-        Ok(v.unwrap_or(0))
+    pub async fn versions(&self, ws: &str) -> Result<(u64, u64)> {
+        let (r, e): (Option<u64>, Option<u64>) = redis::cmd("MGET")
+            .arg(self.ws_key(ws, "rules:ver"))
+            .arg(self.ws_key(ws, "ep:ver"))
+            .query_async(&mut self.conn())
+            .await?;
+        Ok((r.unwrap_or(0), e.unwrap_or(0)))
     }
 
     /// All rules of a workspace with the version they were read at (one transaction).

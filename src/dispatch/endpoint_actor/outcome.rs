@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use super::{EndpointMsg, EndpointState, Held, now_ms};
 use crate::deliverer::Outcome;
 use crate::delivery::{AttemptError, EntryId, now_rfc3339};
-use crate::dispatch::partition::Commit;
 use crate::dispatch::policy::decide;
 use crate::endpoint::health::BreakerState;
 use crate::store::StoreError;
@@ -93,11 +92,7 @@ impl EndpointState {
                 created_ms: job.id.entry.ms,
             },
         );
-        if !partition.commit(Commit {
-            outcome: commit,
-            entry,
-            reply: myself.clone(),
-        }) {
+        if !partition.commit(commit, entry, myself.clone()) {
             // The partition is no longer owned here: its new owner sends the delivery.
             self.forget(entry);
         }
@@ -224,11 +219,7 @@ impl EndpointState {
             self.forget(entry);
             return;
         };
-        let sent = partition.commit(Commit {
-            outcome: held.commit.clone(),
-            entry,
-            reply: myself.clone(),
-        });
+        let sent = partition.commit(held.commit.clone(), entry, myself.clone());
         if !sent {
             self.forget(entry);
         }

@@ -38,10 +38,12 @@ impl EndpointState {
                 let Some(ws) = ctx.store.workspace(&ws_id).await? else {
                     return Ok(());
                 };
-                let rules = ctx.rules.get(&ctx.store, &ws_id).await?;
-                let fired = rules.matching(event_type, &event.body);
+                let snapshot = ctx.rules.get(&ctx.store, &ws_id).await?;
+                let fired = snapshot.rules.matching(event_type, &event.body);
                 crate::ingest::ingest(
                     &ctx.store,
+                    &ctx.rules,
+                    &snapshot,
                     &ws,
                     vec![crate::ingest::Fired {
                         event,
@@ -95,14 +97,15 @@ impl EndpointState {
     }
 
     /// Stops sending until an operator re-enables the endpoint; its queue is kept.
-    pub(super) async fn disable(&mut self, mut ep: Endpoint, reason: &str) {
+    pub(super) async fn disable(&mut self, ep: std::sync::Arc<Endpoint>, reason: &str) {
+        let mut ep = (*ep).clone();
         ep.spec.enabled = false;
         ep.updated_at = now_rfc3339();
         match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
             Ok(()) => {
                 tracing::warn!(endpoint = %ep.id, reason, "endpoint disabled");
                 self.emit("switchyard:endpoint_disabled", &ep, reason, json!({}));
-                self.endpoint = Some(ep);
+                self.endpoint = Some(std::sync::Arc::new(ep));
             }
             Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),
         }

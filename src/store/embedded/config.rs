@@ -43,8 +43,12 @@ impl EmbeddedStore {
     }
 
     pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {
-        let (key, ep) = (format!("ep/{ws}/{}", ep.id), ep.clone());
-        self.write(move |tx| tx.put_json(&key, &ep)).await
+        let (key, ep, ws) = (format!("ep/{ws}/{}", ep.id), ep.clone(), ws.to_string());
+        self.write(move |tx| {
+            tx.put_json(&key, &ep)?;
+            Self::bump(tx, &format!("epver/{ws}"))
+        })
+        .await
     }
 
     pub async fn endpoint(&self, ws: &str, id: &str) -> Result<Option<Endpoint>> {
@@ -73,9 +77,11 @@ impl EmbeddedStore {
 
     pub async fn delete_endpoint(&self, ws: &str, id: &str) -> Result<bool> {
         let key = format!("ep/{ws}/{id}");
+        let ver = format!("epver/{ws}");
         self.write(move |tx| {
             let existed = tx.get(Ks::Cfg, key.as_bytes())?.is_some();
             tx.remove(Ks::Cfg, key.as_bytes());
+            Self::bump(tx, &ver)?;
             Ok(existed)
         })
         .await
@@ -91,10 +97,13 @@ impl EmbeddedStore {
         .await
     }
 
+    fn bump(tx: &mut super::Tx, key: &str) -> Result<()> {
+        let v = tx.get_json::<u64>(key)?.unwrap_or(0) + 1;
+        tx.put_json(key, &v)
+    }
+
     fn bump_version(tx: &mut super::Tx, ws: &str) -> Result<()> {
-        let key = format!("rulever/{ws}");
-        let v = tx.get_json::<u64>(&key)?.unwrap_or(0) + 1;
-        tx.put_json(&key, &v)
+        Self::bump(tx, &format!("rulever/{ws}"))
     }
 
     pub async fn put_rule(&self, ws: &str, rule: &Rule) -> Result<()> {
@@ -165,8 +174,11 @@ impl EmbeddedStore {
         self.get_json(&format!("routinelast/{ws}/{uuid}"))
     }
 
-    pub async fn rules_version(&self, ws: &str) -> Result<u64> {
-        Ok(self.get_json::<u64>(&format!("rulever/{ws}"))?.unwrap_or(0))
+    pub async fn versions(&self, ws: &str) -> Result<(u64, u64)> {
+        Ok((
+            self.get_json::<u64>(&format!("rulever/{ws}"))?.unwrap_or(0),
+            self.get_json::<u64>(&format!("epver/{ws}"))?.unwrap_or(0),
+        ))
     }
 
     pub async fn rules(&self, ws: &str) -> Result<(u64, Vec<Rule>)> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{EmbeddedStore, Ks, Tx, backend, entry_key, event_key, fjall_error, key_entry, now_ms};
 use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
-use crate::store::jobs::{Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::jobs::{CommitBatch, Idempotency, Ingested, NewEvent, Outcome, RawJob};
 use crate::store::record::{
     Answered, Checkpoint, EventRecord, JobRecord, decode_progress, encode_state, split_ids,
     state_attempts,
@@ -70,6 +70,43 @@ fn count(tx: &mut Tx, ws: &str, ep: &str, moves: &[(&str, i64)]) -> Result<()> {
         *counts.entry(c.to_string()).or_default() += d;
     }
     tx.put_json(&key, &counts)
+}
+
+/// Writes one outcome: the delivery's state with its attempt, the counts, the dead letter.
+fn record(tx: &mut Tx, o: &Outcome) -> Result<()> {
+    let key = entry_key(o.id.partition, o.id.entry);
+    let mut attempts = match tx.get(Ks::S, &key)? {
+        Some(v) => state_attempts(&String::from_utf8_lossy(&v)).to_string(),
+        None => String::new(),
+    };
+    if let Some(a) = &o.attempt {
+        if !attempts.is_empty() {
+            attempts.push('\n');
+        }
+        attempts.push_str(&serde_json::to_string(a)?);
+    }
+    let state = encode_state(&o.progress, &attempts)?;
+    tx.put(Ks::S, &key, state.into_bytes());
+    count(
+        tx,
+        &o.workspace,
+        &o.endpoint_id,
+        &Counts::moves(o.from, o.progress.status),
+    )?;
+    if o.progress.status == Status::Failed && o.from != Status::Failed {
+        let entry = tx.next_dead(o.id.partition);
+        let dead = DeadRecord {
+            d: o.id.entry.to_string(),
+            e: o.endpoint_id.clone(),
+            w: o.workspace.clone(),
+        };
+        tx.put(
+            Ks::Dead,
+            &entry_key(o.id.partition, entry),
+            serde_json::to_vec(&dead)?,
+        );
+    }
+    Ok(())
 }
 
 /// An idempotency record as stored, with its expiry.
@@ -215,46 +252,39 @@ impl EmbeddedStore {
         outcomes: &[Outcome],
         checkpoint: Checkpoint,
     ) -> Result<()> {
-        let outcomes = outcomes.to_vec();
-        self.write(move |tx| {
-            for o in &outcomes {
-                let key = entry_key(o.id.partition, o.id.entry);
-                let earlier = match tx.get(Ks::S, &key)? {
-                    Some(v) => state_attempts(&String::from_utf8_lossy(&v)).to_string(),
-                    None => String::new(),
-                };
-                let mut attempts = earlier;
-                if let Some(a) = &o.attempt {
-                    if !attempts.is_empty() {
-                        attempts.push('\n');
+        let batch = CommitBatch {
+            partition,
+            fence: None,
+            outcomes: outcomes.to_vec(),
+            checkpoint,
+        };
+        self.commit_many(std::slice::from_ref(&batch))
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Several partitions' batches in one write of the group commit.
+    pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
+        let batches = batches.to_vec();
+        let n = batches.len();
+        let written = self
+            .write(move |tx| {
+                for b in &batches {
+                    for o in &b.outcomes {
+                        record(tx, o)?;
                     }
-                    attempts.push_str(&serde_json::to_string(a)?);
+                    tx.put_json(&format!("ck/{}", b.partition), &b.checkpoint.encode())?;
                 }
-                let state = encode_state(&o.progress, &attempts)?;
-                tx.put(Ks::S, &key, state.into_bytes());
-                count(
-                    tx,
-                    &o.workspace,
-                    &o.endpoint_id,
-                    &Counts::moves(o.from, o.progress.status),
-                )?;
-                if o.progress.status == Status::Failed && o.from != Status::Failed {
-                    let entry = tx.next_dead(o.id.partition);
-                    let dead = DeadRecord {
-                        d: o.id.entry.to_string(),
-                        e: o.endpoint_id.clone(),
-                        w: o.workspace.clone(),
-                    };
-                    tx.put(
-                        Ks::Dead,
-                        &entry_key(o.id.partition, entry),
-                        serde_json::to_vec(&dead)?,
-                    );
-                }
-            }
-            tx.put_json(&format!("ck/{partition}"), &checkpoint.encode())
-        })
-        .await
+                Ok(())
+            })
+            .await;
+        match written {
+            Ok(()) => (0..n).map(|_| Ok(())).collect(),
+            Err(e) => (0..n)
+                .map(|_| Err(crate::store::StoreError::Unavailable(e.to_string())))
+                .collect(),
+        }
     }
 
     pub async fn requeue(

@@ -15,7 +15,7 @@ use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 
 use super::{Conn, RedisStore};
 use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
-use crate::store::jobs::{Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::jobs::{CommitBatch, Idempotency, Ingested, NewEvent, Outcome, RawJob};
 use crate::store::record::{Answered, Checkpoint, decode_progress};
 use crate::store::{Counts, Result, StoreError};
 
@@ -164,40 +164,51 @@ if ARGV[1] == '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[2]) end
 return '+'
 "#;
 
-/// A batch of one partition's outcomes, fenced by its lease: each delivery's state (its
-/// progress, its earlier attempts when `append`, the new attempt), the dead letter of newly
-/// failed ones, the counts and the checkpoint. KEYS: lease, states, counts, dead letter,
-/// checkpoint. ARGV: holder (`""`: not fenced), checkpoint, dead-letter MINID bound, number of
-/// outcomes, number of count moves; per outcome: entry, the state (without `append`: whole;
-/// with it: the progress line), the attempt line (with `append`), `1` to append, `1` for the
-/// dead letter, workspace, endpoint; per count move: field, delta.
+/// A group commit: for each partition's batch, fenced by its lease, each delivery's state
+/// (its progress, its earlier attempts when `append`, the new attempt), the dead letter of
+/// newly failed ones, the counts and the checkpoint. A batch whose lease has passed to another
+/// node is skipped whole. KEYS, per batch: lease, states, counts, dead letter, checkpoint.
+/// ARGV: dead-letter MINID bound, number of batches; per batch: holder (`""`: not fenced),
+/// checkpoint, number of outcomes, number of count moves; per outcome: entry, the state
+/// (without `append`: whole; with it: the progress line), the attempt line (with `append`), `1`
+/// to append, `1` for the dead letter, workspace, endpoint; per count move: field, delta.
+/// Returns per batch `1` (written) or `0` (stale lease).
 const COMMIT: &str = r#"
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
-  return redis.error_reply('STALE_LEASE this node no longer owns the partition')
-end
-local a = 6
-for i = 1, tonumber(ARGV[4]) do
-  local id, value = ARGV[a], ARGV[a + 1]
-  if ARGV[a + 3] == '1' then
-    local old = redis.call('HGET', KEYS[2], id)
-    if old then
-      local nl = string.find(old, '\n', 1, true)
-      if nl then value = value .. '\n' .. string.sub(old, nl + 1) end
+local out = {}
+local a = 3
+for b = 1, tonumber(ARGV[2]) do
+  local k = (b - 1) * 5
+  local holder, ck, n, m = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  a = a + 4
+  if holder ~= '' and redis.call('GET', KEYS[k + 1]) ~= holder then
+    out[b] = 0
+    a = a + n * 7 + m * 2
+  else
+    for i = 1, n do
+      local id, value = ARGV[a], ARGV[a + 1]
+      if ARGV[a + 3] == '1' then
+        local old = redis.call('HGET', KEYS[k + 2], id)
+        if old then
+          local nl = string.find(old, '\n', 1, true)
+          if nl then value = value .. '\n' .. string.sub(old, nl + 1) end
+        end
+        if ARGV[a + 2] ~= '' then value = value .. '\n' .. ARGV[a + 2] end
+      end
+      redis.call('HSET', KEYS[k + 2], id, value)
+      if ARGV[a + 4] == '1' then
+        redis.call('XADD', KEYS[k + 4], 'MINID', '~', ARGV[1], '*', 'd', id, 'e', ARGV[a + 6], 'w', ARGV[a + 5])
+      end
+      a = a + 7
     end
-    if ARGV[a + 2] ~= '' then value = value .. '\n' .. ARGV[a + 2] end
+    for i = 1, m do
+      redis.call('HINCRBY', KEYS[k + 3], ARGV[a], ARGV[a + 1])
+      a = a + 2
+    end
+    redis.call('SET', KEYS[k + 5], ck)
+    out[b] = 1
   end
-  redis.call('HSET', KEYS[2], id, value)
-  if ARGV[a + 4] == '1' then
-    redis.call('XADD', KEYS[4], 'MINID', '~', ARGV[3], '*', 'd', id, 'e', ARGV[a + 6], 'w', ARGV[a + 5])
-  end
-  a = a + 7
 end
-for i = 1, tonumber(ARGV[5]) do
-  redis.call('HINCRBY', KEYS[3], ARGV[a], ARGV[a + 1])
-  a = a + 2
-end
-redis.call('SET', KEYS[5], ARGV[2])
-return 1
+return out
 "#;
 
 /// Puts a finished delivery back in its partition's log (a manual retry, a replay), only if
@@ -312,9 +323,7 @@ pub struct JobReader {
     conn: Conn,
     stream: String,
     partition: u32,
-    /// Where the reader stood the last time it caught up with the stream, as
-    /// (`entries-added` then, entries read since): the lag is the difference.
-    caught_up: Option<(u64, u64)>,
+    lag: Lag,
 }
 
 impl RedisStore {
@@ -607,7 +616,7 @@ impl RedisStore {
             conn: self.target.blocking().await?,
             stream: self.stream_key(partition),
             partition,
-            caught_up: None,
+            lag: Lag::default(),
         })
     }
 
@@ -644,55 +653,90 @@ impl RedisStore {
         outcomes: &[Outcome],
         checkpoint: Checkpoint,
     ) -> Result<()> {
-        let mut moves: BTreeMap<String, i64> = BTreeMap::new();
+        let batch = CommitBatch {
+            partition,
+            fence: fence.map(str::to_string),
+            outcomes: outcomes.to_vec(),
+            checkpoint,
+        };
+        self.commit_many(std::slice::from_ref(&batch))
+            .await
+            .pop()
+            .unwrap_or(Ok(()))
+    }
+
+    /// Several partitions' batches in one script (one Redis: every key is on it).
+    pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
+        match self.commit_script(batches).await {
+            Ok(written) => batches
+                .iter()
+                .zip(written.into_iter().chain(std::iter::repeat(0)))
+                .map(|(b, w)| {
+                    if w == 1 {
+                        Ok(())
+                    } else {
+                        Err(StoreError::StaleLease(b.partition))
+                    }
+                })
+                .collect(),
+            Err(e) => batches
+                .iter()
+                .map(|_| Err(StoreError::Unavailable(e.to_string())))
+                .collect(),
+        }
+    }
+
+    async fn commit_script(&self, batches: &[CommitBatch]) -> Result<Vec<i64>> {
         let mut inv = COMMIT_SCRIPT.prepare_invoke();
-        inv.key(self.lease_key(partition))
-            .key(self.states_key(partition))
-            .key(self.counts_key(partition))
-            .key(self.dead_key(partition))
-            .key(self.checkpoint_key(partition))
-            .arg(fence.unwrap_or(""))
-            .arg(checkpoint.encode())
-            .arg(self.cutoff())
-            .arg(outcomes.len());
-        let mut counted = Vec::new();
-        for o in outcomes {
-            for (counter, delta) in Counts::moves(o.from, o.progress.status) {
-                *moves
-                    .entry(format!("{}|{}|{counter}", o.workspace, o.endpoint_id))
-                    .or_default() += delta;
+        for b in batches {
+            let p = b.partition;
+            inv.key(self.lease_key(p))
+                .key(self.states_key(p))
+                .key(self.counts_key(p))
+                .key(self.dead_key(p))
+                .key(self.checkpoint_key(p));
+        }
+        inv.arg(self.cutoff()).arg(batches.len());
+        for b in batches {
+            let mut moves: BTreeMap<String, i64> = BTreeMap::new();
+            for o in &b.outcomes {
+                for (counter, delta) in Counts::moves(o.from, o.progress.status) {
+                    *moves
+                        .entry(format!("{}|{}|{counter}", o.workspace, o.endpoint_id))
+                        .or_default() += delta;
+                }
             }
-            let line = match &o.attempt {
-                Some(a) => serde_json::to_string(a)?,
-                None => String::new(),
-            };
-            let append = o.attempt.as_ref().is_none_or(|a| a.n > 1) || o.from != Status::Pending;
-            let dead = o.progress.status == Status::Failed && o.from != Status::Failed;
-            counted.push((serde_json::to_string(&o.progress)?, line, append, dead));
+            inv.arg(b.fence.as_deref().unwrap_or(""))
+                .arg(b.checkpoint.encode())
+                .arg(b.outcomes.len())
+                .arg(moves.len());
+            for o in &b.outcomes {
+                let progress = serde_json::to_string(&o.progress)?;
+                let line = match &o.attempt {
+                    Some(a) => serde_json::to_string(a)?,
+                    None => String::new(),
+                };
+                let append =
+                    o.attempt.as_ref().is_none_or(|a| a.n > 1) || o.from != Status::Pending;
+                let dead = o.progress.status == Status::Failed && o.from != Status::Failed;
+                let (state, line) = match (append, line.is_empty()) {
+                    (true, _) => (progress, line),
+                    (false, true) => (progress, String::new()),
+                    (false, false) => (format!("{progress}\n{line}"), String::new()),
+                };
+                inv.arg(o.id.entry.to_string())
+                    .arg(state)
+                    .arg(line)
+                    .arg(if append { "1" } else { "0" })
+                    .arg(if dead { "1" } else { "0" })
+                    .arg(&o.workspace)
+                    .arg(&o.endpoint_id);
+            }
+            for (f, d) in &moves {
+                inv.arg(f).arg(*d);
+            }
         }
-        inv.arg(moves.len());
-        for (o, (progress, line, append, dead)) in outcomes.iter().zip(&counted) {
-            let (state, line) = match (*append, line.is_empty()) {
-                (true, _) => (progress.clone(), line.as_str()),
-                (false, true) => (progress.clone(), ""),
-                (false, false) => (format!("{progress}\n{line}"), ""),
-            };
-            inv.arg(o.id.entry.to_string())
-                .arg(state)
-                .arg(line)
-                .arg(if *append { "1" } else { "0" })
-                .arg(if *dead { "1" } else { "0" })
-                .arg(&o.workspace)
-                .arg(&o.endpoint_id);
-        }
-        for (f, d) in &moves {
-            inv.arg(f).arg(*d);
-        }
-        let done: redis::RedisResult<i64> = inv.invoke_async(&mut self.conn()).await;
-        match done {
-            Err(e) if e.code() == Some("STALE_LEASE") => Err(StoreError::StaleLease(partition)),
-            other => other.map(drop).map_err(StoreError::from),
-        }
+        Ok(inv.invoke_async(&mut self.conn()).await?)
     }
 
     pub async fn requeue(
@@ -818,6 +862,74 @@ fn delivery_ids(e: &NewEvent, entries: &str) -> Vec<String> {
         .collect()
 }
 
+/// A reader of several partitions' logs at once, on a connection of its own: one `XREAD` over
+/// every stream (one Redis only; on a cluster the streams are in different slots).
+pub struct MultiReader {
+    conn: Conn,
+}
+
+impl RedisStore {
+    pub async fn multi_reader(&self) -> Result<MultiReader> {
+        Ok(MultiReader {
+            conn: self.target.blocking().await?,
+        })
+    }
+}
+
+impl RedisStore {
+    /// A partition's lag as [`Lag`] tracks it, on the shared connection.
+    pub async fn partition_lag(
+        &self,
+        lag: &mut Lag,
+        partition: u32,
+        after: EntryId,
+    ) -> Result<i64> {
+        lag.measure(&mut self.conn(), &self.stream_key(partition), after)
+            .await
+    }
+}
+
+impl MultiReader {
+    /// Up to `count` jobs of each partition after its cursor, waiting up to `block` for any.
+    pub async fn read(
+        &mut self,
+        store: &RedisStore,
+        from: &[(u32, EntryId)],
+        count: usize,
+        block: Duration,
+    ) -> Result<Vec<(u32, Vec<RawJob>)>> {
+        let keys: Vec<String> = from.iter().map(|(p, _)| store.stream_key(*p)).collect();
+        let ids: Vec<String> = from.iter().map(|(_, a)| a.to_string()).collect();
+        let opts = StreamReadOptions::default()
+            .count(count)
+            .block(block.as_millis() as usize);
+        let reply: Option<StreamReadReply> =
+            redis::AsyncCommands::xread_options(&mut self.conn, &keys, &ids, &opts).await?;
+        let Some(reply) = reply else {
+            return Ok(Vec::new());
+        };
+        let by_key: std::collections::HashMap<&str, u32> = keys
+            .iter()
+            .zip(from)
+            .map(|(k, (p, _))| (k.as_str(), *p))
+            .collect();
+        Ok(reply
+            .keys
+            .iter()
+            .filter_map(|k| {
+                let p = *by_key.get(k.key.as_str())?;
+                Some((
+                    p,
+                    k.ids
+                        .iter()
+                        .filter_map(|e| job_of(p, &e.id, &e.map))
+                        .collect(),
+                ))
+            })
+            .collect())
+    }
+}
+
 impl JobReader {
     /// Up to `count` jobs after `after`, waiting up to `block` for new ones.
     pub async fn read(
@@ -839,23 +951,41 @@ impl JobReader {
         let entries: Vec<_> = reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
             .unwrap_or_default();
-        if let Some((_, read)) = &mut self.caught_up {
-            *read += entries.len() as u64;
-        }
+        self.lag.read(entries.len());
         Ok(entries
             .iter()
             .filter_map(|e| job_of(self.partition, &e.id, &e.map))
             .collect())
     }
 
-    /// Entries after `after`, from `XINFO STREAM`: exact once the reader has caught up with
-    /// the stream once (it then counts what it reads), the stream's length before.
+    /// Entries after `after` (see [`Lag`]).
     pub async fn lag(&mut self, after: EntryId) -> Result<i64> {
+        self.lag.measure(&mut self.conn, &self.stream, after).await
+    }
+}
+
+/// The lag of a partition's reader: exact once the reader has caught up with the stream once
+/// (`XINFO STREAM`'s `entries-added` then, plus what it has read since), the stream's length
+/// before that.
+#[derive(Debug, Default)]
+pub struct Lag {
+    caught_up: Option<(u64, u64)>,
+}
+
+impl Lag {
+    /// `n` more entries were read.
+    pub fn read(&mut self, n: usize) {
+        if let Some((_, read)) = &mut self.caught_up {
+            *read += n as u64;
+        }
+    }
+
+    pub async fn measure(&mut self, conn: &mut Conn, stream: &str, after: EntryId) -> Result<i64> {
         let info: redis::RedisResult<std::collections::HashMap<String, Value>> =
             redis::cmd("XINFO")
                 .arg("STREAM")
-                .arg(&self.stream)
-                .query_async(&mut self.conn)
+                .arg(stream)
+                .query_async(conn)
                 .await;
         let Ok(info) = info else {
             return Ok(0);
