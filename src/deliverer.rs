@@ -1,32 +1,34 @@
-//! The deliverer: signs a delivery and POSTs it, once, through the SSRF-guarded client.
+//! The deliverer: signs a delivery and POSTs it, once, through the SSRF-guarded pool.
 //!
-//! One `reqwest::Client` is shared by every endpoint actor of the node: connection pooling
-//! and keep-alive are per host inside it, so a busy endpoint reuses its TLS sessions. The
-//! client never follows redirects (a 3xx is a failed attempt: following one would let a
-//! customer bounce us into a private address), never reads a system proxy, and resolves every
-//! name through [`GuardedResolver`]. An attempt never returns an error: whatever happens
-//! becomes an [`Attempt`] record for the log.
+//! Requests go out over hyper's HTTP/1.1 client connections, pooled per origin by
+//! [`pool::Pool`]. What an endpoint's requests share (the parsed URL, the `Host`, the static
+//! headers, the TLS name) is prepared once per endpoint version as a [`Target`], so an attempt
+//! only signs, adds three headers and sends. Redirects are never followed (a 3xx is a failed
+//! attempt: following one would let a customer bounce us into a private address) and no
+//! proxy is used. An attempt never returns an error: whatever happens becomes the
+//! [`AttemptRecord`] the delivery log stores, built here directly.
+
+mod pool;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use url::Url;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http_body_util::{BodyExt, Full};
+use url::{Host, Url};
 
 use crate::config::Config;
-use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse, Job, rfc3339};
+use crate::delivery::{AttemptError, Job};
 use crate::endpoint::Endpoint;
 use crate::signing::{SigningKey, signature_header};
-use crate::ssrf::{Guard, GuardedResolver, SsrfError};
+use crate::ssrf::Guard;
+use crate::store::record::AttemptRecord;
 
 /// The `User-Agent` of every webhook.
 pub const USER_AGENT: &str = concat!("Switchyard/", env!("CARGO_PKG_VERSION"));
-/// Idle pooled connections kept per host. Many endpoints often share a host (hook relays,
-/// automation platforms), each strict endpoint holding one request in flight: a small idle pool
-/// would close and re-handshake TLS connections constantly (in a profile at 1,000 endpoints on
-/// one host, handshakes cost 15 % of the CPU with 32).
-const POOL_IDLE_PER_HOST: usize = 1024;
 
 /// Why the deliverer could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -36,28 +38,152 @@ pub enum DelivererError {
         path: String,
         source: std::io::Error,
     },
-    #[error("extra_root_certs {path} holds no usable PEM certificate: {source}")]
-    BadRoots {
-        path: String,
-        source: reqwest::Error,
-    },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("extra_root_certs {path} holds no usable PEM certificate: {why}")]
+    BadRoots { path: String, why: String },
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
 
-/// What the endpoint actor needs from an attempt besides the log record.
+/// What the endpoint actor needs from an attempt.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    pub attempt: Attempt,
+    /// The attempt as the delivery log stores it (`x`, the next attempt, is set by the actor).
+    pub record: AttemptRecord,
     /// `Retry-After` of a 429 or 503, when the receiver sent one.
     pub retry_after: Option<Duration>,
     /// The failure is final whatever attempts are left (410 Gone, SSRF refusal, ...).
     pub final_failure: bool,
 }
 
+impl Outcome {
+    /// A 2xx answer.
+    pub fn succeeded(&self) -> bool {
+        self.record.e.is_none() && self.record.st.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.record.st
+    }
+
+    /// The error's kind and message (`status` for a non-2xx answer).
+    pub fn error(&self) -> Option<(&str, &str)> {
+        self.record
+            .e
+            .as_ref()
+            .map(|(k, m)| (k.as_str(), m.as_str()))
+    }
+
+    /// An attempt that ended in an error of `kind` before any answer.
+    pub fn failed(number: u32, kind: &str, message: String) -> Outcome {
+        Outcome {
+            record: AttemptRecord {
+                n: number,
+                t: Utc::now().timestamp_millis(),
+                d: 0,
+                u: String::new(),
+                sig: String::new(),
+                h: BTreeMap::new(),
+                st: None,
+                rh: Vec::new(),
+                rb: String::new(),
+                tr: false,
+                e: Some((kind.to_string(), message)),
+                x: None,
+            },
+            retry_after: None,
+            final_failure: false,
+        }
+    }
+}
+
+/// What every request to one endpoint shares, prepared once per version of the endpoint.
+pub struct Target {
+    url: String,
+    /// `scheme://host:port`: the pool's key.
+    origin: Arc<str>,
+    /// The host to resolve (no brackets), and the port.
+    host: String,
+    port: u16,
+    /// The TLS name (`https`), `None` for `http` (tests and development only).
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+    path: http::Uri,
+    /// `host`, `content-type`, `user-agent` and the endpoint's custom headers.
+    headers: HeaderMap,
+    /// The custom headers, as each attempt's record keeps them.
+    custom: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl Target {
+    /// Prepares the requests to `endpoint`; the URL is checked against the SSRF guard here
+    /// (its resolved addresses are checked at every connect).
+    pub fn of(endpoint: &Endpoint, guard: &Guard) -> Result<Target, AttemptError> {
+        let url = Url::parse(&endpoint.spec.url).map_err(|e| err("request", e.to_string()))?;
+        guard
+            .check_url(&url)
+            .map_err(|e| err("ssrf", e.to_string()))?;
+        let host = match url.host() {
+            Some(Host::Domain(d)) => d.to_string(),
+            Some(Host::Ipv4(ip)) => ip.to_string(),
+            Some(Host::Ipv6(ip)) => ip.to_string(),
+            None => return Err(err("request", "the URL has no host".into())),
+        };
+        let https = url.scheme() == "https";
+        let port = url.port_or_known_default().unwrap_or(443);
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let path: http::Uri = path.parse().map_err(|e| err("request", format!("{e}")))?;
+        let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 6);
+        let value = |v: &str| {
+            HeaderValue::from_str(v).map_err(|e| err("request", format!("header value: {e}")))
+        };
+        headers.insert(header::HOST, value(&authority)?);
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::USER_AGENT, HeaderValue::from_static(USER_AGENT));
+        for (k, v) in &endpoint.spec.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| err("request", format!("header {k}: {e}")))?;
+            headers.insert(name, value(v)?);
+        }
+        Ok(Target {
+            origin: format!("{}://{host}:{port}", url.scheme()).into(),
+            server_name: if https {
+                Some(pool::server_name(&host)?)
+            } else {
+                None
+            },
+            url: endpoint.spec.url.clone(),
+            host,
+            port,
+            path,
+            headers,
+            custom: endpoint.spec.headers.clone(),
+            timeout: Duration::from_millis(endpoint.spec.timeout_ms),
+        })
+    }
+}
+
+/// A delivery's body, shared with its job (no copy per attempt).
+struct Shared(Arc<str>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
 /// Signs and sends attempts.
 pub struct Deliverer {
-    client: reqwest::Client,
+    pool: pool::Pool,
     guard: Arc<Guard>,
     response_limit: usize,
     /// Attempts in flight on this node (`max_concurrent_attempts`). Each holds a TLS
@@ -66,37 +192,23 @@ pub struct Deliverer {
     in_flight: tokio::sync::Semaphore,
 }
 
+/// What a send got back.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    truncated: bool,
+    retry_after: Option<Duration>,
+}
+
 impl Deliverer {
     pub fn new(config: &Config) -> Result<Deliverer, DelivererError> {
         let guard = Arc::new(Guard::new(
             config.allow_private_cidrs.clone(),
             config.allow_http,
         ));
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(10))
-            .dns_resolver(Arc::new(GuardedResolver(guard.clone())));
-        if let Some(path) = &config.extra_root_certs {
-            let display = path.display().to_string();
-            let pem = std::fs::read(path).map_err(|source| DelivererError::ReadRoots {
-                path: display.clone(),
-                source,
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| {
-                DelivererError::BadRoots {
-                    path: display,
-                    source,
-                }
-            })?;
-            builder = builder.tls_certs_merge(certs);
-        }
         Ok(Deliverer {
-            client: builder.build()?,
+            pool: pool::Pool::new(guard.clone(), config.extra_root_certs.as_deref())?,
             guard,
             response_limit: config.response_body_limit,
             in_flight: tokio::sync::Semaphore::new(config.max_concurrent_attempts),
@@ -107,79 +219,98 @@ impl Deliverer {
         &self.guard
     }
 
-    /// One signed POST of `job`'s delivery to `endpoint`; `None` when `may_send` said no at
+    /// One signed POST of `job`'s delivery to `target`; `None` when `may_send` said no at
     /// the last moment (the partition's lease may have passed: nothing was sent).
     pub async fn attempt(
         &self,
-        endpoint: &Endpoint,
+        target: &Result<Target, AttemptError>,
         keys: &[SigningKey],
         job: &Job,
         number: u32,
         may_send: impl Fn() -> bool,
     ) -> Option<Outcome> {
         let _slot = self.in_flight.acquire().await.expect("never closed");
-        let started_at: DateTime<Utc> = Utc::now();
-        let timestamp = started_at.timestamp();
-        let id = job.id.to_string();
-        let mut headers: BTreeMap<String, String> = endpoint.spec.headers.clone();
-        headers.insert("content-type".into(), "application/json".into());
-        headers.insert("user-agent".into(), USER_AGENT.into());
-        headers.insert(
-            "webhook-signature".into(),
-            signature_header(keys, &id, timestamp, job.body.as_bytes()),
-        );
-        headers.insert("webhook-id".into(), id);
-        headers.insert("webhook-timestamp".into(), timestamp.to_string());
-        let request = AttemptRequest {
-            url: endpoint.spec.url.clone(),
-            headers: headers.clone(),
-            body: None,
+        let started_ms = Utc::now().timestamp_millis();
+        let target = match target {
+            Ok(t) => t,
+            Err(e) => {
+                // The URL itself is refused: nothing can be sent, now or later.
+                if !may_send() {
+                    return None;
+                }
+                let mut outcome = Outcome::failed(number, &e.kind, e.message.clone());
+                outcome.final_failure = e.kind == "ssrf";
+                return Some(outcome);
+            }
         };
-        // The last check before bytes leave: a node paused past its lease sends nothing.
+        let id = job.id.to_string();
+        let timestamp = started_ms.div_euclid(1000);
+        let sig = signature_header(keys, &id, timestamp, job.body.as_bytes());
+        let mut headers = target.headers.clone();
+        let value = |v: &str| HeaderValue::from_str(v).expect("ids, digits and base64 are valid");
+        headers.insert("webhook-id", value(&id));
+        headers.insert("webhook-timestamp", value(&timestamp.to_string()));
+        headers.insert("webhook-signature", value(&sig));
         if !may_send() {
             return None;
         }
         let clock = Instant::now();
-        let result = self.send(endpoint, headers, &job.body).await;
-        match &result {
-            Ok((r, _)) => tracing::debug!(status = r.status, "attempt answered"),
-            Err(e) => tracing::debug!(kind = %e.kind, error = %e.message, "attempt failed"),
-        }
-        let mut attempt = Attempt {
-            attempt: number,
-            started_at: rfc3339(started_at),
-            duration_ms: clock.elapsed().as_millis() as u64,
-            request,
-            response: None,
-            error: None,
-            next_attempt_at: None,
+        let body = Bytes::from_owner(Shared(job.body.clone()));
+        let sent =
+            tokio::time::timeout(target.timeout, self.send(target, headers, body, &may_send)).await;
+        let result = match sent {
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(answer))) => Ok(answer),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(err(
+                "timeout",
+                format!("no answer within {} ms", target.timeout.as_millis()),
+            )),
+        };
+        let mut record = AttemptRecord {
+            n: number,
+            t: started_ms,
+            d: clock.elapsed().as_millis() as u64,
+            u: target.url.clone(),
+            sig,
+            h: target.custom.clone(),
+            st: None,
+            rh: Vec::new(),
+            rb: String::new(),
+            tr: false,
+            e: None,
+            x: None,
         };
         match result {
-            Ok((response, retry_after)) => {
+            Ok(answer) => {
+                tracing::debug!(status = answer.status, "attempt answered");
                 // 410 Gone, or the receiver's explicit `webhook-delivery: abort`, ends the delivery.
-                let aborted = response
-                    .headers
-                    .get("webhook-delivery")
-                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("abort"));
-                let gone = response.status == 410 || aborted;
-                if !(200..300).contains(&response.status) {
-                    attempt.error = Some(AttemptError {
-                        kind: "status".into(),
-                        message: format!("the endpoint answered {}", response.status),
-                    });
+                let aborted = answer.headers.iter().any(|(k, v)| {
+                    k == "webhook-delivery" && v.trim().eq_ignore_ascii_case("abort")
+                });
+                let gone = answer.status == 410 || aborted;
+                if !(200..300).contains(&answer.status) {
+                    record.e = Some((
+                        "status".into(),
+                        format!("the endpoint answered {}", answer.status),
+                    ));
                 }
-                attempt.response = Some(response);
+                record.st = Some(answer.status);
+                record.rh = answer.headers;
+                record.rb = answer.body;
+                record.tr = answer.truncated;
                 Some(Outcome {
-                    attempt,
-                    retry_after,
+                    record,
+                    retry_after: answer.retry_after,
                     final_failure: gone,
                 })
             }
             Err(error) => {
+                tracing::debug!(kind = %error.kind, error = %error.message, "attempt failed");
                 let final_failure = error.kind == "ssrf";
-                attempt.error = Some(error);
+                record.e = Some((error.kind, error.message));
                 Some(Outcome {
-                    attempt,
+                    record,
                     retry_after: None,
                     final_failure,
                 })
@@ -187,46 +318,60 @@ impl Deliverer {
         }
     }
 
+    /// Sends once a connection is ready; `Ok(None)` when `may_send` says no then (the last
+    /// check before bytes leave: a node paused past its lease sends nothing).
     async fn send(
         &self,
-        endpoint: &Endpoint,
-        headers: BTreeMap<String, String>,
-        body: &str,
-    ) -> Result<(AttemptResponse, Option<Duration>), AttemptError> {
-        let url = Url::parse(&endpoint.spec.url).map_err(|e| err("request", e.to_string()))?;
-        self.guard
-            .check_url(&url)
-            .map_err(|e| err("ssrf", e.to_string()))?;
-        let mut req = self
-            .client
-            .post(url)
-            .timeout(Duration::from_millis(endpoint.spec.timeout_ms))
-            .body(body.to_string());
-        for (k, v) in &headers {
-            req = req.header(k, v);
+        target: &Target,
+        headers: HeaderMap,
+        body: Bytes,
+        may_send: &impl Fn() -> bool,
+    ) -> Result<Option<Answer>, AttemptError> {
+        let mut conn = self.pool.checkout(target).await?;
+        if !may_send() {
+            self.pool.checkin(conn);
+            return Ok(None);
         }
-        let mut resp = req.send().await.map_err(classify)?;
-        let status = resp.status().as_u16();
-        let resp_headers: BTreeMap<String, String> = resp
+        let mut request = http::Request::new(Full::new(body));
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = target.path.clone();
+        *request.headers_mut() = headers;
+        let response = conn
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| err("request", error_chain(&e)))?;
+        let status = response.status().as_u16();
+        let closes = response
+            .headers()
+            .get(header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let headers: Vec<(String, String)> = response
             .headers()
             .iter()
             .map(|(k, v)| {
                 (
-                    k.to_string(),
+                    k.as_str().to_string(),
                     String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 )
             })
             .collect();
         let retry_after = matches!(status, 429 | 503)
             .then(|| {
-                resp_headers
-                    .get("retry-after")
-                    .and_then(|v| parse_retry_after(v, Utc::now()))
+                headers
+                    .iter()
+                    .find(|(k, _)| k == "retry-after")
+                    .and_then(|(_, v)| parse_retry_after(v, Utc::now()))
             })
             .flatten();
-        let mut kept = Vec::new();
+        let mut body = response.into_body();
+        let mut kept: Vec<u8> = Vec::new();
         let mut truncated = false;
-        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| err("request", error_chain(&e)))?;
+            let Ok(chunk) = frame.into_data() else {
+                continue;
+            };
             let room = self.response_limit.saturating_sub(kept.len());
             kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if chunk.len() > room {
@@ -234,13 +379,18 @@ impl Deliverer {
                 break;
             }
         }
-        let response = AttemptResponse {
+        // A connection is reused only once its response was read to the end.
+        if !truncated && !closes {
+            drop(body);
+            self.pool.checkin(conn);
+        }
+        Ok(Some(Answer {
             status,
-            headers: resp_headers,
+            headers,
             body: String::from_utf8_lossy(&kept).into_owned(),
             truncated,
-        };
-        Ok((response, retry_after))
+            retry_after,
+        }))
     }
 }
 
@@ -251,32 +401,16 @@ fn err(kind: &str, message: String) -> AttemptError {
     }
 }
 
-/// Maps a transport error to the log's error kinds.
-fn classify(e: reqwest::Error) -> AttemptError {
-    let mut chain = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(&e);
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut chain = e.to_string();
+    let mut source = e.source();
     while let Some(s) = source {
-        if let Some(ssrf) = s.downcast_ref::<SsrfError>() {
-            return err("ssrf", ssrf.to_string());
-        }
-        if !chain.is_empty() {
-            chain.push_str(": ");
-        }
+        chain.push_str(": ");
         chain.push_str(&s.to_string());
         source = s.source();
     }
-    let lower = chain.to_ascii_lowercase();
-    let kind = if e.is_timeout() {
-        "timeout"
-    } else if lower.contains("certificate") || lower.contains("tls") || lower.contains("handshake")
-    {
-        "tls"
-    } else if e.is_connect() {
-        "connect"
-    } else {
-        "request"
-    };
-    err(kind, chain)
+    chain
 }
 
 /// `Retry-After` as seconds or an HTTP date.

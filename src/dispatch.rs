@@ -57,7 +57,8 @@ pub struct DispatchContext {
 /// (where its outcome goes, and the lease its sends depend on).
 #[derive(Debug)]
 pub struct QueuedJob {
-    pub job: Job,
+    /// Shared with the attempt in flight (no copy of its strings per attempt).
+    pub job: Arc<Job>,
     pub partition: Arc<PartitionHandle>,
     _permit: Option<OwnedSemaphorePermit>,
 }
@@ -69,7 +70,7 @@ impl QueuedJob {
         partition: Arc<PartitionHandle>,
     ) -> Self {
         Self {
-            job,
+            job: Arc::new(job),
             partition,
             _permit: permit,
         }

@@ -129,7 +129,10 @@ mod tests {
         let rule = json!({"id": 1, "uuid": "u", "name": "n"});
         let ws = json!({"uuid": "w", "name": "W"});
         let spoofed = json!({"event": "member:created", "workspace": "spoofed"});
-        assert!(Event::parse(spoofed).is_err(), "a spoofed block is refused before the splice");
+        assert!(
+            Event::parse(spoofed).is_err(),
+            "a spoofed block is refused before the splice"
+        );
         for body in [
             json!({"event": "member:created", "member": {"id": 1}}),
             json!({"event": "member:created", "member": {"id": "}\"{"}, "n": [1, {}]}),

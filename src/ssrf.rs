@@ -2,17 +2,17 @@
 //!
 //! A customer chooses the URL, so without a guard a webhook is a way to make our nodes POST into
 //! our own network. The guard is applied twice: when an endpoint is saved (clear 422 for the
-//! customer) and at connect time on every address the name resolves to, through [`GuardedResolver`]
-//! plugged into reqwest, so a DNS answer that changes after the save (rebinding) cannot slip
-//! past. reqwest never calls a resolver for IP-literal hosts, so those are checked by
-//! [`Guard::check_url`] before each request too.
+//! customer) and at connect time on every address the name resolves to ([`Guard::resolve`],
+//! which the deliverer's pool connects through, to exactly the addresses it checked), so a DNS
+//! answer that changes after the save (rebinding) cannot slip past. IP-literal hosts are
+//! checked by [`Guard::check_url`] when an endpoint's requests are prepared.
 //!
 //! `std`'s `is_global` is unstable, so the stable predicates are combined with an `ipnet`
 //! deny-list of the special-purpose ranges std misses (CGNAT, benchmarking, 6to4, NAT64, ...).
 //! IPv4-mapped IPv6 addresses are canonicalised first so `::ffff:127.0.0.1` is loopback.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use ipnet::IpNet;
 use url::{Host, Url};
@@ -216,19 +216,6 @@ impl Guard {
             self.resolve(name, port).await?;
         }
         Ok(())
-    }
-}
-
-/// reqwest's resolver, guarded: every connection's addresses pass [`Guard::check_ip`].
-pub struct GuardedResolver(pub Arc<Guard>);
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let guard = self.0.clone();
-        Box::pin(async move {
-            let addrs = guard.resolve(name.as_str(), 0).await?;
-            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
-        })
     }
 }
 

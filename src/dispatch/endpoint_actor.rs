@@ -111,6 +111,16 @@ pub struct EndpointState {
     idle_timer: bool,
     /// When `endpoint` was last read from the store.
     loaded_at: Option<Instant>,
+    /// What every attempt to `endpoint` shares, made at its first attempt after a load.
+    prepared: Option<Arc<Prepared>>,
+}
+
+/// The endpoint's request target and signing keys, prepared once (not per attempt).
+struct Prepared {
+    target: Result<crate::deliverer::Target, crate::delivery::AttemptError>,
+    keys: Vec<crate::signing::SigningKey>,
+    /// When a retired secret stops signing (the keys are made again then).
+    keys_until_ms: i64,
 }
 
 /// The limiters' clock, made once: `DefaultClock::default()` calibrates a TSC clock (CPUID
@@ -150,6 +160,7 @@ impl EndpointState {
             self.limiter = rate.and_then(limiter_for);
         }
         self.endpoint = ep.map(Arc::new);
+        self.prepared = None;
         self.endpoint_known = true;
         self.loaded_at = Some(Instant::now());
         Ok(())
@@ -178,14 +189,14 @@ impl EndpointState {
 
     /// Removes a job from the queue (its permit goes with it).
     fn remove(&mut self, entry: EntryId) {
-        self.queue
-            .lock()
-            .expect("queue lock")
-            .retain(|q| q.job.entry != entry);
+        let mut queue = self.queue.lock().expect("queue lock");
+        if let Some(at) = queue.iter().position(|q| q.job.entry == entry) {
+            queue.remove(at);
+        }
     }
 
-    /// A copy of the queued job of `entry`, with its partition.
-    fn queued(&self, entry: EntryId) -> Option<(Job, Arc<super::PartitionHandle>)> {
+    /// The queued job of `entry`, with its partition.
+    fn queued(&self, entry: EntryId) -> Option<(Arc<Job>, Arc<super::PartitionHandle>)> {
         self.queue
             .lock()
             .expect("queue lock")
@@ -194,21 +205,21 @@ impl EndpointState {
             .map(|q| (q.job.clone(), q.partition.clone()))
     }
 
-    async fn pump(&mut self, myself: &ActorRef<EndpointMsg>) -> Result<(), ActorProcessingErr> {
+    fn pump(&mut self, myself: &ActorRef<EndpointMsg>) {
         if let Some(waiter) = &mut self.draining {
             if self.in_flight.is_empty()
                 && let Some(done) = waiter.take()
             {
                 let _ = done.send(());
             }
-            return Ok(());
+            return;
         }
         if !self.endpoint_known {
-            return Ok(());
+            return;
         }
         let Some(ep) = self.endpoint.clone() else {
             self.fail_all_for_deleted_endpoint(myself);
-            return Ok(());
+            return;
         };
         if ep.spec.enabled {
             self.start_ready(myself, &ep);
@@ -218,7 +229,6 @@ impl EndpointState {
             self.idle_timer = true;
             myself.send_after(self.idle_time(), || EndpointMsg::IdleCheck);
         }
-        Ok(())
     }
 
     /// The rate limit allows an attempt now; otherwise the time to look again.
@@ -333,12 +343,36 @@ impl EndpointState {
         }
     }
 
+    /// The endpoint's prepared target and keys, made again after a load or when a retired
+    /// secret expires.
+    fn prepared(&mut self, ep: &Endpoint) -> Arc<Prepared> {
+        let now = now_ms();
+        if let Some(p) = &self.prepared
+            && p.keys_until_ms > now
+        {
+            return p.clone();
+        }
+        let prepared = Arc::new(Prepared {
+            target: crate::deliverer::Target::of(ep, self.ctx.deliverer.guard()),
+            keys: ep.signing_keys(now),
+            keys_until_ms: ep
+                .retired_secrets
+                .iter()
+                .map(|r| r.expires_at_ms)
+                .filter(|&at| at > now)
+                .min()
+                .unwrap_or(i64::MAX),
+        });
+        self.prepared = Some(prepared.clone());
+        prepared
+    }
+
     fn start_attempt(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Arc<Endpoint>, q: QueuedRef) {
         let Some((job, partition)) = self.queued(q.entry) else {
             return;
         };
         self.in_flight.insert(job.entry);
-        let keys = ep.signing_keys(now_ms());
+        let prepared = self.prepared(ep);
         let (ctx, ep, me) = (self.ctx.clone(), ep.clone(), myself.clone());
         let number = job.progress.attempts + 1;
         let entry = job.entry;
@@ -349,14 +383,14 @@ impl EndpointState {
             let may_send = || partition.may_send();
             let outcome = ctx
                 .deliverer
-                .attempt(&ep, &keys, &job, number, may_send)
+                .attempt(&prepared.target, &prepared.keys, &job, number, may_send)
                 .await;
             let span = tracing::Span::current();
-            if let Some(response) = outcome.as_ref().and_then(|o| o.attempt.response.as_ref()) {
-                span.record("status", response.status);
+            if let Some(status) = outcome.as_ref().and_then(|o| o.status()) {
+                span.record("status", status);
             }
-            if let Some(error) = outcome.as_ref().and_then(|o| o.attempt.error.as_ref()) {
-                span.record("error", error.kind.as_str());
+            if let Some((kind, _)) = outcome.as_ref().and_then(|o| o.error()) {
+                span.record("error", kind);
             }
             outcome
         };
@@ -384,7 +418,7 @@ impl EndpointState {
     /// Fails every queued delivery that is not in flight, without an attempt (the endpoint
     /// was deleted).
     fn fail_all_for_deleted_endpoint(&mut self, myself: &ActorRef<EndpointMsg>) {
-        let jobs: Vec<(Job, Arc<super::PartitionHandle>)> = {
+        let jobs: Vec<(Arc<Job>, Arc<super::PartitionHandle>)> = {
             let q = self.queue.lock().expect("queue lock");
             q.iter()
                 .filter(|q| !self.in_flight.contains(&q.job.entry))
@@ -466,6 +500,7 @@ impl Actor for EndpointActor {
             wake_at: None,
             idle_timer: false,
             loaded_at: None,
+            prepared: None,
         };
         // Loading happens in the mailbox, so a store outage delays the actor but cannot fail it.
         // Changes arrive by message (and pub/sub between nodes); a pump re-reads an endpoint
@@ -481,9 +516,30 @@ impl Actor for EndpointActor {
         msg: EndpointMsg,
         state: &mut EndpointState,
     ) -> Result<(), ActorProcessingErr> {
-        // Boxed: an idle actor's task then holds a pointer, not the few KiB of state machine
-        // of a pump and a store round trip (kept by every one of 100k actors otherwise).
-        Box::pin(state.on_message(myself, msg)).await
+        // The messages of every delivery are handled without awaiting anything; the rest is
+        // boxed, so an idle actor's task holds a pointer, not the few KiB of state machine of
+        // a store round trip (kept by every one of 100k actors otherwise).
+        match msg {
+            EndpointMsg::Pump if state.loaded_at.is_none_or(|t| t.elapsed() <= RELOAD_EVERY) => {
+                if state.wake_at.is_some_and(|w| w <= Instant::now()) {
+                    state.wake_at = None;
+                }
+                state.pump(&myself);
+                Ok(())
+            }
+            EndpointMsg::Committed { entry, result } => {
+                state.committed(&myself, entry, result);
+                Ok(())
+            }
+            EndpointMsg::AttemptDone {
+                entry,
+                outcome: Some(outcome),
+            } => match state.attempt_done(&myself, entry, *outcome) {
+                Some(after) => Box::pin(state.after_attempt(after)).await,
+                None => Ok(()),
+            },
+            msg => Box::pin(state.on_message(myself, msg)).await,
+        }
     }
 }
 
@@ -503,7 +559,7 @@ impl EndpointState {
                 if stale && let Err(e) = state.load_endpoint().await {
                     tracing::warn!(error = %e, "cannot reload endpoint; keeping the last copy");
                 }
-                state.pump(&myself).await?;
+                state.pump(&myself);
             }
             EndpointMsg::Reload => {
                 if let Err(e) = state.load_endpoint().await {
@@ -511,22 +567,24 @@ impl EndpointState {
                     myself.send_after(STORE_RETRY, || EndpointMsg::Reload);
                     return Ok(());
                 }
-                state.pump(&myself).await?;
+                state.pump(&myself);
             }
             EndpointMsg::AttemptDone { entry, outcome } => match outcome {
-                Some(outcome) => state.attempt_done(&myself, entry, *outcome).await?,
+                Some(outcome) => {
+                    if let Some(after) = state.attempt_done(&myself, entry, *outcome) {
+                        state.after_attempt(after).await?;
+                    }
+                }
                 None => {
                     tracing::warn!(endpoint = %state.key.1, "the partition's lease could not be confirmed before a send; nothing was sent");
                     state.in_flight.remove(&entry);
                     state.wake(&myself, Instant::now() + LEASE_RETRY);
                     if state.draining.is_some() {
-                        state.pump(&myself).await?;
+                        state.pump(&myself);
                     }
                 }
             },
-            EndpointMsg::Committed { entry, result } => {
-                state.committed(&myself, entry, result).await?
-            }
+            EndpointMsg::Committed { entry, result } => state.committed(&myself, entry, result),
             EndpointMsg::Recommit(entry) => state.recommit(&myself, entry),
             EndpointMsg::Drain(done) => {
                 if state.in_flight.is_empty() {

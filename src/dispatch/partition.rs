@@ -95,7 +95,13 @@ struct Open {
     read_upto: EntryId,
     /// When each open entry was routed (for the rescan).
     routed: BTreeMap<EntryId, Instant>,
+    /// The checkpoint last written, and when.
+    written: Option<(crate::store::Checkpoint, Instant)>,
 }
+
+/// How often a partition's checkpoint moves when no outcome needs it to: a new owner reads
+/// again from `done_below`, so a checkpoint this old costs it a second of jobs looked up.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// A partition owned by this node, as its reader, its actors and the committer see it.
 pub struct PartitionHandle {
@@ -147,8 +153,16 @@ impl PartitionHandle {
         open.read_upto = open.read_upto.max(position);
     }
 
-    /// The checkpoint to write with a batch that finishes `finishing`.
-    fn checkpoint(&self, finishing: &BTreeSet<EntryId>) -> crate::store::Checkpoint {
+    /// The checkpoint to write with a batch of outcomes of `entries` that finishes
+    /// `finishing`, or `None` when the stored one may stay. It must move when an outcome is
+    /// of a job after the stored `read_upto`: a new owner takes jobs after it for new and
+    /// would send a finished one again. Otherwise it moves at most every
+    /// [`CHECKPOINT_EVERY`], so most batches write no checkpoint.
+    fn checkpoint(
+        &self,
+        entries: impl IntoIterator<Item = EntryId>,
+        finishing: &BTreeSet<EntryId>,
+    ) -> Option<crate::store::Checkpoint> {
         let open = self.open.lock().expect("open lock");
         let done_below = open
             .entries
@@ -156,10 +170,23 @@ impl PartitionHandle {
             .find(|e| !finishing.contains(e))
             .copied()
             .unwrap_or(open.read_upto.next());
-        crate::store::Checkpoint {
+        let next = crate::store::Checkpoint {
             done_below,
             read_upto: open.read_upto,
-        }
+        };
+        let due = match &open.written {
+            None => true,
+            Some((stored, at)) => {
+                entries.into_iter().any(|e| e > stored.read_upto)
+                    || (*stored != next && at.elapsed() >= CHECKPOINT_EVERY)
+            }
+        };
+        due.then_some(next)
+    }
+
+    /// A checkpoint was written.
+    fn checkpoint_written(&self, checkpoint: crate::store::Checkpoint) {
+        self.open.lock().expect("open lock").written = Some((checkpoint, Instant::now()));
     }
 
     /// These jobs reached their final outcome.
@@ -315,5 +342,40 @@ mod tests {
         // A renewal whose answer came late cannot move the deadline back.
         lease.renewed(sent, Duration::from_secs(1), Duration::from_millis(200));
         assert!(lease.valid());
+    }
+
+    #[test]
+    fn a_checkpoint_moves_when_an_outcome_passes_the_stored_one_and_else_rarely() {
+        let (commits, _rx) = mpsc::unbounded_channel();
+        let handle = PartitionHandle {
+            partition: 0,
+            lease: None,
+            commits,
+            open: Mutex::new(Open::default()),
+        };
+        let e = |seq| EntryId { ms: 1, seq };
+        handle.opened([e(1), e(2), e(3)], e(3));
+        let none = BTreeSet::new();
+        let first = handle
+            .checkpoint([e(1)], &none)
+            .expect("nothing written yet");
+        assert_eq!((first.done_below, first.read_upto), (e(1), e(3)));
+        handle.checkpoint_written(first);
+        let done: BTreeSet<_> = [e(1)].into();
+        assert_eq!(
+            handle.checkpoint([e(1)], &done),
+            None,
+            "within the stored read_upto and the second: no write"
+        );
+        handle.opened([e(4)], e(4));
+        let moved = handle
+            .checkpoint([e(4)], &none)
+            .expect("an outcome after the stored read_upto must move it");
+        assert_eq!(moved.read_upto, e(4));
+        handle.open.lock().unwrap().written = Some((first, Instant::now() - CHECKPOINT_EVERY));
+        assert!(
+            handle.checkpoint([e(2)], &done).is_some(),
+            "a changed checkpoint moves once a second"
+        );
     }
 }

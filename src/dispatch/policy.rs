@@ -57,7 +57,7 @@ pub struct Decision {
 /// asking to slow down, not failing: it pauses the whole endpoint, touches neither the breaker
 /// nor `maxAttempts`, and fails a delivery only after `max_throttle_ms` of it.
 fn throttles(outcome: &Outcome) -> bool {
-    match outcome.attempt.response.as_ref().map(|r| r.status) {
+    match outcome.status() {
         Some(429) => true,
         Some(503) => outcome.retry_after.is_some(),
         _ => false,
@@ -74,7 +74,6 @@ pub fn decide(
     before: &Progress,
     now_ms: i64,
 ) -> Decision {
-    let attempt = &outcome.attempt;
     let mut progress = Progress {
         attempts: before.attempts + 1,
         next_attempt_ms: None,
@@ -83,7 +82,7 @@ pub fn decide(
     let breaker = health
         .breaker
         .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms));
-    if attempt.succeeded() {
+    if outcome.succeeded() {
         breaker.success(&policy.breaker, now_ms);
         health.failing_since_ms = None;
         progress.status = Status::Succeeded;
@@ -95,11 +94,10 @@ pub fn decide(
             disable: None,
         };
     }
-    health.last_error = attempt
-        .error
-        .as_ref()
-        .map(|e| format!("{}: {}", e.kind, e.message));
-    health.last_error_at = Some(attempt.started_at.clone());
+    health.last_error = outcome
+        .error()
+        .map(|(kind, message)| format!("{kind}: {message}"));
+    health.last_error_at = Some(crate::delivery::ms_rfc3339(outcome.record.t));
     if throttles(outcome) && !outcome.final_failure {
         let since = *progress.throttled_since_ms.get_or_insert(now_ms);
         if now_ms - since >= policy.max_throttle_ms {
@@ -128,7 +126,7 @@ pub fn decide(
     progress.failures += 1;
     progress.throttled_since_ms = None;
     let failing_since = *health.failing_since_ms.get_or_insert(now_ms);
-    let gone = attempt.response.as_ref().is_some_and(|r| r.status == 410);
+    let gone = outcome.status() == Some(410);
     let disable = if gone {
         Some("the endpoint answered 410 Gone".to_string())
     } else if now_ms - failing_since >= policy.auto_disable_after_ms {
@@ -165,7 +163,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::{Attempt, AttemptError, AttemptRequest, AttemptResponse};
     use crate::endpoint::EndpointSpec;
     use crate::endpoint::health::BreakerState;
     use serde_json::json;
@@ -200,31 +197,14 @@ mod tests {
 
     fn outcome(n: u32, status: u16, retry_after: Option<u64>) -> Outcome {
         let ok = (200..300).contains(&status);
-        Outcome {
-            attempt: Attempt {
-                attempt: n,
-                started_at: "t".into(),
-                duration_ms: 1,
-                request: AttemptRequest {
-                    url: String::new(),
-                    headers: Default::default(),
-                    body: None,
-                },
-                response: Some(AttemptResponse {
-                    status,
-                    headers: Default::default(),
-                    body: String::new(),
-                    truncated: false,
-                }),
-                error: (!ok).then(|| AttemptError {
-                    kind: "status".into(),
-                    message: format!("{status}"),
-                }),
-                next_attempt_at: None,
-            },
-            retry_after: retry_after.map(Duration::from_secs),
-            final_failure: status == 410,
+        let mut o = Outcome::failed(n, "status", format!("{status}"));
+        o.record.st = Some(status);
+        if ok {
+            o.record.e = None;
         }
+        o.retry_after = retry_after.map(Duration::from_secs);
+        o.final_failure = status == 410;
+        o
     }
 
     /// The progress of a delivery after `failures` counted failures.

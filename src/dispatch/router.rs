@@ -11,8 +11,9 @@ use super::{DispatchContext, EndpointKey, EndpointQueue, QueuedJob};
 pub struct RuleRouter;
 
 pub enum RouterMsg {
-    /// A job read from a partition stream.
-    Route(QueuedJob),
+    /// Jobs read from a partition stream, in order: one message per read, one `Pump` per
+    /// endpoint they reach.
+    Route(Vec<QueuedJob>),
     /// An endpoint was updated or deleted through the API: its actor reloads it.
     EndpointChanged(EndpointKey),
     /// An endpoint actor found its queue empty for the idle time.
@@ -117,16 +118,28 @@ impl Actor for RuleRouter {
         state: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Route(queued) => {
-                let key = (queued.job.workspace.clone(), queued.job.endpoint_id.clone());
-                if !state.children.contains_key(&key) {
-                    state
-                        .spawn(&myself, key.clone(), EndpointQueue::default())
-                        .await?;
-                }
-                let child = &state.children[&key];
-                {
-                    let mut q = child.queue.lock().expect("queue lock");
+            RouterMsg::Route(jobs) => {
+                let mut touched: HashMap<ractor::ActorId, ActorRef<EndpointMsg>> = HashMap::new();
+                let mut last: Option<(EndpointKey, ActorRef<EndpointMsg>, EndpointQueue)> = None;
+                for queued in jobs {
+                    let same = last.as_ref().is_some_and(|(k, _, _)| {
+                        k.0 == queued.job.workspace && k.1 == queued.job.endpoint_id
+                    });
+                    if !same {
+                        let key = (queued.job.workspace.clone(), queued.job.endpoint_id.clone());
+                        if !state.children.contains_key(&key) {
+                            state
+                                .spawn(&myself, key.clone(), EndpointQueue::default())
+                                .await?;
+                        }
+                        let child = &state.children[&key];
+                        touched
+                            .entry(child.actor.get_id())
+                            .or_insert_with(|| child.actor.clone());
+                        last = Some((key, child.actor.clone(), child.queue.clone()));
+                    }
+                    let (_, _, queue) = last.as_ref().expect("set above");
+                    let mut q = queue.lock().expect("queue lock");
                     // A job routed again by a rescan while still queued stays once.
                     let again =
                         queued.rerouted() && q.iter().any(|j| j.job.entry == queued.job.entry);
@@ -135,7 +148,9 @@ impl Actor for RuleRouter {
                     }
                 }
                 // A dead actor's mailbox is lost; the queue is not, so a failed send is harmless.
-                let _ = child.actor.cast(EndpointMsg::Pump);
+                for actor in touched.into_values() {
+                    let _ = actor.cast(EndpointMsg::Pump);
+                }
             }
             RouterMsg::EndpointChanged(key) => {
                 if let Some(child) = state.children.get(&key) {

@@ -103,6 +103,9 @@ pub fn ca_pem_path() -> &'static str {
 
 struct Shared {
     keep: Keep,
+    /// The body of every answer.
+    body: Bytes,
+    connections: AtomicUsize,
     received: Mutex<Vec<Received>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -147,9 +150,27 @@ impl Receiver {
         Self::start_with(keep, acceptor(), reply).await
     }
 
+    /// [`Receiver::start`], answering `body` instead of `{"ok":true}`.
+    pub async fn start_answering(
+        body: Vec<u8>,
+        reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        Self::start_full(Keep::Everything, acceptor(), Bytes::from(body), reply).await
+    }
+
     async fn start_with(
         keep: Keep,
         acceptor: TlsAcceptor,
+        reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Receiver {
+        let body = Bytes::from_static(b"{\"ok\":true}");
+        Self::start_full(keep, acceptor, body, reply).await
+    }
+
+    async fn start_full(
+        keep: Keep,
+        acceptor: TlsAcceptor,
+        body: Bytes,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -161,6 +182,8 @@ impl Receiver {
         );
         let shared = Arc::new(Shared {
             keep,
+            body,
+            connections: AtomicUsize::new(0),
             received: Mutex::new(Vec::new()),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
@@ -169,6 +192,7 @@ impl Receiver {
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                accepting.connections.fetch_add(1, Ordering::SeqCst);
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, shared) = (acceptor.clone(), accepting.clone());
                 tokio::spawn(async move {
@@ -196,6 +220,11 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.shared.received.lock().expect("lock").len()
+    }
+
+    /// The TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// The most requests that were being handled at the same time.
@@ -288,6 +317,6 @@ async fn handle(
         resp = resp.header(k, v);
     }
     Ok(resp
-        .body(Full::new(Bytes::from_static(b"{\"ok\":true}")))
+        .body(Full::new(shared.body.clone()))
         .expect("a valid response"))
 }

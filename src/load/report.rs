@@ -135,6 +135,16 @@ impl Report {
                         .join(", ")
                 }),
             ),
+            (
+                "Redis µs by command (per delivery)",
+                self.redis.as_ref().map_or("-".into(), |r| {
+                    r.us_by_command
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }),
+            ),
             ("raw client baseline", opt(self.baseline_per_s, " req/s")),
             ("dispatcher / raw client", opt(self.ratio, "")),
         ];

@@ -196,7 +196,10 @@ pub struct CommitBatch {
     /// The lease holder that fences the write (Redis; `None` on a single embedded node).
     pub fence: Option<String>,
     pub outcomes: Vec<Outcome>,
-    pub checkpoint: Checkpoint,
+    /// The partition's checkpoint, when it must move with this batch (see
+    /// [`crate::dispatch::partition`]: it is written when an outcome passes the last one
+    /// written, and otherwise at most once a second).
+    pub checkpoint: Option<Checkpoint>,
 }
 
 impl Store {
@@ -270,25 +273,31 @@ impl Store {
         outcomes: &[Outcome],
         checkpoint: Checkpoint,
     ) -> Result<()> {
-        match self {
-            Store::Redis(s) => s.commit(partition, fence, outcomes, checkpoint).await,
-            Store::Embedded(s) => s.commit(partition, outcomes, checkpoint).await,
-        }
+        let batch = CommitBatch {
+            partition,
+            fence: fence.map(str::to_string),
+            outcomes: outcomes.to_vec(),
+            checkpoint: Some(checkpoint),
+        };
+        self.commit_many(vec![batch]).await.pop().unwrap_or(Ok(()))
     }
 
     /// Writes several partitions' batches of a group commit: on one Redis in one script, on a
     /// Redis Cluster one per partition (each its own slot), concurrently; on the embedded store
     /// in one commit. One answer per batch, in order (a stale lease refuses only its batch).
-    pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
+    pub async fn commit_many(&self, batches: Vec<CommitBatch>) -> Vec<Result<()>> {
         match self {
-            Store::Redis(s) if !s.is_cluster() => s.commit_many(batches).await,
-            Store::Embedded(s) => s.commit_many(batches).await,
-            _ => {
-                futures::future::join_all(batches.iter().map(|b| {
-                    self.commit(b.partition, b.fence.as_deref(), &b.outcomes, b.checkpoint)
+            Store::Redis(s) if !s.is_cluster() => s.commit_many(&batches).await,
+            Store::Redis(s) => {
+                futures::future::join_all(batches.iter().map(|b| async move {
+                    s.commit_many(std::slice::from_ref(b))
+                        .await
+                        .pop()
+                        .unwrap_or(Ok(()))
                 }))
                 .await
             }
+            Store::Embedded(s) => s.commit_many(batches).await,
         }
     }
 

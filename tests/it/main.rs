@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod controls;
 mod crash;
+mod deliverer;
 mod delivery;
 mod edge;
 mod faults;

@@ -480,6 +480,72 @@ conformance!(
     }
 );
 
+conformance!(
+    requests_of_many_events_are_listed_in_small_pages_and_found_by_id,
+    |store: Store| async move {
+        // Two requests, events with 0, 1 and 2 deliveries: pages of 3 cut through events
+        // and through requests.
+        let first: Vec<NewEvent> = [2, 0, 1, 2, 1].into_iter().map(event).collect();
+        let second: Vec<NewEvent> = [1, 2, 0, 1].into_iter().map(event).collect();
+        let mut ids = ingest(&store, &first).await;
+        ids.extend(ingest(&store, &second).await);
+        assert_eq!(ids.len(), 10);
+        let mut listed = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..20 {
+            let page = store
+                .list_deliveries(WS, &DeliveryFilter::default(), 3, cursor.as_deref())
+                .await
+                .unwrap();
+            assert!(page.data.len() <= 3);
+            listed.extend(page.data.into_iter().map(|d| d.id));
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        listed.reverse();
+        assert_eq!(
+            listed, ids,
+            "every delivery once, newest first, across pages"
+        );
+        for e in first.iter().chain(&second) {
+            let filter = DeliveryFilter {
+                event_id: Some(e.id.clone()),
+                ..Default::default()
+            };
+            let page = store.list_deliveries(WS, &filter, 10, None).await.unwrap();
+            assert_eq!(
+                page.data.len(),
+                e.deliveries.len(),
+                "the deliveries of {}",
+                e.id
+            );
+            assert!(page.data.iter().all(|d| d.event_id == e.id));
+        }
+        let events = store.events_before(WS, None, None, 100).await.unwrap();
+        let logged: Vec<&str> = events.iter().map(|e| e.record.v.as_str()).collect();
+        let mut sent: Vec<&str> = first.iter().chain(&second).map(|e| e.id.as_str()).collect();
+        sent.reverse();
+        assert_eq!(logged, sent, "the event log, newest first");
+        let older = store
+            .events_before(WS, Some(events[3].entry), None, 2)
+            .await
+            .unwrap();
+        assert_eq!(
+            older
+                .iter()
+                .map(|e| e.record.v.as_str())
+                .collect::<Vec<_>>(),
+            sent[4..6].to_vec(),
+            "before a position inside a request"
+        );
+        let quiet = &second[2];
+        let found = store.find_event(WS, &quiet.id).await.unwrap().unwrap();
+        assert_eq!(found.record.b.as_deref(), Some("{\"no\":\"rule\"}"));
+    }
+);
+
 /// Retention by age: finished deliveries go; a pending one stays, and so does its job.
 async fn retention_case(store: Store) {
     let ids = ingest(&store, &[event(2)]).await;

@@ -13,48 +13,38 @@ use tokio::time::Instant;
 
 use super::{EndpointMsg, EndpointState, Held, now_ms};
 use crate::deliverer::Outcome;
-use crate::delivery::{AttemptError, EntryId, now_rfc3339};
+use crate::delivery::EntryId;
 use crate::dispatch::policy::decide;
 use crate::endpoint::health::BreakerState;
 use crate::store::StoreError;
-use crate::store::record::AttemptRecord;
 
 /// The longest wait between two tries of a commit that keeps failing.
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(10);
 
 pub(super) fn panicked_attempt(number: u32, message: String) -> Outcome {
-    Outcome {
-        attempt: crate::delivery::Attempt {
-            attempt: number,
-            started_at: now_rfc3339(),
-            duration_ms: 0,
-            request: crate::delivery::AttemptRequest {
-                url: String::new(),
-                headers: Default::default(),
-                body: None,
-            },
-            response: None,
-            error: Some(AttemptError {
-                kind: "internal".into(),
-                message,
-            }),
-            next_attempt_at: None,
-        },
-        retry_after: None,
-        final_failure: false,
-    }
+    Outcome::failed(number, "internal", message)
+}
+
+/// What an attempt's outcome still needs once the actor has decided it: a store write.
+pub(super) struct AfterAttempt {
+    ep: std::sync::Arc<crate::endpoint::Endpoint>,
+    /// The endpoint's health moved: persist it.
+    health: Option<crate::endpoint::health::Health>,
+    disable: Option<String>,
 }
 
 impl EndpointState {
-    pub(super) async fn attempt_done(
+    /// Decides an attempt's outcome and hands it to the committer; what needs the store
+    /// (a changed health, disabling the endpoint) is returned for [`Self::after_attempt`].
+    pub(super) fn attempt_done(
         &mut self,
         myself: &ActorRef<EndpointMsg>,
         entry: EntryId,
         mut outcome: Outcome,
-    ) -> Result<(), ActorProcessingErr> {
+    ) -> Option<AfterAttempt> {
         let (Some((job, partition)), Some(ep)) = (self.queued(entry), self.endpoint.clone()) else {
             self.in_flight.remove(&entry);
-            return Ok(());
+            return None;
         };
         let mut health = self.health.clone().unwrap_or_default();
         let now = now_ms();
@@ -66,23 +56,20 @@ impl EndpointState {
             &job.progress,
             now,
         );
-        outcome.attempt.next_attempt_at = decision
-            .progress
-            .next_attempt_ms
-            .map(crate::delivery::ms_rfc3339);
+        outcome.record.x = decision.progress.next_attempt_ms;
         if let Some(wait) = decision.throttle {
             let until = Instant::now() + wait;
             self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
         }
         self.observe(&outcome, decision.progress.status);
-        self.health_moved(&ep, health).await;
+        let health = self.health_moved(&ep, health);
         let commit = crate::store::Outcome {
             id: job.id,
             workspace: job.workspace.clone(),
             endpoint_id: job.endpoint_id.clone(),
             from: job.progress.status,
             progress: decision.progress,
-            attempt: Some(AttemptRecord::of(&outcome.attempt)),
+            attempt: Some(outcome.record),
         };
         self.held.insert(
             entry,
@@ -96,19 +83,40 @@ impl EndpointState {
             // The partition is no longer owned here: its new owner sends the delivery.
             self.forget(entry);
         }
-        if let Some(reason) = decision.disable {
-            self.disable(ep, &reason).await;
+        (health.is_some() || decision.disable.is_some()).then_some(AfterAttempt {
+            ep,
+            health,
+            disable: decision.disable,
+        })
+    }
+
+    /// The store writes an outcome asked for: the endpoint's health, then disabling it.
+    pub(super) async fn after_attempt(
+        &mut self,
+        after: AfterAttempt,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(health) = after.health
+            && let Err(e) = self
+                .ctx
+                .store
+                .save_health(&self.key.0, &self.key.1, &health)
+                .await
+        {
+            tracing::warn!(endpoint = %after.ep.id, error = %e, "cannot save endpoint health");
+        }
+        if let Some(reason) = after.disable {
+            self.disable(after.ep, &reason).await;
         }
         Ok(())
     }
 
-    /// The breaker's moves (metrics, logs, the `endpoint_failing` event) and the persisted
-    /// health, when it changed.
-    async fn health_moved(
+    /// The breaker's moves (metrics, logs, the `endpoint_failing` event); the new health when
+    /// it changed (to persist: a new owner resumes it).
+    fn health_moved(
         &mut self,
         ep: &crate::endpoint::Endpoint,
         health: crate::endpoint::health::Health,
-    ) {
+    ) -> Option<crate::endpoint::health::Health> {
         let open = |h: Option<&crate::endpoint::health::Health>| {
             h.and_then(|h| h.breaker.as_ref())
                 .is_some_and(|b| b.state != BreakerState::Closed)
@@ -129,17 +137,11 @@ impl EndpointState {
                 tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
             }
         }
-        if self.health.as_ref() != Some(&health) {
-            if let Err(e) = self
-                .ctx
-                .store
-                .save_health(&self.key.0, &self.key.1, &health)
-                .await
-            {
-                tracing::warn!(endpoint = %ep.id, error = %e, "cannot save endpoint health");
-            }
-            self.health = Some(health);
+        if self.health.as_ref() == Some(&health) {
+            return None;
         }
+        self.health = Some(health.clone());
+        Some(health)
     }
 
     /// Drops a job this node can no longer finish (its partition has moved on).
@@ -149,17 +151,17 @@ impl EndpointState {
         self.remove(entry);
     }
 
-    pub(super) async fn committed(
+    pub(super) fn committed(
         &mut self,
         myself: &ActorRef<EndpointMsg>,
         entry: EntryId,
         result: Result<(), StoreError>,
-    ) -> Result<(), ActorProcessingErr> {
+    ) {
         match result {
             Ok(()) => {
                 let Some(held) = self.held.remove(&entry) else {
                     self.in_flight.remove(&entry);
-                    return self.pump(myself).await;
+                    return self.pump(myself);
                 };
                 self.in_flight.remove(&entry);
                 let progress = held.commit.progress;
@@ -179,8 +181,9 @@ impl EndpointState {
                     .iter_mut()
                     .find(|q| q.job.entry == entry)
                 {
-                    q.job.progress = progress;
-                    q.job.manual = false;
+                    let job = std::sync::Arc::make_mut(&mut q.job);
+                    job.progress = progress;
+                    job.manual = false;
                 }
                 tracing::debug!(delivery = %held.commit.id, status = progress.status.as_str(), "outcome recorded");
             }
@@ -191,7 +194,7 @@ impl EndpointState {
             Err(e) => {
                 let Some(held) = self.held.get_mut(&entry) else {
                     self.in_flight.remove(&entry);
-                    return Ok(());
+                    return;
                 };
                 if held.retry <= Duration::from_millis(100) {
                     tracing::warn!(delivery = %held.commit.id, error = %e,
@@ -204,10 +207,10 @@ impl EndpointState {
                     .min(COMMIT_RETRY_MAX)
                     .max(Duration::from_millis(100));
                 myself.send_after(wait, move || EndpointMsg::Recommit(entry));
-                return Ok(());
+                return;
             }
         }
-        self.pump(myself).await
+        self.pump(myself)
     }
 
     /// Sends a held outcome to the committer again.

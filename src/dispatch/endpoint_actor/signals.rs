@@ -64,33 +64,24 @@ impl EndpointState {
     /// `warn` with the ids an operator searches by (a TLS or connect error names the endpoint
     /// here, not only inside the attempt's span).
     pub(super) fn observe(&self, outcome: &Outcome, status: Status) {
-        let a = &outcome.attempt;
-        if !a.succeeded() {
-            let code = a.response.as_ref().map(|r| r.status);
-            let (kind, message) = a
-                .error
-                .as_ref()
-                .map_or(("status", ""), |e| (e.kind.as_str(), e.message.as_str()));
+        let a = &outcome.record;
+        if !outcome.succeeded() {
+            let (kind, message) = outcome.error().unwrap_or(("status", ""));
             tracing::warn!(
                 workspace = %self.key.0,
                 endpoint = %self.key.1,
-                attempt = a.attempt,
-                status = code,
+                attempt = a.n,
+                status = a.st,
                 kind,
                 error = message,
                 next = status.as_str(),
                 "attempt failed"
             );
         }
-        let kind = a.error.as_ref().map(|e| e.kind.as_str());
-        let class = crate::telemetry::status_class(a.response.as_ref().map(|r| r.status), kind);
+        let kind = outcome.error().map(|(k, _)| k);
+        let class = crate::telemetry::status_class(a.st, kind);
         let node = &self.ctx.node;
-        crate::telemetry::attempt(
-            node,
-            status.as_str(),
-            class,
-            Duration::from_millis(a.duration_ms),
-        );
+        crate::telemetry::attempt(node, status.as_str(), class, Duration::from_millis(a.d));
         if kind == Some("ssrf") {
             crate::telemetry::ssrf_refused(node, "connect");
         }

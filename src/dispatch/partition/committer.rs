@@ -55,15 +55,21 @@ pub async fn run(
                     partition: handle.partition,
                     fence: handle.lease.as_ref().map(|l| l.holder.clone()),
                     outcomes: commits.iter().map(|c| c.outcome.clone()).collect(),
-                    checkpoint: handle.checkpoint(&finishing),
+                    checkpoint: handle.checkpoint(commits.iter().map(|c| c.entry), &finishing),
                 }
             })
             .collect();
         let n: usize = batches.iter().map(|b| b.outcomes.len()).sum();
+        let checkpoints: Vec<_> = batches.iter().map(|b| b.checkpoint).collect();
         let sent = Instant::now();
-        let results = store.commit_many(&batches).await;
+        let results = store.commit_many(batches).await;
         crate::telemetry::commit(&node, n, sent.elapsed());
-        for ((handle, commits), result) in groups.into_iter().zip(results) {
+        for (((handle, commits), result), checkpoint) in
+            groups.into_iter().zip(results).zip(checkpoints)
+        {
+            if let (Ok(()), Some(c)) = (&result, checkpoint) {
+                handle.checkpoint_written(c);
+            }
             if result.is_ok() {
                 handle.finished(
                     commits

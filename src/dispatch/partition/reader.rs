@@ -84,6 +84,7 @@ impl Part {
         self.owned
             .handle
             .opened(jobs.iter().map(|j| j.entry), self.cursor.after);
+        let mut batch = Vec::with_capacity(jobs.len());
         for job in jobs {
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 // Never: a read asks for at most the permits there are.
@@ -91,14 +92,11 @@ impl Part {
                     partition = self.partition(),
                     "read past the partition's buffer"
                 );
-                return true;
+                break;
             };
-            let queued = QueuedJob::new(job, Some(permit), self.owned.handle.clone());
-            if common.router.cast(RouterMsg::Route(queued)).is_err() {
-                return false;
-            }
+            batch.push(QueuedJob::new(job, Some(permit), self.owned.handle.clone()));
         }
-        true
+        batch.is_empty() || common.router.cast(RouterMsg::Route(batch)).is_ok()
     }
 
     /// The periodic work beside reading: gauges, retention, the rescan.
@@ -388,11 +386,11 @@ async fn rescan(common: &Common, handle: &Arc<PartitionHandle>) {
     handle.finished(gone);
     let position = handle.open.lock().expect("open lock").read_upto;
     handle.opened(again.iter().map(|j| j.entry), position);
-    for job in again {
-        let _ = common
-            .router
-            .cast(RouterMsg::Route(QueuedJob::new(job, None, handle.clone())));
-    }
+    let batch = again
+        .into_iter()
+        .map(|job| QueuedJob::new(job, None, handle.clone()))
+        .collect();
+    let _ = common.router.cast(RouterMsg::Route(batch));
 }
 
 async fn backoff(stop: &CancellationToken, retry: &mut Duration) {

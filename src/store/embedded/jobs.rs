@@ -246,27 +246,8 @@ impl EmbeddedStore {
             .collect()
     }
 
-    pub async fn commit(
-        &self,
-        partition: u32,
-        outcomes: &[Outcome],
-        checkpoint: Checkpoint,
-    ) -> Result<()> {
-        let batch = CommitBatch {
-            partition,
-            fence: None,
-            outcomes: outcomes.to_vec(),
-            checkpoint,
-        };
-        self.commit_many(std::slice::from_ref(&batch))
-            .await
-            .pop()
-            .unwrap_or(Ok(()))
-    }
-
     /// Several partitions' batches in one write of the group commit.
-    pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
-        let batches = batches.to_vec();
+    pub async fn commit_many(&self, batches: Vec<CommitBatch>) -> Vec<Result<()>> {
         let n = batches.len();
         let written = self
             .write(move |tx| {
@@ -274,7 +255,9 @@ impl EmbeddedStore {
                     for o in &b.outcomes {
                         record(tx, o)?;
                     }
-                    tx.put_json(&format!("ck/{}", b.partition), &b.checkpoint.encode())?;
+                    if let Some(ck) = &b.checkpoint {
+                        tx.put_json(&format!("ck/{}", b.partition), &ck.encode())?;
+                    }
                 }
                 Ok(())
             })

@@ -1,27 +1,30 @@
 //! The jobs role on Redis: ingest scripts, a partition's reader, group-committed outcomes,
 //! requeues and retention.
 //!
-//! Per delivery (one event with one delivery, no retries) this is five commands inside
-//! scripts: at ingest `XADD` of the job, `XADD` of the event, `HINCRBY` of the endpoint's
-//! created count (one per endpoint and request); at the outcome `HSET` of the delivery's state
-//! and `HINCRBY` of its status count. The scripts, the partition reads and the checkpoint cost
-//! one call per request or batch, not per delivery.
+//! Per delivery (one event with one delivery, no retries) this is at most three commands
+//! inside scripts: at ingest `XADD` of the job and `HINCRBY` of the endpoint's created count
+//! (one per endpoint and request); at the outcome `HINCRBY` of its status count (one per
+//! endpoint and batch). Per request, one `XADD` logs all its events in one entry of the
+//! workspace's event log; per group commit and partition, one `HSET` writes every state, a
+//! `GET` fences it and, when it moved, a `SET` writes the checkpoint. The scripts and the
+//! partition reads cost one call per request or batch, not per delivery.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use redis::Value;
-use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::streams::StreamRangeReply;
 
 use super::{Conn, RedisStore};
 use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
-use crate::store::jobs::{CommitBatch, Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::jobs::{CommitBatch, Idempotency, Ingested, NewEvent, RawJob};
 use crate::store::record::{Answered, Checkpoint, decode_progress};
 use crate::store::{Counts, Result, StoreError};
 
 /// Ingest on one Redis, one call per request: the idempotency check, every job, the events
-/// (each after the workspace log's newest entry, at the event id's time or later, so an id
-/// finds its event from its time), the endpoints' created counts and the idempotency record.
+/// (in one entry of the workspace's log, after its newest entry and at the events' ids' time
+/// or later, so an id finds its event from its time), the endpoints' created counts and the
+/// idempotency record.
 /// The script only moves arguments into commands: ids, fields and counts are built by the
 /// caller, so its cost is the commands it makes.
 ///
@@ -50,6 +53,7 @@ local last = 0
 if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
 local out = {'+'}
 local lines = {}
+local logged = {}
 local a = 9
 for e = 1, tonumber(ARGV[7]) do
   local id, ems, etype, ebody, parts, n = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
@@ -60,18 +64,17 @@ for e = 1, tonumber(ARGV[7]) do
       'r', ARGV[a + 2], 'v', id, 't', etype, 'k', ARGV[a + 3], 'b', ARGV[a + 4])
     a = a + 5
   end
-  if ems < last then ems = last end
-  last = ems
+  if ems > last then last = ems end
   local d = table.concat(jids, ' ')
-  local at = string.format('%.0f', ems) .. '-*'
   if ebody ~= '' then
-    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], at, 'v', id, 't', etype, 'd', d, 'p', parts, 'b', ebody)
+    logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d .. '\t' .. ebody
   else
-    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], at, 'v', id, 't', etype, 'd', d, 'p', parts)
+    logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d
   end
   out[#out + 1] = d
   if ARGV[2] == '1' then lines[#lines + 1] = id .. '|' .. parts .. '|' .. d end
 end
+redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], string.format('%.0f', last) .. '-*', 'e', table.concat(logged, '\n'))
 for i = 1, tonumber(ARGV[8]) do
   redis.call('HINCRBY', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2])
   a = a + 3
@@ -147,18 +150,18 @@ local head = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local last = 0
 if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
 local a = 7
+local logged = {}
 for e = 1, tonumber(ARGV[6]) do
   local ems = tonumber(ARGV[a])
-  if ems < last then ems = last end
-  last = ems
-  local id = string.format('%.0f', ems) .. '-*'
+  if ems > last then last = ems end
   if ARGV[a + 5] ~= '' then
-    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], id, 'v', ARGV[a + 1], 't', ARGV[a + 2], 'd', ARGV[a + 3], 'p', ARGV[a + 4], 'b', ARGV[a + 5])
+    logged[e] = ARGV[a + 1] .. '\t' .. ARGV[a + 2] .. '\t' .. ARGV[a + 4] .. '\t' .. ARGV[a + 3] .. '\t' .. ARGV[a + 5]
   else
-    redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], id, 'v', ARGV[a + 1], 't', ARGV[a + 2], 'd', ARGV[a + 3], 'p', ARGV[a + 4])
+    logged[e] = ARGV[a + 1] .. '\t' .. ARGV[a + 2] .. '\t' .. ARGV[a + 4] .. '\t' .. ARGV[a + 3]
   end
   a = a + 6
 end
+redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[3], string.format('%.0f', last) .. '-*', 'e', table.concat(logged, '\n'))
 if last % 64 == 0 and tonumber(ARGV[4]) > 0 then redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[4]) end
 if ARGV[1] == '1' then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[2]) end
 return '+'
@@ -169,7 +172,7 @@ return '+'
 /// newly failed ones, the counts and the checkpoint. A batch whose lease has passed to another
 /// node is skipped whole. KEYS, per batch: lease, states, counts, dead letter, checkpoint.
 /// ARGV: dead-letter MINID bound, number of batches; per batch: holder (`""`: not fenced),
-/// checkpoint, number of outcomes, number of count moves; per outcome: entry, the state
+/// checkpoint (`""`: unchanged), number of outcomes, number of count moves; per outcome: entry, the state
 /// (without `append`: whole; with it: the progress line), the attempt line (with `append`), `1`
 /// to append, `1` for the dead letter, workspace, endpoint; per count move: field, delta.
 /// Returns per batch `1` (written) or `0` (stale lease).
@@ -184,27 +187,35 @@ for b = 1, tonumber(ARGV[2]) do
     out[b] = 0
     a = a + n * 7 + m * 2
   else
+    -- Whole states in one HSET (in chunks, for Lua's stack), then the appends, in order.
+    local whole, appends = {}, {}
     for i = 1, n do
-      local id, value = ARGV[a], ARGV[a + 1]
-      if ARGV[a + 3] == '1' then
-        local old = redis.call('HGET', KEYS[k + 2], id)
-        if old then
-          local nl = string.find(old, '\n', 1, true)
-          if nl then value = value .. '\n' .. string.sub(old, nl + 1) end
-        end
-        if ARGV[a + 2] ~= '' then value = value .. '\n' .. ARGV[a + 2] end
+      if ARGV[a + 3] == '1' then appends[#appends + 1] = a else
+        whole[#whole + 1] = ARGV[a]
+        whole[#whole + 1] = ARGV[a + 1]
+        if #whole >= 1000 then redis.call('HSET', KEYS[k + 2], unpack(whole)); whole = {} end
       end
-      redis.call('HSET', KEYS[k + 2], id, value)
       if ARGV[a + 4] == '1' then
-        redis.call('XADD', KEYS[k + 4], 'MINID', '~', ARGV[1], '*', 'd', id, 'e', ARGV[a + 6], 'w', ARGV[a + 5])
+        redis.call('XADD', KEYS[k + 4], 'MINID', '~', ARGV[1], '*', 'd', ARGV[a], 'e', ARGV[a + 6], 'w', ARGV[a + 5])
       end
       a = a + 7
+    end
+    if #whole > 0 then redis.call('HSET', KEYS[k + 2], unpack(whole)) end
+    for _, at in ipairs(appends) do
+      local id, value = ARGV[at], ARGV[at + 1]
+      local old = redis.call('HGET', KEYS[k + 2], id)
+      if old then
+        local nl = string.find(old, '\n', 1, true)
+        if nl then value = value .. '\n' .. string.sub(old, nl + 1) end
+      end
+      if ARGV[at + 2] ~= '' then value = value .. '\n' .. ARGV[at + 2] end
+      redis.call('HSET', KEYS[k + 2], id, value)
     end
     for i = 1, m do
       redis.call('HINCRBY', KEYS[k + 3], ARGV[a], ARGV[a + 1])
       a = a + 2
     end
-    redis.call('SET', KEYS[k + 5], ck)
+    if ck ~= '' then redis.call('SET', KEYS[k + 5], ck) end
     out[b] = 1
   end
 end
@@ -239,15 +250,22 @@ redis.call('XADD', KEYS[1], '*', 'w', f['w'], 'e', f['e'], 'r', f['r'], 'v', f['
 return 1
 "#;
 
-/// Retention of one partition: of the candidate jobs given (old enough, or beyond the cap),
+/// Retention of one partition: of the jobs in `XRANGE start end COUNT count` (the caller
+/// bounds it to the candidates: older than the retention, or the oldest beyond the cap),
 /// drops those whose delivery is final, with their state (a copy's state is its delivery's,
-/// dropped with the delivery's first job; a copy whose state is gone is dropped too). Checked
-/// here, in one step, so a requeue between the caller's read and this call cannot lose its
-/// delivery's state. KEYS: jobs stream, states. ARGV: pairs of (entry, the state's key).
+/// dropped with the delivery's first job; a copy whose state is gone is dropped too). Read and
+/// checked here, in one step, so a requeue between a read and the drop cannot lose its
+/// delivery's state, and no job's body travels to the caller. KEYS: jobs stream, states.
+/// ARGV: start, end, count. Returns {dropped, jobs looked at, the last one's entry}.
 const TRIM: &str = r#"
+local jobs = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 local dels = {}
-for i = 1, #ARGV, 2 do
-  local entry, key = ARGV[i], ARGV[i + 1]
+for _, job in ipairs(jobs) do
+  local entry, key = job[1], job[1]
+  local fields = job[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'd' then key = fields[i + 1] end
+  end
   local state = redis.call('HGET', KEYS[2], key)
   local final = state and (string.find(state, '^{"s":"succeeded"') or string.find(state, '^{"s":"failed"'))
   if final or (not state and entry ~= key) then
@@ -256,7 +274,9 @@ for i = 1, #ARGV, 2 do
   end
 end
 if #dels > 0 then redis.call('XDEL', KEYS[1], unpack(dels)) end
-return #dels
+local last = ''
+if #jobs > 0 then last = jobs[#jobs][1] end
+return {#dels, #jobs, last}
 "#;
 
 macro_rules! script {
@@ -316,6 +336,111 @@ pub(crate) fn job_of(
         job,
         requeued: first.is_some(),
     })
+}
+
+/// A job from a stream entry's field list as Redis sent it, taking its strings (the reader's
+/// path: no map, no copies); `None` for an entry that is not a job.
+fn job_of_fields(partition: u32, id: &[u8], fields: Vec<Value>) -> Option<RawJob> {
+    let entry: EntryId = std::str::from_utf8(id).ok()?.parse().ok()?;
+    let text = |v: Value| -> Option<String> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b).ok(),
+            Value::SimpleString(s) => Some(s),
+            _ => None,
+        }
+    };
+    let (mut w, mut e, mut r, mut v, mut t, mut k, mut b, mut d, mut m) =
+        (None, None, None, None, None, None, None, None, false);
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let name = match &name {
+            Value::BulkString(n) => n.as_slice(),
+            Value::SimpleString(n) => n.as_bytes(),
+            _ => continue,
+        };
+        match name {
+            b"w" => w = text(value),
+            b"e" => e = text(value),
+            b"r" => r = text(value).and_then(|s| s.parse::<u64>().ok()),
+            b"v" => v = text(value),
+            b"t" => t = text(value),
+            b"k" => k = text(value),
+            b"b" => b = text(value),
+            b"d" => d = text(value).and_then(|s| s.parse::<EntryId>().ok()),
+            b"m" => m = text(value).as_deref() == Some("1"),
+            _ => {}
+        }
+    }
+    let job = Job {
+        id: DeliveryId {
+            partition,
+            entry: d.unwrap_or(entry),
+        },
+        entry,
+        workspace: w?,
+        endpoint_id: e?,
+        rule_id: r?,
+        event_id: v.unwrap_or_default(),
+        event_type: t.unwrap_or_default(),
+        key: k.unwrap_or_default(),
+        body: b.unwrap_or_default().into(),
+        manual: m,
+        progress: Progress::NEW,
+    };
+    Some(RawJob {
+        job,
+        requeued: d.is_some(),
+    })
+}
+
+/// The jobs of an `XREAD` reply, per stream key (RESP2 arrays or a RESP3 map).
+fn read_reply(reply: Value) -> Vec<(Vec<u8>, Vec<RawJob>)> {
+    let streams: Vec<(Value, Value)> = match reply {
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| match s {
+                Value::Array(kv) if kv.len() == 2 => {
+                    let mut kv = kv.into_iter();
+                    Some((kv.next()?, kv.next()?))
+                }
+                _ => None,
+            })
+            .collect(),
+        Value::Map(streams) => streams,
+        _ => Vec::new(),
+    };
+    streams
+        .into_iter()
+        .filter_map(|(key, entries)| {
+            let Value::BulkString(key) = key else {
+                return None;
+            };
+            let Value::Array(entries) = entries else {
+                return None;
+            };
+            Some((key, entries))
+        })
+        .map(|(key, entries)| {
+            let jobs = entries
+                .into_iter()
+                .filter_map(|entry| {
+                    let Value::Array(parts) = entry else {
+                        return None;
+                    };
+                    let mut parts = parts.into_iter();
+                    let Some(Value::BulkString(id)) = parts.next() else {
+                        return None;
+                    };
+                    let Some(Value::Array(fields)) = parts.next() else {
+                        return None;
+                    };
+                    // The partition is set by the caller, which knows the key's.
+                    job_of_fields(0, &id, fields)
+                })
+                .collect();
+            (key, jobs)
+        })
+        .collect()
 }
 
 /// A partition's reader, on a connection of its own (a blocking read must not share one).
@@ -403,6 +528,7 @@ impl RedisStore {
         events: &[NewEvent],
         idem: Option<&Idempotency>,
     ) -> Result<Ingested> {
+        debug_assert!(events.len() <= super::log::EVENTS_PER_ENTRY);
         let mut inv = INGEST_SCRIPT.prepare_invoke();
         inv.key(self.events_key(ws));
         inv.key(match idem {
@@ -646,25 +772,6 @@ impl RedisStore {
             .collect()
     }
 
-    pub async fn commit(
-        &self,
-        partition: u32,
-        fence: Option<&str>,
-        outcomes: &[Outcome],
-        checkpoint: Checkpoint,
-    ) -> Result<()> {
-        let batch = CommitBatch {
-            partition,
-            fence: fence.map(str::to_string),
-            outcomes: outcomes.to_vec(),
-            checkpoint,
-        };
-        self.commit_many(std::slice::from_ref(&batch))
-            .await
-            .pop()
-            .unwrap_or(Ok(()))
-    }
-
     /// Several partitions' batches in one script (one Redis: every key is on it).
     pub async fn commit_many(&self, batches: &[CommitBatch]) -> Vec<Result<()>> {
         match self.commit_script(batches).await {
@@ -707,7 +814,7 @@ impl RedisStore {
                 }
             }
             inv.arg(b.fence.as_deref().unwrap_or(""))
-                .arg(b.checkpoint.encode())
+                .arg(b.checkpoint.map(|c| c.encode()).unwrap_or_default())
                 .arg(b.outcomes.len())
                 .arg(moves.len());
             for o in &b.outcomes {
@@ -790,8 +897,10 @@ impl RedisStore {
     }
 
     /// One retention pass over a partition's oldest jobs from `from` on: returns how many
-    /// were dropped and where the next pass starts (back at the head once it met jobs too
-    /// young to drop).
+    /// were dropped and where the next pass starts (back at the head once it has looked at
+    /// every candidate). Only candidates are read: the oldest beyond the cap, or those older
+    /// than the retention, so a partition with nothing to drop costs an `XLEN` and an empty
+    /// range.
     pub async fn trim_partition(&self, partition: u32, from: EntryId) -> Result<(u64, EntryId)> {
         let stream = self.stream_key(partition);
         let mut conn = self.conn();
@@ -800,47 +909,32 @@ impl RedisStore {
             .query_async(&mut conn)
             .await?;
         let over = len.saturating_sub(self.retention.max_per_partition);
+        let cutoff = self.retention_cutoff_ms().max(0) as u64;
         let start = if from == EntryId::ZERO {
             "-".to_string()
         } else {
             format!("({from}")
         };
-        let chunk: StreamRangeReply = redis::cmd("XRANGE")
-            .arg(&stream)
+        let (end, count) = if over > 0 {
+            ("+".to_string(), over.min(TRIM_BATCH as u64) as usize)
+        } else if cutoff > 0 {
+            (format!("({cutoff}-0"), TRIM_BATCH)
+        } else {
+            return Ok((0, EntryId::ZERO));
+        };
+        let (removed, seen, last): (i64, usize, String) = TRIM_SCRIPT
+            .key(&stream)
+            .key(self.states_key(partition))
             .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(TRIM_BATCH)
-            .query_async(&mut conn)
+            .arg(end)
+            .arg(count)
+            .invoke_async(&mut conn)
             .await?;
-        let cutoff = self.retention_cutoff_ms().max(0) as u64;
-        let mut args: Vec<String> = Vec::new();
-        let mut next = EntryId::ZERO;
-        let mut young = false;
-        for (i, e) in chunk.ids.iter().enumerate() {
-            let Ok(entry) = e.id.parse::<EntryId>() else {
-                continue;
-            };
-            if entry.ms >= cutoff && (i as u64) >= over {
-                young = true;
-                break;
-            }
-            next = entry;
-            args.push(e.id.clone());
-            args.push(field(&e.map, "d").unwrap_or_else(|| e.id.clone()));
-        }
-        if young || chunk.ids.len() < TRIM_BATCH {
-            next = EntryId::ZERO;
-        }
-        if args.is_empty() {
-            return Ok((0, next));
-        }
-        let mut inv = TRIM_SCRIPT.prepare_invoke();
-        inv.key(&stream).key(self.states_key(partition));
-        for a in &args {
-            inv.arg(a);
-        }
-        let removed: i64 = inv.invoke_async(&mut conn).await?;
+        let next = if seen < count {
+            EntryId::ZERO
+        } else {
+            last.parse().unwrap_or(EntryId::ZERO)
+        };
         Ok((removed.max(0) as u64, next))
     }
 }
@@ -899,32 +993,30 @@ impl MultiReader {
         block: Duration,
     ) -> Result<Vec<(u32, Vec<RawJob>)>> {
         let keys: Vec<String> = from.iter().map(|(p, _)| store.stream_key(*p)).collect();
-        let ids: Vec<String> = from.iter().map(|(_, a)| a.to_string()).collect();
-        let opts = StreamReadOptions::default()
-            .count(count)
-            .block(block.as_millis() as usize);
-        let reply: Option<StreamReadReply> =
-            redis::AsyncCommands::xread_options(&mut self.conn, &keys, &ids, &opts).await?;
-        let Some(reply) = reply else {
-            return Ok(Vec::new());
-        };
-        let by_key: std::collections::HashMap<&str, u32> = keys
+        let mut cmd = redis::cmd("XREAD");
+        cmd.arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&keys);
+        for (_, after) in from {
+            cmd.arg(after.to_string());
+        }
+        let reply: Value = cmd.query_async(&mut self.conn).await?;
+        let by_key: std::collections::HashMap<&[u8], u32> = keys
             .iter()
             .zip(from)
-            .map(|(k, (p, _))| (k.as_str(), *p))
+            .map(|(k, (p, _))| (k.as_bytes(), *p))
             .collect();
-        Ok(reply
-            .keys
-            .iter()
-            .filter_map(|k| {
-                let p = *by_key.get(k.key.as_str())?;
-                Some((
-                    p,
-                    k.ids
-                        .iter()
-                        .filter_map(|e| job_of(p, &e.id, &e.map))
-                        .collect(),
-                ))
+        Ok(read_reply(reply)
+            .into_iter()
+            .filter_map(|(key, mut jobs)| {
+                let p = *by_key.get(key.as_slice())?;
+                for raw in &mut jobs {
+                    raw.job.id.partition = p;
+                }
+                Some((p, jobs))
             })
             .collect())
     }
@@ -938,24 +1030,25 @@ impl JobReader {
         count: usize,
         block: Duration,
     ) -> Result<Vec<RawJob>> {
-        let opts = StreamReadOptions::default()
-            .count(count)
-            .block(block.as_millis() as usize);
-        let reply: Option<StreamReadReply> = redis::AsyncCommands::xread_options(
-            &mut self.conn,
-            &[&self.stream],
-            &[after.to_string()],
-            &opts,
-        )
-        .await?;
-        let entries: Vec<_> = reply
-            .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())
-            .unwrap_or_default();
-        self.lag.read(entries.len());
-        Ok(entries
-            .iter()
-            .filter_map(|e| job_of(self.partition, &e.id, &e.map))
-            .collect())
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block.as_millis() as u64)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(after.to_string())
+            .query_async(&mut self.conn)
+            .await?;
+        let mut jobs: Vec<RawJob> = read_reply(reply)
+            .into_iter()
+            .flat_map(|(_, jobs)| jobs)
+            .collect();
+        self.lag.read(jobs.len());
+        for raw in &mut jobs {
+            raw.job.id.partition = self.partition;
+        }
+        Ok(jobs)
     }
 
     /// Entries after `after` (see [`Lag`]).
@@ -1006,5 +1099,65 @@ impl Lag {
             Some((at, read)) => added.saturating_sub(at + read) as i64,
             None => int("length") as i64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn an_xread_reply_becomes_jobs_without_a_map() {
+        let fields = |extra: &[(&str, &str)]| {
+            let mut f = vec![];
+            for (k, v) in [
+                ("w", "ws"),
+                ("e", "ep_1"),
+                ("r", "7"),
+                ("v", "evt_1"),
+                ("t", "member:created"),
+                ("k", "acct-1"),
+                ("b", "{}"),
+            ]
+            .iter()
+            .chain(extra)
+            {
+                f.push(bulk(k));
+                f.push(bulk(v));
+            }
+            Value::Array(f)
+        };
+        let reply = Value::Array(vec![Value::Array(vec![
+            bulk("p:{p3}:q"),
+            Value::Array(vec![
+                Value::Array(vec![bulk("5-1"), fields(&[])]),
+                Value::Array(vec![bulk("6-0"), fields(&[("d", "5-1"), ("m", "1")])]),
+                Value::Array(vec![bulk("7-0"), Value::Array(vec![bulk("x"), bulk("y")])]),
+            ]),
+        ])]);
+        let read = read_reply(reply);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].0, b"p:{p3}:q");
+        let jobs = &read[0].1;
+        assert_eq!(jobs.len(), 2, "an entry that is not a job is skipped");
+        let first = &jobs[0].job;
+        assert_eq!(
+            (first.entry.to_string(), first.rule_id, first.key.as_str()),
+            ("5-1".to_string(), 7, "acct-1")
+        );
+        assert!(!jobs[0].requeued && !first.manual);
+        let copy = &jobs[1];
+        assert!(copy.requeued && copy.job.manual);
+        assert_eq!(
+            copy.job.id.entry.to_string(),
+            "5-1",
+            "a copy names its delivery"
+        );
+        assert_eq!(copy.job.entry.to_string(), "6-0");
+        assert!(read_reply(Value::Nil).is_empty(), "a read that timed out");
     }
 }

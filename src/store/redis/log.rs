@@ -17,17 +17,58 @@ use crate::store::record::EventRecord;
 const FIND_SCAN: usize = 200;
 const FIND_ROUNDS: usize = 10;
 
-fn event_of(id: &str, map: &HashMap<String, redis::Value>) -> Option<LoggedEvent> {
-    Some(LoggedEvent {
-        entry: id.parse().ok()?,
-        record: EventRecord {
-            v: field(map, "v")?,
-            t: field(map, "t").unwrap_or_default(),
-            d: field(map, "d").unwrap_or_default(),
-            p: field(map, "p").unwrap_or_default(),
-            b: field(map, "b"),
+/// Events one entry of the event log holds at most (see [`position`]).
+pub(crate) const EVENTS_PER_ENTRY: usize = 1 << POSITION_BITS;
+const POSITION_BITS: u32 = 16;
+
+/// The position of the `index`th event of entry `entry` in the event log, as an [`EntryId`]
+/// the delivery log's cursors can carry: the entry's time, and its sequence number shifted
+/// left with the index in the low bits. Positions order as the events do.
+fn position(entry: EntryId, index: usize) -> EntryId {
+    EntryId {
+        ms: entry.ms,
+        seq: (entry.seq << POSITION_BITS) | index as u64,
+    }
+}
+
+/// The entry a position is in, and the event's index in it.
+fn entry_of(position: EntryId) -> (EntryId, usize) {
+    (
+        EntryId {
+            ms: position.ms,
+            seq: position.seq >> POSITION_BITS,
         },
-    })
+        (position.seq & (EVENTS_PER_ENTRY as u64 - 1)) as usize,
+    )
+}
+
+/// The events of one entry of a workspace's event log, in order. An entry holds the events of
+/// one ingest call, one line each: id, type, partitions and entries of its deliveries, and
+/// its body when no delivery carries it, tab-separated (none of them holds a tab or a
+/// newline: types are names, bodies compact JSON).
+fn events_of(id: &str, map: &HashMap<String, redis::Value>) -> Vec<LoggedEvent> {
+    let Ok(entry) = id.parse::<EntryId>() else {
+        return Vec::new();
+    };
+    let lines = field(map, "e").unwrap_or_default();
+    lines
+        .split('\n')
+        .enumerate()
+        .filter_map(|(i, line)| {
+            let mut f = line.splitn(5, '\t');
+            let record = EventRecord {
+                v: f.next().filter(|v| !v.is_empty())?.to_string(),
+                t: f.next().unwrap_or_default().to_string(),
+                p: f.next().unwrap_or_default().to_string(),
+                d: f.next().unwrap_or_default().to_string(),
+                b: f.next().map(str::to_string),
+            };
+            Some(LoggedEvent {
+                entry: position(entry, i),
+                record,
+            })
+        })
+        .collect()
 }
 
 impl RedisStore {
@@ -105,6 +146,9 @@ impl RedisStore {
             .collect())
     }
 
+    /// The workspace's events before position `before` (exclusive; `None`: the newest),
+    /// newest first, not older than `since_ms`: up to `count`, reading entries in growing
+    /// chunks (an entry holds a whole request's events).
     pub async fn events_before(
         &self,
         ws: &str,
@@ -112,25 +156,40 @@ impl RedisStore {
         since_ms: Option<i64>,
         count: usize,
     ) -> Result<Vec<LoggedEvent>> {
-        let end = before.map_or("+".to_string(), |b| format!("({b}"));
         let start = since_ms.map_or("-".to_string(), |s| s.max(0).to_string());
-        let reply: StreamRangeReply = redis::cmd("XREVRANGE")
-            .arg(self.events_key(ws))
-            .arg(end)
-            .arg(start)
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(reply
-            .ids
-            .iter()
-            .filter_map(|e| event_of(&e.id, &e.map))
-            .collect())
+        // The entry of `before` is read too (inclusive) for its events before it.
+        let mut end = before.map_or("+".to_string(), |b| entry_of(b).0.to_string());
+        let mut chunk = 4usize;
+        let mut out = Vec::new();
+        loop {
+            let reply: StreamRangeReply = redis::cmd("XREVRANGE")
+                .arg(self.events_key(ws))
+                .arg(&end)
+                .arg(&start)
+                .arg("COUNT")
+                .arg(chunk)
+                .query_async(&mut self.conn())
+                .await?;
+            for e in &reply.ids {
+                let mut events = events_of(&e.id, &e.map);
+                events.retain(|ev| before.is_none_or(|b| ev.entry < b));
+                out.extend(events.into_iter().rev());
+                if out.len() >= count {
+                    out.truncate(count);
+                    return Ok(out);
+                }
+            }
+            match reply.ids.last() {
+                Some(last) if reply.ids.len() == chunk => end = format!("({}", last.id),
+                _ => return Ok(out),
+            }
+            chunk = (chunk * 2).min(count.max(4));
+        }
     }
 
     /// The event `event_id`: its entry is at the id's time or just after (ingest never stamps
-    /// an event earlier than its id, and later only behind an event stamped later still).
+    /// an entry earlier than its events' ids, and later only behind an entry stamped later
+    /// still).
     pub async fn find_event(
         &self,
         ws: &str,
@@ -148,8 +207,11 @@ impl RedisStore {
                 .query_async(&mut self.conn())
                 .await?;
             for e in &reply.ids {
-                if field(&e.map, "v").as_deref() == Some(event_id) {
-                    return Ok(event_of(&e.id, &e.map));
+                if let Some(found) = events_of(&e.id, &e.map)
+                    .into_iter()
+                    .find(|ev| ev.record.v == event_id)
+                {
+                    return Ok(Some(found));
                 }
             }
             match reply.ids.last() {

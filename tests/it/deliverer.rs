@@ -1,0 +1,187 @@
+//! The deliverer against real HTTPS receivers: connections are reused, redirects are not
+//! followed, long answers are cut at the limit, slow ones time out, and nothing is sent once
+//! the lease check says no.
+
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard::config::Config;
+use switchyard::deliverer::{Deliverer, Target};
+use switchyard::delivery::{DeliveryId, EntryId, Job, Progress};
+use switchyard::endpoint::{Endpoint, EndpointSpec};
+use switchyard::load::receiver::{self, Receiver, Reply};
+use switchyard::signing::SigningKey;
+
+fn deliverer(response_limit: usize) -> Deliverer {
+    Deliverer::new(&Config {
+        allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        extra_root_certs: Some(receiver::ca_pem_path().into()),
+        response_body_limit: response_limit,
+        ..Config::default()
+    })
+    .unwrap()
+}
+
+fn endpoint(url: &str, timeout_ms: u64) -> Endpoint {
+    let (spec, _) = EndpointSpec::from_json(
+        &json!({"url": url, "timeoutMs": timeout_ms, "headers": {"x-team": "growth"}}),
+    )
+    .unwrap();
+    Endpoint {
+        id: "ep_deliverer".into(),
+        spec,
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        retired_secrets: vec![],
+        created_at: String::new(),
+        updated_at: String::new(),
+    }
+}
+
+fn job(seq: u64) -> Job {
+    let entry = EntryId {
+        ms: 1_700_000_000_000,
+        seq,
+    };
+    Job {
+        id: DeliveryId {
+            partition: 0,
+            entry,
+        },
+        entry,
+        workspace: "ws".into(),
+        endpoint_id: "ep_deliverer".into(),
+        rule_id: 1,
+        event_id: "evt_1".into(),
+        event_type: "member:created".into(),
+        key: String::new(),
+        body: "{\"event\":\"member:created\"}".into(),
+        manual: false,
+        progress: Progress::NEW,
+    }
+}
+
+fn keys(ep: &Endpoint) -> Vec<SigningKey> {
+    ep.signing_keys(0)
+}
+
+#[tokio::test]
+async fn connections_are_reused_and_requests_carry_the_signed_headers() {
+    let receiver = Receiver::ok().await;
+    let d = deliverer(1024);
+    let ep = endpoint(&receiver.url, 5_000);
+    let target = Target::of(&ep, d.guard());
+    for seq in 0..3 {
+        let o = d
+            .attempt(&target, &keys(&ep), &job(seq), 1, || true)
+            .await
+            .unwrap();
+        assert!(o.succeeded(), "{:?}", o.record);
+        assert_eq!(o.record.rb, "{\"ok\":true}");
+        assert_eq!(o.record.h["x-team"], "growth");
+    }
+    assert_eq!(receiver.count(), 3);
+    assert_eq!(
+        receiver.connections(),
+        1,
+        "one TLS connection for three requests"
+    );
+    let got = &receiver.received()[0];
+    assert_eq!(got.path, "/hook");
+    assert_eq!(got.header("x-team"), "growth");
+    assert_eq!(got.header("content-type"), "application/json");
+    assert_eq!(got.header("webhook-id"), job(0).id.to_string());
+    assert!(got.header("webhook-signature").starts_with("v1,"));
+    assert!(
+        got.header("host").starts_with("127.0.0.1:"),
+        "{}",
+        got.header("host")
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_is_an_answer_not_an_order() {
+    let elsewhere = Receiver::ok().await;
+    let location = elsewhere.url.clone();
+    let receiver = Receiver::start(move |_, _| Reply {
+        status: 302,
+        headers: vec![("location".into(), location.clone())],
+        delay: Duration::ZERO,
+    })
+    .await;
+    let d = deliverer(1024);
+    let ep = endpoint(&receiver.url, 5_000);
+    let o = d
+        .attempt(&Target::of(&ep, d.guard()), &keys(&ep), &job(1), 1, || true)
+        .await
+        .unwrap();
+    assert_eq!(o.status(), Some(302));
+    assert_eq!(o.error().map(|e| e.0), Some("status"));
+    assert_eq!(elsewhere.count(), 0, "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn a_long_answer_is_cut_at_the_limit_and_its_connection_not_reused() {
+    let receiver = Receiver::start_answering(vec![b'a'; 200_000], |_, _| Reply::status(200)).await;
+    let d = deliverer(1024);
+    let ep = endpoint(&receiver.url, 5_000);
+    let target = Target::of(&ep, d.guard());
+    for seq in 0..2 {
+        let o = d
+            .attempt(&target, &keys(&ep), &job(seq), 1, || true)
+            .await
+            .unwrap();
+        assert!(o.succeeded());
+        assert!(o.record.tr, "truncated");
+        assert_eq!(o.record.rb.len(), 1024);
+    }
+    assert_eq!(
+        receiver.connections(),
+        2,
+        "a connection with an unread body is closed, not pooled"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_a_refused_send_sends_nothing() {
+    let receiver = Receiver::start(|_, _| Reply {
+        status: 200,
+        headers: vec![],
+        delay: Duration::from_secs(3),
+    })
+    .await;
+    let d = deliverer(1024);
+    let ep = endpoint(&receiver.url, 300);
+    let target = Target::of(&ep, d.guard());
+    let started = std::time::Instant::now();
+    let o = d
+        .attempt(&target, &keys(&ep), &job(1), 1, || true)
+        .await
+        .unwrap();
+    assert_eq!(o.error().map(|e| e.0), Some("timeout"), "{:?}", o.record);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let before = receiver.count();
+    assert!(
+        d.attempt(&target, &keys(&ep), &job(2), 1, || false)
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        receiver.count(),
+        before,
+        "nothing sent once the check says no"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_url_fails_for_good_without_a_connection() {
+    let d = deliverer(1024);
+    let ep = endpoint("https://10.1.2.3/hook", 5_000);
+    let target = Target::of(&ep, d.guard());
+    assert!(target.is_err());
+    let o = d
+        .attempt(&target, &keys(&ep), &job(1), 1, || true)
+        .await
+        .unwrap();
+    assert_eq!(o.error().map(|e| e.0), Some("ssrf"));
+    assert!(o.final_failure);
+}
