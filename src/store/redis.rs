@@ -18,6 +18,8 @@ mod conn;
 mod health;
 mod jobs;
 mod log;
+mod reader;
+mod scripts;
 
 use redis::AsyncCommands;
 
@@ -27,7 +29,7 @@ use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 pub use cluster::NodeInfo;
 pub use conn::Conn;
-pub use jobs::{JobReader, Lag, MultiReader};
+pub use reader::{JobReader, Lag, MultiReader};
 
 use super::jobs::Retention;
 use super::{Result, StoreError};

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use redis::streams::StreamRangeReply;
 
 use super::RedisStore;
-use super::jobs::{field, job_of};
+use super::reader::{field, job_of};
 use crate::delivery::{DeliveryId, EntryId, Job};
 use crate::store::Result;
 use crate::store::log::LoggedEvent;
