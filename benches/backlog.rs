@@ -95,6 +95,7 @@ async fn main() {
             retired_secrets: vec![],
             created_at: String::new(),
             updated_at: String::new(),
+            compiled: Default::default(),
         };
         store.put_endpoint(&ws.uuid, &ep).await.unwrap();
         ids.push(ep.id);

@@ -45,6 +45,7 @@ fn config(
         latency_ms: (0, 0),
         error_rate: 0.0,
         rate_limit: None,
+        keys: None,
         baseline,
         warmup: true,
         ingest_only: false,

@@ -1,5 +1,5 @@
 //! Micro-benchmarks of the hot paths that do not touch the network: rule matching, payload
-//! build and serialisation, signing, SSRF address classification.
+//! build and serialisation, signing, SSRF address classification, payload transforms.
 //!
 //! `cargo bench --bench micro`
 
@@ -130,5 +130,44 @@ fn ssrf(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, rule_matching, payload, signing, ssrf);
+/// Payload transforms, rendered once per (event, endpoint) at ingest: the Slack preset's
+/// default message, and a 10-line template making a CRM's body.
+fn transforms(c: &mut Criterion) {
+    let mut payload = event("data_record:created");
+    payload.insert(
+        "eventRule".into(),
+        json!({"id": 88, "uuid": "a1b2", "name": "Notify CRM"}),
+    );
+    payload.insert(
+        "workspace".into(),
+        json!({"uuid": "9e8d", "name": "Acme Health"}),
+    );
+    let spec =
+        |v: Value| -> switchyard::transform::TransformSpec { serde_json::from_value(v).unwrap() };
+    let slack = spec(json!({"preset": "slack"})).compile().unwrap();
+    let template = spec(json!({"template": concat!(
+        "{\n",
+        "  \"type\": {{ event|tojson }},\n",
+        "  \"contact\": {\n",
+        "    \"name\": {{ member.name|tojson }},\n",
+        "    \"email\": {{ member.email|tojson }},\n",
+        "    \"vip\": {{ ('vip' in member.labels)|tojson }}\n",
+        "  },\n",
+        "  \"record\": {{ dataRecord.id }},\n",
+        "  \"source\": {{ workspace.name|tojson }}\n",
+        "}"
+    )}))
+    .compile()
+    .unwrap();
+    let mut g = c.benchmark_group("transform");
+    g.bench_function("slack preset", |b| {
+        b.iter(|| black_box(slack.render(&payload).unwrap()))
+    });
+    g.bench_function("10-line template", |b| {
+        b.iter(|| black_box(template.render(&payload).unwrap()))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, rule_matching, payload, signing, ssrf, transforms);
 criterion_main!(benches);

@@ -13,6 +13,7 @@ mod events;
 pub mod openapi;
 mod rules;
 pub mod server;
+mod transforms;
 mod workspaces;
 
 use std::collections::HashMap;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// The partitions this node owns (Redis clusters; `None` on a single embedded node).
     pub cluster: Option<Arc<crate::cluster::ClusterView>>,
+    /// Every partition's backlog as this node knows it (`overload = "shed"`).
+    pub backlog: Arc<crate::dispatch::Backlog>,
 }
 
 /// The API's routes.

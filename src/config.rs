@@ -114,12 +114,28 @@ pub struct Config {
     pub lease_ms: u64,
     /// How often a node heartbeats and renews its leases.
     pub heartbeat_ms: u64,
+    /// What ingest does when a partition's backlog is over `overload_backlog_jobs`: `accept`
+    /// (the store absorbs the burst) or `shed` (429 with `Retry-After`, nothing written).
+    pub overload: Overload,
+    /// Unfinished jobs in one partition beyond which `overload = "shed"` refuses ingest.
+    pub overload_backlog_jobs: u64,
     /// `text` (for people) or `json` (one object per line, for log pipelines).
     pub log_format: LogFormat,
     /// OTLP/HTTP collector base URL (`http://collector:4318`): spans go to `{url}/v1/traces`.
     /// Needs a build with the `otlp` feature; unset exports nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+}
+
+/// What ingest does under a backlog.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overload {
+    /// Keep accepting: the store absorbs bursts, bounded by retention and its size caps.
+    #[default]
+    Accept,
+    /// Answer 429 with `Retry-After` while a partition the request writes to is over the bound.
+    Shed,
 }
 
 /// The shape of the log lines.
@@ -171,6 +187,8 @@ impl Default for Config {
             max_throttle_secs: 24 * 3600,
             lease_ms: 5_000,
             heartbeat_ms: 1_000,
+            overload: Overload::Accept,
+            overload_backlog_jobs: 100_000,
             log_format: LogFormat::Text,
             otlp_endpoint: None,
         }
@@ -326,6 +344,18 @@ impl Config {
         if let Some(v) = var("auto_disable_after_secs") {
             self.auto_disable_after_secs = parse("auto_disable_after_secs", &v)?;
         }
+        if let Some(v) = var("overload") {
+            self.overload = match v.trim() {
+                "accept" => Overload::Accept,
+                "shed" => Overload::Shed,
+                other => {
+                    return Err(invalid(
+                        "overload",
+                        format!("`{other}`: expected accept or shed"),
+                    ));
+                }
+            };
+        }
         if let Some(v) = var("log_format") {
             self.log_format = match v.trim() {
                 "text" => LogFormat::Text,
@@ -347,6 +377,7 @@ impl Config {
                 &mut self.retention_max_per_partition,
             ),
             ("min_free_disk_bytes", &mut self.min_free_disk_bytes),
+            ("overload_backlog_jobs", &mut self.overload_backlog_jobs),
             ("max_throttle_secs", &mut self.max_throttle_secs),
             (
                 "header_read_timeout_secs",
@@ -434,6 +465,9 @@ impl Config {
         }
         if self.retention_secs == 0 {
             return Err(invalid("retention_secs", "must be at least 1"));
+        }
+        if self.overload_backlog_jobs == 0 {
+            return Err(invalid("overload_backlog_jobs", "must be at least 1"));
         }
         if self.retention_max_per_partition == 0 {
             return Err(invalid("retention_max_per_partition", "must be at least 1"));

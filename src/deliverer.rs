@@ -29,6 +29,8 @@ use crate::store::record::AttemptRecord;
 
 /// The `User-Agent` of every webhook.
 pub const USER_AGENT: &str = concat!("Switchyard/", env!("CARGO_PKG_VERSION"));
+/// The error kind of an attempt whose body the endpoint's transform could not make.
+pub const TEMPLATE_ERROR: &str = "template";
 
 /// Why the deliverer could not be built.
 #[derive(Debug, thiserror::Error)]

@@ -290,6 +290,18 @@ pub struct Job {
     pub progress: Progress,
 }
 
+/// How the body of a delivery whose transform failed at ingest begins: this, then why. No
+/// JSON body begins with `!`, so the job's one body field carries either.
+pub const RENDER_FAILED: &str = "!template:";
+
+impl Job {
+    /// Why the endpoint's transform made no body for this delivery's event, if it did not:
+    /// such a delivery fails at once, with an attempt of error kind `template` and no request.
+    pub fn render_failure(&self) -> Option<&str> {
+        self.body.strip_prefix(RENDER_FAILED)
+    }
+}
+
 /// The id of a new event: `evt_` and a UUIDv7, so ids sort by time.
 pub fn new_event_id() -> String {
     format!("evt_{}", uuid::Uuid::now_v7().simple())

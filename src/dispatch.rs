@@ -22,6 +22,7 @@
 //! router also decides idle stops, under the queue's lock, so a job can never be routed to an
 //! actor that is already stopping.
 
+pub mod backlog;
 mod endpoint_actor;
 pub mod partition;
 pub mod policy;
@@ -36,6 +37,7 @@ use crate::deliverer::Deliverer;
 use crate::delivery::Job;
 use crate::store::Store;
 
+pub use backlog::Backlog;
 pub use endpoint_actor::{EndpointActor, EndpointMsg};
 pub use partition::{Dispatch, Lease, PartitionHandle, PartitionOwner};
 pub use router::{RouterMsg, RuleRouter};

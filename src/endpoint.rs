@@ -182,6 +182,9 @@ pub struct EndpointSpec {
     /// that field, up to `maxInFlight` values in flight at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// The body's shape when it is not the payload as it is (`crate::transform`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<crate::transform::TransformSpec>,
 }
 
 impl EndpointSpec {
@@ -296,14 +299,20 @@ impl EndpointSpec {
         if !(1..=1000).contains(&self.max_in_flight) {
             return Err(Invalid::field("maxInFlight", "must be 1 to 1000"));
         }
-        if self.ordering == Ordering::Strict && self.max_in_flight != 1 {
+        if self.ordering == Ordering::Strict
+            && self.ordering_key.is_none()
+            && self.max_in_flight != 1
+        {
             return Err(Invalid::field(
                 "maxInFlight",
-                "must be 1 when ordering is strict",
+                "must be 1 when ordering is strict without an orderingKey (one sequence per endpoint)",
             ));
         }
         if let Some(path) = &self.ordering_key {
             crate::rule::condition::parse_path(path).map_err(|e| e.under("orderingKey"))?;
+        }
+        if let Some(t) = &self.transform {
+            t.compile()?;
         }
         self.retry.validate()?;
         if !(1..=MAX_TIMEOUT_MS).contains(&self.timeout_ms) {
@@ -336,6 +345,20 @@ pub struct Endpoint {
     pub retired_secrets: Vec<RetiredSecret>,
     pub created_at: String,
     pub updated_at: String,
+    /// The transform, compiled on first use (so once per cached copy of the endpoint).
+    #[serde(skip)]
+    pub compiled: CompiledTransform,
+}
+
+/// An endpoint's compiled transform, made when first asked for. Not part of what is stored
+/// or compared.
+#[derive(Debug, Clone, Default)]
+pub struct CompiledTransform(std::sync::OnceLock<Option<crate::transform::Transform>>);
+
+impl PartialEq for CompiledTransform {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 /// Longest ordering-key value kept as it is; a longer one is kept as its SHA-256.
@@ -361,6 +384,15 @@ impl Endpoint {
             return hex::encode(sha2::Sha256::digest(value.as_bytes()));
         }
         value
+    }
+
+    /// The endpoint's transform, compiled; `None` when the body is the payload as it is. (A
+    /// stored transform compiled when it was saved, so it compiles again here.)
+    pub fn transform(&self) -> Option<&crate::transform::Transform> {
+        self.compiled
+            .0
+            .get_or_init(|| self.spec.transform.as_ref().and_then(|t| t.compile().ok()))
+            .as_ref()
     }
 
     /// Every secret that signs at `now_ms`: the current one first, then those in their grace.
@@ -484,6 +516,17 @@ mod tests {
             "maxInFlight"
         );
         assert_eq!(
+            field(json!({"url": "https://x.io", "orderingKey": "member..id"})),
+            "orderingKey"
+        );
+        assert!(
+            EndpointSpec::from_json(
+                &json!({"url": "https://x.io", "orderingKey": "member.id", "maxInFlight": 50})
+            )
+            .is_ok(),
+            "strict per key takes up to maxInFlight key values"
+        );
+        assert_eq!(
             field(json!({"url": "https://x.io", "colour": "red"})),
             "colour"
         );
@@ -559,6 +602,7 @@ mod tests {
             retired_secrets: vec![],
             created_at: String::new(),
             updated_at: String::new(),
+            compiled: Default::default(),
         };
         ep.rotate(crate::signing::generate_secret(), 1_000, 500);
         assert_eq!(ep.signing_keys(1_000).len(), 2);

@@ -4,7 +4,8 @@
 //! For each rule that fired, the payload (event + `eventRule` + `workspace`) is serialised once
 //! and one delivery is made per enabled endpoint of the rule's actions; the endpoint's
 //! `orderingKey`, when it has one, is read from the event here, so a delivery keeps the key
-//! it was made with whatever later changes. Event ids are new UUIDv7s; a retried request is
+//! it was made with whatever later changes; and an endpoint's `transform` is rendered here,
+//! once per (event, endpoint), so its bytes are the delivery's body. Event ids are new UUIDv7s; a retried request is
 //! recognised by its `Idempotency-Key` in the store, before anything is written.
 
 use std::collections::{HashMap, HashSet};
@@ -14,7 +15,7 @@ use serde_json::json;
 
 pub mod cache;
 
-use crate::delivery::{NewDelivery, new_event_id, partition_of};
+use crate::delivery::{NewDelivery, RENDER_FAILED, new_event_id, partition_of};
 use crate::endpoint::Endpoint;
 use crate::event::Event;
 use crate::rule::CompiledRule;
@@ -62,13 +63,30 @@ pub async fn plan(
                 continue;
             }
             let body = payload(&event, &mut event_json, &rule.block, &workspace_block)?;
+            // The payload as a map, for the endpoints that transform it: made once per rule.
+            let mut fields: Option<serde_json::Map<String, serde_json::Value>> = None;
             for ep in targets {
+                let body = match ep.transform() {
+                    None => body.clone(),
+                    Some(t) => {
+                        let fields = fields.get_or_insert_with(|| {
+                            let mut m = event.body.clone();
+                            m.insert("eventRule".into(), rule.block.clone());
+                            m.insert("workspace".into(), workspace_block.clone());
+                            m
+                        });
+                        match t.render(fields) {
+                            Ok(b) => b.into(),
+                            Err(e) => format!("{RENDER_FAILED}{e}").into(),
+                        }
+                    }
+                };
                 deliveries.push(NewDelivery {
                     partition: partition_of(&ep.id, partitions),
                     endpoint_id: ep.id.clone(),
                     rule_id: rule.id,
                     key: ep.ordering_key_of(&event.body),
-                    body: body.clone(),
+                    body,
                 });
             }
         }

@@ -16,6 +16,7 @@
 //! - [`endpoint`]: endpoint specs and policies (retry, rate limit, ordering, headers, secrets).
 //! - [`delivery`]: delivery and attempt records, deterministic ids, the partition hash.
 //! - [`ingest`]: a fired event becomes deliveries (API and routines alike).
+//! - [`transform`]: payload templates and the Slack / Discord presets.
 //! - [`signing`]: Standard Webhooks signatures and secrets.
 //! - [`ssrf`]: the guard that keeps webhooks on the public internet.
 //! - [`deliverer`]: the shared HTTPS client that signs and sends one attempt.
@@ -51,4 +52,5 @@ pub mod ssrf;
 pub mod store;
 pub mod telemetry;
 pub mod traces;
+pub mod transform;
 pub mod workspace;

@@ -18,4 +18,4 @@ mod report;
 mod run;
 
 pub use report::Report;
-pub use run::{LoadConfig, NodeSpec, run};
+pub use run::{LoadConfig, NodeSpec, OrderingKeys, run};

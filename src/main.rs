@@ -249,6 +249,13 @@ struct LoadArgs {
     /// Per-endpoint rate limit (deliveries per second).
     #[arg(long)]
     rate_limit: Option<u32>,
+    /// Strict order per key: each endpoint's events cycle over N values of its `orderingKey`
+    /// (`member.key`), and order is checked per key.
+    #[arg(long)]
+    ordering_keys: Option<usize>,
+    /// With `--ordering-keys`: the endpoints' `maxInFlight` (key values in flight at once).
+    #[arg(long, default_value_t = 50, requires = "ordering_keys")]
+    max_in_flight: u32,
     /// Skip the raw-client baseline.
     #[arg(long)]
     no_baseline: bool,
@@ -281,13 +288,21 @@ fn parse_latency(s: &str) -> anyhow::Result<(u64, u64)> {
 }
 
 fn load(args: LoadArgs) -> anyhow::Result<()> {
-    use switchyard::load::{LoadConfig, NodeSpec};
+    use switchyard::load::{LoadConfig, NodeSpec, OrderingKeys};
     anyhow::ensure!(args.endpoints > 0, "--endpoints must be at least 1");
     anyhow::ensure!(
         (0.0..1.0).contains(&args.error_rate),
         "--error-rate must be in [0, 1)"
     );
     let latency_ms = parse_latency(&args.latency_ms)?;
+    anyhow::ensure!(
+        args.ordering_keys != Some(0),
+        "--ordering-keys must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=1000).contains(&args.max_in_flight),
+        "--max-in-flight must be 1 to 1000"
+    );
     let data = tempfile::tempdir()?;
     let node = match (args.target, args.admin_token) {
         (Some(base), Some(admin_token)) => NodeSpec::Target { base, admin_token },
@@ -328,6 +343,10 @@ fn load(args: LoadArgs) -> anyhow::Result<()> {
         latency_ms,
         error_rate: args.error_rate,
         rate_limit: args.rate_limit,
+        keys: args.ordering_keys.map(|values| OrderingKeys {
+            values,
+            max_in_flight: args.max_in_flight,
+        }),
         baseline: !args.no_baseline,
         warmup: !args.no_warmup,
         ingest_only: args.ingest_only,

@@ -91,6 +91,12 @@ pub async fn run(
         &stop,
         listener.local_addr()?,
     );
+    tasks.spawn(crate::dispatch::backlog::share(
+        store.clone(),
+        dispatch.backlog.clone(),
+        config.node_id.clone(),
+        stop.clone(),
+    ));
     let routines = tokio::spawn(
         crate::routine::Scheduler::new(store.clone(), rules.clone()).run(stop.clone()),
     );
@@ -103,6 +109,7 @@ pub async fn run(
         config: Arc::new(config.clone()),
         stopping: stop.clone(),
         cluster: cluster_view,
+        backlog: dispatch.backlog.clone(),
     };
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");

@@ -64,6 +64,18 @@ fn describe() {
         "switchyard_endpoint_actors",
         "Endpoint actors alive on this node."
     );
+    describe_counter!(
+        "switchyard_ingest_shed_total",
+        "Ingest requests refused with 429 under a backlog (overload = shed)."
+    );
+    describe_gauge!(
+        "switchyard_backlog_jobs",
+        "Jobs not finished in the partitions this node owns (unread and in memory)."
+    );
+    describe_gauge!(
+        "switchyard_backlog_age_seconds",
+        "Age of the oldest unfinished job this node has read."
+    );
     describe_gauge!(
         "switchyard_breakers_open",
         "Endpoints whose circuit breaker is open or half-open."
@@ -106,6 +118,9 @@ pub fn register(node: &str) {
         counter!("switchyard_ssrf_refusals_total", "node" => n(), "at" => at).increment(0);
     }
     gauge!("switchyard_endpoint_actors", "node" => n()).set(0.0);
+    gauge!("switchyard_backlog_jobs", "node" => n()).set(0.0);
+    counter!("switchyard_ingest_shed_total", "node" => n()).increment(0);
+    gauge!("switchyard_backlog_age_seconds", "node" => n()).set(0.0);
     counter!("switchyard_retention_dropped_total").increment(0);
     gauge!("switchyard_breakers_open", "node" => n()).set(0.0);
     for name in [
@@ -193,6 +208,17 @@ pub fn delivery_final(node: &str, outcome: &'static str, since_ingest: Option<Du
     if let Some(d) = since_ingest {
         h.delivery_latency.record(d.as_secs_f64());
     }
+}
+
+/// An ingest refused under a backlog (`overload = "shed"`).
+pub fn ingest_shed(node: &str) {
+    counter!("switchyard_ingest_shed_total", "node" => node.to_string()).increment(1);
+}
+
+/// This node's backlog: jobs not finished in its partitions, and the oldest one's age.
+pub fn backlog(node: &str, jobs: u64, oldest_secs: f64) {
+    gauge!("switchyard_backlog_jobs", "node" => node.to_string()).set(jobs as f64);
+    gauge!("switchyard_backlog_age_seconds", "node" => node.to_string()).set(oldest_secs);
 }
 
 pub fn partition(node: &str, partition: u32, lag: i64, pending: i64) {

@@ -55,6 +55,7 @@ pub async fn create(
         retired_secrets: Vec::new(),
         created_at: now.clone(),
         updated_at: now,
+        compiled: Default::default(),
     };
     state.store.put_endpoint(&ws.uuid, &ep).await?;
     Ok(created(ep.created_view()))

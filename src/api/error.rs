@@ -23,11 +23,16 @@ pub enum ApiError {
     Unavailable(String),
     /// The embedded store's disk is full: 503 `insufficient_storage` with `Retry-After`.
     InsufficientStorage(String),
+    /// `overload = "shed"` and a partition's backlog is over the bound: 429 `overloaded`
+    /// with `Retry-After`, nothing written.
+    Overloaded(String),
     Internal(String),
 }
 
 /// The `Retry-After` of a 503 for a full disk, seconds.
 const FULL_DISK_RETRY_SECS: u64 = 5;
+/// The `Retry-After` of a 429 under a backlog, seconds: the backlog is measured every second.
+const OVERLOAD_RETRY_SECS: u64 = 1;
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -135,6 +140,19 @@ impl IntoResponse for ApiError {
                     [(
                         axum::http::header::RETRY_AFTER,
                         FULL_DISK_RETRY_SECS.to_string(),
+                    )],
+                    Json(body),
+                )
+                    .into_response();
+            }
+            ApiError::Overloaded(why) => {
+                let body = json!({"error": {"code": "overloaded",
+                    "message": format!("nothing was written: {why}; retry after the Retry-After seconds")}});
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(
+                        axum::http::header::RETRY_AFTER,
+                        OVERLOAD_RETRY_SECS.to_string(),
                     )],
                     Json(body),
                 )

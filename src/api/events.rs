@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, Tenant, read_body, read_json};
+use crate::config::Overload;
 use crate::event::Event;
 use crate::ingest::Fired;
 use crate::invalid::{Invalid, from_body};
@@ -180,5 +181,20 @@ async fn plan_and_ingest(
             Fired { event, rules }
         })
         .collect();
-    Ok(crate::ingest::ingest(&state.store, &state.rules, &snapshot, ws, fired, idem).await?)
+    let planned = crate::ingest::plan(&state.store, &state.rules, &snapshot, ws, fired).await?;
+    if state.config.overload == Overload::Shed {
+        let now = chrono::Utc::now().timestamp_millis();
+        let touched = planned
+            .iter()
+            .flat_map(|e| e.deliveries.iter().map(|d| d.partition));
+        let (partition, jobs) = state.backlog.worst(touched, now);
+        if jobs > state.config.overload_backlog_jobs {
+            crate::telemetry::ingest_shed(&state.config.node_id);
+            return Err(ApiError::Overloaded(format!(
+                "partition {partition} has {jobs} unfinished jobs, over overload_backlog_jobs ({})",
+                state.config.overload_backlog_jobs
+            )));
+        }
+    }
+    Ok(state.store.ingest(&ws.uuid, &planned, idem).await?)
 }

@@ -8,7 +8,7 @@
 use axum::Router;
 use serde_json::{Value, json};
 
-use super::{AppState, deliveries, endpoints, events, rules, workspaces};
+use super::{AppState, deliveries, endpoints, events, rules, transforms, workspaces};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +71,7 @@ api_routes! {
     get "/v1/deliveries" => deliveries::list, Workspace, None, 200, "The delivery log, newest first.";
     get "/v1/deliveries/{id}" => deliveries::show, Workspace, None, 200, "A delivery with its attempts.";
     post "/v1/deliveries/{id}/retry" => deliveries::retry, Workspace, None, 202, "One more attempt of a finished delivery.";
+    post "/v1/transforms/preview" => transforms::preview, Workspace, Some("TransformPreview"), 200, "What a transform makes of an event.";
 }
 
 fn schemas() -> Value {
@@ -79,6 +80,8 @@ fn schemas() -> Value {
     let retry = json!({"type": "object", "additionalProperties": false, "properties": {
         "maxAttempts": {"type": "integer", "minimum": 1, "maximum": 100}, "initialDelayMs": {"type": "integer", "minimum": 0},
         "multiplier": {"type": "number", "minimum": 1, "maximum": 10}, "maxDelayMs": {"type": "integer", "minimum": 0}}});
+    let transform = json!({"type": "object", "additionalProperties": false, "properties": {
+        "preset": {"type": "string", "enum": ["slack", "discord"]}, "text": {"type": "string"}, "template": {"type": "string"}}});
     let condition = json!({"type": "object", "description": "all / any / not, or a leaf {field, op, value}; ops: eq ne in contains exists gt gte lt lte prefix"});
     json!({
         "NewWorkspace": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200}}},
@@ -86,7 +89,9 @@ fn schemas() -> Value {
             "url": {"type": "string", "format": "uri"}, "description": {"type": "string"}, "rateLimit": rate,
             "ordering": {"type": "string", "enum": ["strict", "unordered"]}, "maxInFlight": {"type": "integer", "minimum": 1, "maximum": 1000},
             "retry": retry, "timeoutMs": {"type": "integer", "minimum": 1, "maximum": 300000},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "enabled": {"type": "boolean"}}},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}}, "enabled": {"type": "boolean"},
+            "orderingKey": {"type": "string", "description": "a dotted path into the event (member.id): strict order per value"},
+            "transform": transform.clone()}},
         "RuleSpec": {"type": "object", "required": ["name", "actions"], "additionalProperties": false, "properties": {
             "name": {"type": "string"}, "events": {"type": "array", "items": {"type": "string"}}, "conditions": condition,
             "actions": {"type": "array", "items": {"type": "object", "required": ["type", "endpointId"],
@@ -100,6 +105,8 @@ fn schemas() -> Value {
         "EventBatch": {"type": "object", "required": ["events"], "additionalProperties": false,
             "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}, "minItems": 1, "maxItems": 1000}}},
         "Patch": {"type": "object"},
+        "TransformPreview": {"type": "object", "required": ["transform", "event"], "additionalProperties": false,
+            "properties": {"transform": transform, "event": {"$ref": "#/components/schemas/Event"}}},
         "Rotate": {"type": "object", "additionalProperties": false, "properties": {"graceSeconds": {"type": "integer", "minimum": 0}}},
         "Replay": {"type": "object", "required": ["since"], "additionalProperties": false,
             "properties": {"since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}}},

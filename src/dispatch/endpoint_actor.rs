@@ -8,6 +8,8 @@
 //! mode only the head of the queue is ever in flight, so delivery N+1 is sent only after
 //! delivery N's final outcome is on disk — a receiver that applies webhooks in arrival order
 //! without deduplicating sees them in order, crashes included (only the head may repeat).
+//! With an `orderingKey`, `strict` is one such sequence per key value (up to `maxInFlight`
+//! values in flight at once; a value in backoff holds back only its own successors).
 //! `unordered` sends up to `maxInFlight` at once and a delivery in backoff does not hold the
 //! others back.
 //!
@@ -272,12 +274,18 @@ impl EndpointState {
     }
 
     fn start_ready(&mut self, myself: &ActorRef<EndpointMsg>, ep: &Arc<Endpoint>) {
-        let strict = ep.spec.ordering == Ordering::Strict;
+        // `strict` with an ordering key is one sequence per key value: up to `maxInFlight`
+        // values in flight, and a value whose delivery is in flight or in backoff holds back
+        // only its own successors (`keys_held`, by a hash of the value: a collision only holds a
+        // job back longer, it never reorders).
+        let keyed = ep.spec.ordering == Ordering::Strict && ep.spec.ordering_key.is_some();
+        let strict = ep.spec.ordering == Ordering::Strict && !keyed;
         let max = if strict {
             1
         } else {
             ep.spec.max_in_flight as usize
         };
+        let mut keys_held: HashSet<u64> = HashSet::new();
         let mut earliest: Option<Instant> = self.start_manual(myself, ep);
         if let Some(until) = self.throttled_until {
             if until > Instant::now() {
@@ -296,13 +304,19 @@ impl EndpointState {
                 .lock()
                 .expect("queue lock")
                 .get(at)
-                .map(QueuedRef::of)
+                .map(|q| QueuedRef::of(q).keyed(keyed.then(|| key_hash(&q.job.key))))
             else {
                 break;
             };
             at += 1;
             if q.manual && !self.in_flight.contains(&q.entry) {
                 // Not started by `start_manual` (the rate limit): it goes first there.
+                continue;
+            }
+            if let Some(k) = q.key
+                && !keys_held.insert(k)
+            {
+                // An earlier delivery of this key value is waiting or in flight.
                 continue;
             }
             if self.in_flight.contains(&q.entry) {
@@ -381,10 +395,19 @@ impl EndpointState {
         let span = tracing::info_span!("attempt", delivery = %job.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
         let attempt = async move {
             let may_send = || partition.may_send();
-            let outcome = ctx
-                .deliverer
-                .attempt(&prepared.target, &prepared.keys, &job, number, may_send)
-                .await;
+            let outcome = match job.render_failure() {
+                // Nothing to send: the attempt is the template's error.
+                Some(why) => Some(Outcome::failed(
+                    number,
+                    crate::deliverer::TEMPLATE_ERROR,
+                    why.to_string(),
+                )),
+                None => {
+                    ctx.deliverer
+                        .attempt(&prepared.target, &prepared.keys, &job, number, may_send)
+                        .await
+                }
+            };
             let span = tracing::Span::current();
             if let Some(status) = outcome.as_ref().and_then(|o| o.status()) {
                 span.record("status", status);
@@ -462,6 +485,8 @@ struct QueuedRef {
     entry: EntryId,
     manual: bool,
     next_attempt_ms: Option<i64>,
+    /// The hash of its ordering key's value, on an endpoint ordered per key.
+    key: Option<u64>,
 }
 
 impl QueuedRef {
@@ -470,8 +495,19 @@ impl QueuedRef {
             entry: q.job.entry,
             manual: q.job.manual,
             next_attempt_ms: q.job.progress.next_attempt_ms,
+            key: None,
         }
     }
+
+    fn keyed(self, key: Option<u64>) -> QueuedRef {
+        QueuedRef { key, ..self }
+    }
+}
+
+/// The hash an ordering key's value is held back by.
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
 }
 
 impl Actor for EndpointActor {

@@ -33,6 +33,7 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::backlog::Backlog;
 use super::endpoint_actor::EndpointMsg;
 use super::router::RouterMsg;
 use crate::delivery::EntryId;
@@ -120,6 +121,12 @@ impl std::fmt::Debug for PartitionHandle {
 }
 
 impl PartitionHandle {
+    /// Unix ms of the oldest job read and not final yet.
+    pub fn oldest_open_ms(&self) -> Option<i64> {
+        let open = self.open.lock().expect("open set");
+        open.entries.first().map(|e| e.ms as i64)
+    }
+
     /// Whether this node may send for the partition now.
     pub fn may_send(&self) -> bool {
         self.lease.as_ref().is_none_or(|l| l.valid())
@@ -212,6 +219,8 @@ pub struct Dispatch {
     /// One Redis: the reader of every owned partition takes new ones here.
     shared_reader: Option<mpsc::UnboundedSender<reader::Owned>>,
     stop_reading: CancellationToken,
+    /// What the readers measure of their partitions' backlogs (and, on Redis, the others').
+    pub backlog: Arc<Backlog>,
 }
 
 /// Stops reading one owned partition.
@@ -237,6 +246,7 @@ impl Dispatch {
         buffer: usize,
     ) -> Dispatch {
         let (commits, rx) = mpsc::unbounded_channel();
+        let backlog = Arc::new(Backlog::new(store.partitions()));
         let stop_committing = CancellationToken::new();
         let committer = tokio::spawn(committer::run(
             store.clone(),
@@ -254,6 +264,7 @@ impl Dispatch {
                         router: router.clone(),
                         node: node.clone(),
                         buffer,
+                        backlog: backlog.clone(),
                     },
                     rx,
                     stop_reading.clone(),
@@ -272,6 +283,7 @@ impl Dispatch {
             stop_committing,
             shared_reader,
             stop_reading,
+            backlog,
         }
     }
 
@@ -295,6 +307,7 @@ impl Dispatch {
             router: self.router.clone(),
             node: self.node.clone(),
             buffer: self.buffer,
+            backlog: self.backlog.clone(),
         };
         match &self.shared_reader {
             Some(tx) => {

@@ -94,6 +94,21 @@ pub fn decide(
             disable: None,
         };
     }
+    if outcome
+        .error()
+        .is_some_and(|(kind, _)| kind == crate::deliverer::TEMPLATE_ERROR)
+    {
+        // The event did not fit the endpoint's template: nothing was sent, the endpoint is not
+        // at fault (no breaker move) and another attempt would render the same.
+        progress.failures += 1;
+        progress.status = Status::Failed;
+        return Decision {
+            progress,
+            retry_in: None,
+            throttle: None,
+            disable: None,
+        };
+    }
     health.last_error = outcome
         .error()
         .map(|(kind, message)| format!("{kind}: {message}"));
@@ -192,6 +207,7 @@ mod tests {
             retired_secrets: vec![],
             created_at: String::new(),
             updated_at: String::new(),
+            compiled: Default::default(),
         }
     }
 

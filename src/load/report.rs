@@ -15,13 +15,21 @@ pub struct Report {
     pub events_accepted_per_s: f64,
     pub deliveries: usize,
     pub deliveries_per_s: f64,
+    /// Deliveries/s while ingest ran (up to the last batch's 202).
+    pub during_ingest_per_s: Option<f64>,
+    /// Deliveries/s after it, while the backlog drained (`None`: too little was left).
+    pub after_ingest_per_s: Option<f64>,
     pub latency_ms: Percentiles,
     /// From the delivery's `createdAt` (stamped at ingest, before the store write) to its first
     /// arrival: accept-to-arrival, to the millisecond `createdAt` keeps.
     pub accept_latency_ms: Option<Percentiles>,
     pub lost: usize,
     pub duplicates: usize,
+    /// Order violations, counted within each sequence: an endpoint, or with ordering keys
+    /// an (endpoint, key value).
     pub order_violations: usize,
+    /// Key values per endpoint when the endpoints were ordered per key.
+    pub ordering_keys: Option<usize>,
     pub rate_limit_violations: usize,
     pub node_cpu_s: Option<f64>,
     /// Node CPU per delivery (ingest and dispatch together), µs.
@@ -83,6 +91,14 @@ impl Report {
                 format!("{} at {:.0}/s", self.deliveries, self.deliveries_per_s),
             ),
             (
+                "deliveries/s during / after ingest",
+                match (self.during_ingest_per_s, self.after_ingest_per_s) {
+                    (Some(d), Some(a)) => format!("{d:.0} / {a:.0} (ratio {:.2})", d / a),
+                    (Some(d), None) => format!("{d:.0} / - (no backlog left)"),
+                    _ => "-".into(),
+                },
+            ),
+            (
                 "latency p50 / p90 / p99",
                 format!("{:.1} / {:.1} / {:.1} ms", l.p50, l.p90, l.p99),
             ),
@@ -102,7 +118,13 @@ impl Report {
             ),
             (
                 "order / rate-limit violations",
-                format!("{} / {}", self.order_violations, self.rate_limit_violations),
+                match self.ordering_keys {
+                    Some(keys) => format!(
+                        "{} (per key, {keys} keys per endpoint) / {}",
+                        self.order_violations, self.rate_limit_violations
+                    ),
+                    None => format!("{} / {}", self.order_violations, self.rate_limit_violations),
+                },
             ),
             (
                 "node CPU / peak RSS",
@@ -151,6 +173,7 @@ impl Report {
         // An ingest-only run sent nothing: its delivery rows would only show zeros.
         let delivery_rows = [
             "deliveries",
+            "deliveries/s during / after ingest",
             "latency p50 / p90 / p99",
             "latency p99.9 / max",
             "accept-to-arrival p50 / p99 / max",

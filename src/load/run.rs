@@ -40,6 +40,8 @@ pub struct LoadConfig {
     pub error_rate: f64,
     /// Per-endpoint `rateLimit.perSecond` (burst 1); `None`: unlimited.
     pub rate_limit: Option<u32>,
+    /// Strict order per ordering key instead of per endpoint; `None`: one sequence each.
+    pub keys: Option<OrderingKeys>,
     pub baseline: bool,
     /// Before measuring, send one event to every endpoint and wait for it: connections are
     /// open and endpoint actors started, as on a node that has been running. Its deliveries
@@ -54,6 +56,21 @@ pub struct LoadConfig {
     /// The Redis the node uses, to measure what the run costs it (`INFO` before and after).
     pub redis_url: Option<String>,
     pub progress: bool,
+}
+
+/// Endpoints ordered per key: each endpoint's events cycle over `values` values of
+/// `member.key` (its `orderingKey`), and up to `max_in_flight` of them are in flight at once.
+#[derive(Debug, Clone, Copy)]
+pub struct OrderingKeys {
+    pub values: usize,
+    pub max_in_flight: u32,
+}
+
+impl OrderingKeys {
+    /// The key value of event `seq` (the `seq`-th event overall).
+    fn of(&self, seq: usize, endpoints: usize) -> usize {
+        (seq / endpoints.max(1)) % self.values.max(1)
+    }
 }
 
 /// Why a run could not be made.
@@ -209,6 +226,10 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         let mut spec = json!({"url": format!("{}/ep/{i}", receiver.url), "retry": {"maxAttempts": 50, "initialDelayMs": 100, "multiplier": 1.0}});
         if let Some(limit) = cfg.rate_limit {
             spec["rateLimit"] = json!({"perSecond": limit, "burst": 1});
+        }
+        if let Some(keys) = cfg.keys {
+            spec["orderingKey"] = json!("member.key");
+            spec["maxInFlight"] = json!(keys.max_in_flight);
         }
 
         let ep = post(&http, &format!("{base}/v1/endpoints"), &key, &spec).await?;
@@ -435,7 +456,16 @@ async fn send_all(
         }
         let permit = gate.clone().acquire_owned().await.expect("open");
         let range = b * cfg.batch..((b + 1) * cfg.batch).min(cfg.events);
-        let events: Vec<Value> = range.clone().map(|k| json!({"event": "member:updated", "member": {"id": k % cfg.endpoints, "seq": k}})).collect();
+        let events: Vec<Value> = range
+            .clone()
+            .map(|k| {
+                let mut member = json!({"id": k % cfg.endpoints, "seq": k});
+                if let Some(keys) = cfg.keys {
+                    member["key"] = json!(keys.of(k, cfg.endpoints));
+                }
+                json!({"event": "member:updated", "member": member})
+            })
+            .collect();
         let (http, url, key, endpoints) =
             (http.clone(), url.clone(), key.to_string(), cfg.endpoints);
         tasks.spawn(async move {
@@ -504,6 +534,8 @@ fn measure(
         let mut since_accept = Vec::new();
         let mut duplicates = 0;
         let mut per_endpoint: HashMap<usize, Vec<(Instant, usize)>> = HashMap::new();
+        // One sequence per endpoint, or per (endpoint, key value) with ordering keys.
+        let mut per_sequence: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
         for r in got.iter().filter(|r| r.answered == 200) {
             let id = r.header("webhook-id");
             let Some(&(ep, seq, _)) = accepted.deliveries.get(id) else {
@@ -517,6 +549,8 @@ fn measure(
             if let Some(c) = created.and_then(|m| m.get(id)) {
                 since_accept.push(r.wall_ms - c);
             }
+            let key = cfg.keys.map_or(0, |k| k.of(seq, cfg.endpoints));
+            per_sequence.entry((ep, key)).or_default().push(seq);
             per_endpoint.entry(ep).or_default().push((r.at, seq));
         }
         let latencies: Vec<f64> = first
@@ -529,15 +563,28 @@ fn measure(
             })
             .collect();
         let last = first.values().max().copied().unwrap_or(started);
+        // Deliveries while ingest ran (up to the last 202) and after it, each over its own time.
+        let during = first
+            .values()
+            .filter(|at| **at <= accepted.last_accept)
+            .count();
+        let ingest_secs = accepted.last_accept.duration_since(started).as_secs_f64();
+        let after_secs = last
+            .saturating_duration_since(accepted.last_accept)
+            .as_secs_f64();
+        let during_ingest_per_s = (ingest_secs > 0.0).then(|| during as f64 / ingest_secs);
+        // Too short a tail says nothing of the rate a backlog drains at.
+        let after_ingest_per_s = (after_secs >= 0.2 && first.len() - during >= 100)
+            .then(|| (first.len() - during) as f64 / after_secs);
         // Ingest order is only defined within one batch (batches are posted concurrently), or
         // everywhere when one batch is in flight at a time.
         let batch = cfg.batch.max(1);
         let ordered = |a: usize, b: usize| cfg.concurrency == 1 || a / batch == b / batch;
-        let order_violations = per_endpoint
+        let order_violations = per_sequence
             .values()
             .map(|v| {
                 v.windows(2)
-                    .filter(|w| w[1].1 < w[0].1 && ordered(w[0].1, w[1].1))
+                    .filter(|w| w[1] < w[0] && ordered(w[0], w[1]))
                     .count()
             })
             .sum();
@@ -562,11 +609,14 @@ fn measure(
             deliveries: first.len(),
             deliveries_per_s: first.len() as f64
                 / last.duration_since(started).as_secs_f64().max(1e-6),
+            during_ingest_per_s,
+            after_ingest_per_s,
             latency_ms: Percentiles::of(latencies),
             accept_latency_ms: (!since_accept.is_empty()).then(|| Percentiles::of(since_accept)),
             lost: accepted.deliveries.len().saturating_sub(first.len()),
             duplicates,
             order_violations,
+            ordering_keys: cfg.keys.map(|k| k.values),
             rate_limit_violations,
             ..Report::default()
         }

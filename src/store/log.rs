@@ -80,7 +80,17 @@ impl Store {
         let delivery = Delivery::of(&job, &progress);
         let id = delivery.id.clone();
         Ok(Some(DeliveryView {
-            attempts: attempts.iter().map(|a| a.view(&id, &job.body)).collect(),
+            attempts: attempts
+                .iter()
+                .map(|a| {
+                    let sent = if job.render_failure().is_some() {
+                        ""
+                    } else {
+                        &job.body
+                    };
+                    a.view(&id, sent)
+                })
+                .collect(),
             delivery,
         }))
     }

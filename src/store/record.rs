@@ -139,7 +139,7 @@ impl AttemptRecord {
             request: AttemptRequest {
                 url: self.u.clone(),
                 headers,
-                body: Some(body.to_string()),
+                body: (!body.is_empty()).then(|| body.to_string()),
             },
             response: self.st.map(|status| AttemptResponse {
                 status,

@@ -14,6 +14,8 @@ use crate::support::{
 
 const PARTITIONS: u32 = 16;
 const LEASE_MS: u64 = 2_000;
+/// Values of `member.key`, the ordering key of the endpoints ordered per key.
+const KEYS: u64 = 3;
 
 fn node_env(redis_url: &str, key_prefix: &str, id: &str) -> Vec<(String, String)> {
     crate::support::process::cluster_env(redis_url, key_prefix, id, PARTITIONS)
@@ -41,7 +43,7 @@ async fn post_all(apis: Vec<Api>, events: u64, endpoints: u64) -> HashMap<String
     let mut acked = HashMap::new();
     for b in 0..events / 100 {
         let batch: Vec<Value> = (b * 100..(b + 1) * 100)
-            .map(|k| json!({"event": "member:updated", "member": {"id": k % endpoints, "seq": k}}))
+            .map(|k| json!({"event": "member:updated", "member": {"id": k % endpoints, "seq": k, "key": k % KEYS}}))
             .collect();
         let body = json!({"events": batch});
         let key = format!("batch-{b}");
@@ -104,11 +106,17 @@ async fn three_nodes_scenario(redis_url: &str) {
     let key = ws["apiKey"].as_str().unwrap().to_string();
     let api_a = Api::new(&a.base, &key);
     let mut limited = HashSet::new();
+    let mut keyed = HashSet::new();
     for i in 0..ENDPOINTS {
         let mut spec = json!({"url": format!("{}/{i}", receiver.url), "retry": {"maxAttempts": 30, "initialDelayMs": 100, "multiplier": 1.0}});
         if i % 50 == 0 {
             spec["rateLimit"] = json!({"perSecond": 5, "burst": 1});
             limited.insert(i);
+        }
+        if i % 50 == 25 {
+            spec["orderingKey"] = json!("member.key");
+            spec["maxInFlight"] = json!(KEYS);
+            keyed.insert(i);
         }
         let ep = api_a.endpoint(spec).await;
         api_a
@@ -188,22 +196,32 @@ async fn three_nodes_scenario(redis_url: &str) {
     .await;
     let got = receiver.received();
     let mut seen = HashSet::new();
-    let mut last: HashMap<u64, u64> = HashMap::new();
+    // Order per endpoint, or per key value on the endpoints ordered per key.
+    let mut last: HashMap<(u64, u64), u64> = HashMap::new();
     let mut arrivals: HashMap<u64, Vec<Instant>> = HashMap::new();
     for r in &got {
         let (ep, seq) = acked[r.header("webhook-id")];
         assert_eq!(r.path, format!("/hook/{ep}"));
         arrivals.entry(ep).or_default().push(r.at);
-        if !seen.insert(r.header("webhook-id").to_string()) {
-            continue;
-        }
-        if let Some(prev) = last.insert(ep, seq) {
+        seen.insert(r.header("webhook-id").to_string());
+        // Every arrival, duplicates included, never steps back (a kill may repeat the head).
+        let sequence = if keyed.contains(&ep) {
+            (ep, seq % KEYS)
+        } else {
+            (ep, KEYS)
+        };
+        if let Some(prev) = last.insert(sequence, seq) {
             assert!(
-                prev < seq,
-                "endpoint {ep}: event {seq} first arrived after {prev}"
+                prev <= seq,
+                "{sequence:?}: event {seq} arrived after {prev}"
             );
         }
     }
+    assert_eq!(
+        last.keys().filter(|(ep, _)| keyed.contains(ep)).count(),
+        keyed.len() * KEYS as usize,
+        "every key of every keyed endpoint was delivered"
+    );
     for ep in &limited {
         let times = &arrivals[ep];
         let peak = (0..times.len())

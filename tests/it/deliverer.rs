@@ -34,6 +34,7 @@ fn endpoint(url: &str, timeout_ms: u64) -> Endpoint {
         retired_secrets: vec![],
         created_at: String::new(),
         updated_at: String::new(),
+        compiled: Default::default(),
     }
 }
 

@@ -28,6 +28,7 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
         latency_ms: (0, 0),
         error_rate: 0.0,
         rate_limit: None,
+        keys: None,
         baseline: false,
         warmup: true,
         ingest_only: false,

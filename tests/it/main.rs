@@ -12,9 +12,12 @@ mod faults;
 mod load;
 mod metrics;
 mod operations;
+mod ordering;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod outage;
+mod overload;
 mod routines;
 mod store_conformance;
 mod support;
+mod transforms;

@@ -39,6 +39,7 @@ pub struct Common {
     pub router: ActorRef<RouterMsg>,
     pub node: String,
     pub buffer: usize,
+    pub backlog: Arc<crate::dispatch::backlog::Backlog>,
 }
 
 /// A partition handed to a reader.
@@ -122,6 +123,12 @@ impl Part {
             };
             if let Some(lag) = lag {
                 crate::telemetry::partition(&common.node, p, lag, in_memory);
+                common.backlog.record(
+                    p,
+                    (lag + in_memory).max(0) as u64,
+                    self.owned.handle.oldest_open_ms(),
+                    chrono::Utc::now().timestamp_millis(),
+                );
             }
         }
         if self.trimmed.elapsed() >= TRIM_EVERY {

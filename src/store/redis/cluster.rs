@@ -52,6 +52,23 @@ pub struct NodeInfo {
 }
 
 impl RedisStore {
+    /// Writes this node's backlog readings (partition → `jobs oldest_ms at_ms`) and reads
+    /// everyone's, in one round trip.
+    pub async fn share_backlog(
+        &self,
+        mine: &[(String, String)],
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let key = self.key("backlog");
+        let mut pipe = redis::pipe();
+        if !mine.is_empty() {
+            pipe.hset_multiple(&key, mine).ignore();
+        }
+        pipe.hgetall(&key);
+        let (all,): (std::collections::HashMap<String, String>,) =
+            pipe.query_async(&mut self.conn()).await?;
+        Ok(all)
+    }
+
     pub(crate) fn lease_key(&self, partition: u32) -> String {
         self.key(&format!("{{p{partition}}}:lease"))
     }
