@@ -10,6 +10,7 @@ mod deliveries;
 mod endpoints;
 mod error;
 mod events;
+mod keys;
 pub mod openapi;
 mod rules;
 pub mod server;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::ClusterView>>,
     /// Every partition's backlog as this node knows it (`overload = "shed"`).
     pub backlog: Arc<crate::dispatch::Backlog>,
+    /// API keys found valid lately.
+    pub keys: Arc<keys::KeyCache>,
+    /// Ingest requests being planned and written at once at most (`max_concurrent_ingests`).
+    pub ingests: Arc<tokio::sync::Semaphore>,
 }
 
 /// The API's routes.
@@ -138,8 +143,14 @@ impl FromRequestParts<AppState> for Tenant {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
+        if let Some(ws) = state.keys.get(token) {
+            return Ok(Tenant(ws));
+        }
         match state.store.workspace_for_key(token).await? {
-            Some(ws) => Ok(Tenant(ws)),
+            Some(ws) => {
+                state.keys.put(token, &ws);
+                Ok(Tenant(ws))
+            }
             None => Err(ApiError::unauthorized("the API key is not valid")),
         }
     }

@@ -119,6 +119,9 @@ pub struct Config {
     pub overload: Overload,
     /// Unfinished jobs in one partition beyond which `overload = "shed"` refuses ingest.
     pub overload_backlog_jobs: u64,
+    /// Ingest requests planned and written at once; more wait their turn before any work, so
+    /// a burst of producers leaves delivery its share of the cores.
+    pub max_concurrent_ingests: usize,
     /// `text` (for people) or `json` (one object per line, for log pipelines).
     pub log_format: LogFormat,
     /// OTLP/HTTP collector base URL (`http://collector:4318`): spans go to `{url}/v1/traces`.
@@ -189,6 +192,7 @@ impl Default for Config {
             heartbeat_ms: 1_000,
             overload: Overload::Accept,
             overload_backlog_jobs: 100_000,
+            max_concurrent_ingests: 4,
             log_format: LogFormat::Text,
             otlp_endpoint: None,
         }
@@ -398,6 +402,7 @@ impl Config {
             ("partition_buffer", &mut self.partition_buffer),
             ("max_concurrent_attempts", &mut self.max_concurrent_attempts),
             ("max_connections", &mut self.max_connections),
+            ("max_concurrent_ingests", &mut self.max_concurrent_ingests),
             ("response_body_limit", &mut self.response_body_limit),
         ] {
             if let Some(v) = var(key) {
@@ -465,6 +470,9 @@ impl Config {
         }
         if self.retention_secs == 0 {
             return Err(invalid("retention_secs", "must be at least 1"));
+        }
+        if self.max_concurrent_ingests == 0 {
+            return Err(invalid("max_concurrent_ingests", "must be at least 1"));
         }
         if self.overload_backlog_jobs == 0 {
             return Err(invalid("overload_backlog_jobs", "must be at least 1"));

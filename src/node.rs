@@ -110,6 +110,8 @@ pub async fn run(
         stopping: stop.clone(),
         cluster: cluster_view,
         backlog: dispatch.backlog.clone(),
+        keys: Default::default(),
+        ingests: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_ingests)),
     };
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");

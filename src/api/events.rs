@@ -72,6 +72,13 @@ async fn write(
         ttl_secs: state.config.idempotency_ttl_secs,
     });
     let n = events.len();
+    // Bounded: beyond `max_concurrent_ingests` requests wait here, before any work, so a
+    // burst of producers cannot take every core from delivery.
+    let _permit = state
+        .ingests
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("the ingest semaphore closed".into()))?;
     let written = plan_and_ingest(state, ws, events, idem.as_ref()).await?;
     match written {
         Ingested::Written(answer) => {

@@ -298,7 +298,9 @@ impl EndpointState {
         // Jobs are copied out of the queue one at a time, as far as the scan goes: a pump that
         // stops at the head (rate limit, breaker, backoff) copies one.
         let mut at = 0;
-        while at < limit && self.in_flight.len() < max {
+        // `maxInFlight` counts requests at the receiver: a job whose outcome is being
+        // committed holds its place in the order (and its key) but not a request slot.
+        while at < limit && self.in_flight.len().saturating_sub(self.held.len()) < max {
             let Some(q) = self
                 .queue
                 .lock()

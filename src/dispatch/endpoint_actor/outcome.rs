@@ -83,6 +83,14 @@ impl EndpointState {
             // The partition is no longer owned here: its new owner sends the delivery.
             self.forget(entry);
         }
+        // The request slot is free now (the job keeps its place and key until durable): an
+        // endpoint that sends several at once may start the next without waiting for the
+        // commit. One sequence per endpoint waits for it anyway.
+        if ep.spec.ordering == crate::endpoint::Ordering::Unordered
+            || ep.spec.ordering_key.is_some()
+        {
+            self.pump(myself);
+        }
         (health.is_some() || decision.disable.is_some()).then_some(AfterAttempt {
             ep,
             health,
