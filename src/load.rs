@@ -12,6 +12,7 @@
 //! every report carries the ratio dispatcher / raw client.
 
 mod baseline;
+pub mod cli;
 pub mod receiver;
 pub mod redis_usage;
 mod report;

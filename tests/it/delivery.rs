@@ -245,16 +245,7 @@ async fn order_scenario(config: switchyard::config::Config) {
         .await;
     api.rule(json!({"name": "all", "events": ["*"], "actions": [{"type": "webhook", "endpointId": ep["id"]}]})).await;
     let events: Vec<_> = (0..EVENTS).map(|n| record_event(n, "high")).collect();
-    let (status, batch) = api
-        .post("/v1/events/batch", json!({"events": events}))
-        .await;
-    assert_eq!(status, 202, "{batch}");
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
-        .collect();
+    let ids = api.batch_deliveries(events).await;
     assert_eq!(ids.len(), EVENTS as usize);
     let last = ids.last().unwrap().clone();
     wait_until(

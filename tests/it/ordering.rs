@@ -65,16 +65,7 @@ async fn a_strict_endpoint_with_an_ordering_key_keeps_order_per_key_and_sends_ke
         })
         .collect();
     let started = Instant::now();
-    let (status, batch) = api
-        .post("/v1/events/batch", json!({"events": events}))
-        .await;
-    assert_eq!(status, 202, "{batch}");
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
-        .collect();
+    let ids = api.batch_deliveries(events).await;
     assert_eq!(ids.len(), (KEYS * PER_KEY) as usize);
     // One sequence would need 1,000 × 20 ms = 20 s; keys in parallel take a fraction.
     wait_all_arrived(&receiver, &ids, Duration::from_secs(15)).await;
@@ -141,16 +132,7 @@ async fn strict_without_an_ordering_key_stays_one_request_at_a_time() {
     let events: Vec<_> = (0..40)
         .map(|seq| json!({"event": "member:updated", "member": {"id": seq % 4, "seq": seq}}))
         .collect();
-    let (status, batch) = api
-        .post("/v1/events/batch", json!({"events": events}))
-        .await;
-    assert_eq!(status, 202, "{batch}");
-    let ids: Vec<String> = batch["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
-        .collect();
+    let ids = api.batch_deliveries(events).await;
     wait_all_arrived(&receiver, &ids, Duration::from_secs(20)).await;
     assert_eq!(receiver.max_concurrent(), 1);
     let seqs: Vec<u64> = arrivals(&receiver).into_iter().map(|(_, s)| s).collect();

@@ -25,19 +25,14 @@ async fn backlog(node: &Node, id: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn batch(from: u64, n: u64) -> Value {
-    json!({"events": (from..from + n)
+fn events(from: u64, n: u64) -> Vec<Value> {
+    (from..from + n)
         .map(|seq| json!({"event": "member:updated", "member": {"id": 1, "seq": seq}}))
-        .collect::<Vec<_>>()})
+        .collect()
 }
 
-fn deliveries(answer: &Value) -> Vec<String> {
-    answer["results"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
-        .collect()
+fn batch(from: u64, n: u64) -> Value {
+    json!({ "events": events(from, n) })
 }
 
 #[tokio::test]
@@ -69,9 +64,7 @@ async fn shed_refuses_ingest_over_the_backlog_bound_and_loses_nothing_accepted()
         "actions": [{"type": "webhook", "endpointId": ep["id"]}]}))
         .await;
 
-    let (status, first) = api.post("/v1/events/batch", batch(0, 200)).await;
-    assert_eq!(status, 202, "{first}");
-    let mut accepted = deliveries(&first);
+    let mut accepted = api.batch_deliveries(events(0, 200)).await;
     wait_until(
         Duration::from_secs(10),
         "the backlog to be measured over the bound",
@@ -108,9 +101,7 @@ async fn shed_refuses_ingest_over_the_backlog_bound_and_loses_nothing_accepted()
         || async { backlog(&node, &id).await <= 50.0 },
     )
     .await;
-    let (status, again) = api.post("/v1/events/batch", batch(3000, 20)).await;
-    assert_eq!(status, 202, "{again}");
-    accepted.extend(deliveries(&again));
+    accepted.extend(api.batch_deliveries(events(3000, 20)).await);
 
     wait_all_arrived(&receiver, &accepted, Duration::from_secs(30)).await;
     let seqs: Vec<u64> = receiver.with_received(|all| {

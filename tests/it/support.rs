@@ -474,6 +474,20 @@ impl Api {
         body
     }
 
+    /// Posts `events` as one batch, asserts the 202, and returns each event's first delivery.
+    pub async fn batch_deliveries(&self, events: Vec<Value>) -> Vec<String> {
+        let (status, batch) = self
+            .post("/v1/events/batch", json!({"events": events}))
+            .await;
+        assert_eq!(status, 202, "{batch}");
+        batch["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["deliveries"][0].as_str().unwrap().to_string())
+            .collect()
+    }
+
     /// The delivery's status, or `None` while it does not exist.
     pub async fn delivery_status(&self, id: &str) -> Option<String> {
         let (status, body) = self.get(&format!("/v1/deliveries/{id}")).await;

@@ -1,0 +1,159 @@
+//! The `switchyard load` command: its options, checked, turned into a [`super::LoadConfig`].
+
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct LoadArgs {
+    /// A running node's base URL (with --admin-token); without it a node is started here.
+    #[arg(long, requires = "admin_token")]
+    target: Option<String>,
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN")]
+    admin_token: Option<String>,
+    /// The started node uses this Redis (otherwise the embedded store in a temporary directory).
+    #[arg(long)]
+    redis_url: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    endpoints: usize,
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+    /// Offered events per second (default: as fast as the API accepts).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Receiver latency in ms, `N` or `MIN-MAX`.
+    #[arg(long, default_value = "0")]
+    latency_ms: String,
+    /// Share of receiver answers that are 500 (retried).
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Per-endpoint rate limit (deliveries per second).
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Strict order per key: each endpoint's events cycle over N values of its `orderingKey`
+    /// (`member.key`), and order is checked per key.
+    #[arg(long)]
+    ordering_keys: Option<usize>,
+    /// With `--ordering-keys`: the endpoints' `maxInFlight` (key values in flight at once).
+    #[arg(long, default_value_t = 50, requires = "ordering_keys")]
+    max_in_flight: u32,
+    /// Skip the raw-client baseline.
+    #[arg(long)]
+    no_baseline: bool,
+    /// Measure from a cold start: no warm-up event per endpoint before the run.
+    #[arg(long)]
+    no_warmup: bool,
+    /// Measure the batch API alone: the receiver holds every request, so deliveries are
+    /// stored and queued but not sent; the run ends at the last 202.
+    #[arg(long)]
+    ingest_only: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long, default_value_t = 300)]
+    timeout_secs: u64,
+}
+
+fn parse_latency(s: &str) -> anyhow::Result<(u64, u64)> {
+    let bad = || anyhow::anyhow!("--latency-ms: expected N or MIN-MAX milliseconds, got `{s}`");
+    match s.split_once('-') {
+        Some((a, b)) => Ok((
+            a.trim().parse().map_err(|_| bad())?,
+            b.trim().parse().map_err(|_| bad())?,
+        )),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            Ok((n, n))
+        }
+    }
+}
+
+/// Runs `switchyard load`: fails (non-zero exit) when anything accepted was not delivered.
+pub fn load(args: LoadArgs) -> anyhow::Result<()> {
+    use super::{LoadConfig, NodeSpec, OrderingKeys};
+    anyhow::ensure!(args.endpoints > 0, "--endpoints must be at least 1");
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.error_rate),
+        "--error-rate must be in [0, 1)"
+    );
+    let latency_ms = parse_latency(&args.latency_ms)?;
+    anyhow::ensure!(
+        args.ordering_keys != Some(0),
+        "--ordering-keys must be at least 1"
+    );
+    anyhow::ensure!(
+        (1..=1000).contains(&args.max_in_flight),
+        "--max-in-flight must be 1 to 1000"
+    );
+    let data = tempfile::tempdir()?;
+    let node = match (args.target, args.admin_token) {
+        (Some(base), Some(admin_token)) => NodeSpec::Target { base, admin_token },
+        _ => {
+            let (env, label) = match &args.redis_url {
+                Some(url) => (
+                    vec![
+                        ("SWITCHYARD_REDIS_URL".to_string(), url.clone()),
+                        (
+                            "SWITCHYARD_KEY_PREFIX".to_string(),
+                            format!("load{}", std::process::id()),
+                        ),
+                    ],
+                    "redis",
+                ),
+                None => (
+                    vec![(
+                        "SWITCHYARD_DATA_DIR".to_string(),
+                        data.path().display().to_string(),
+                    )],
+                    "embedded",
+                ),
+            };
+            NodeSpec::Spawn {
+                binary: std::env::current_exe()?,
+                env,
+                label: label.into(),
+            }
+        }
+    };
+    let config = LoadConfig {
+        node,
+        endpoints: args.endpoints,
+        events: args.events,
+        rate: args.rate,
+        batch: args.batch.max(1),
+        concurrency: args.concurrency.max(1),
+        latency_ms,
+        error_rate: args.error_rate,
+        rate_limit: args.rate_limit,
+        keys: args.ordering_keys.map(|values| OrderingKeys {
+            values,
+            max_in_flight: args.max_in_flight,
+        }),
+        baseline: !args.no_baseline,
+        warmup: !args.no_warmup,
+        ingest_only: args.ingest_only,
+        timeout: std::time::Duration::from_secs(args.timeout_secs),
+        redis_url: args.redis_url.clone(),
+        progress: true,
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(super::run(config))?;
+    print!("{}", report.table());
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    }
+    anyhow::ensure!(
+        report.lost == 0,
+        "{} deliveries were not delivered before the timeout",
+        report.lost
+    );
+    anyhow::ensure!(
+        report.order_violations == 0 && report.rate_limit_violations == 0,
+        "{} order and {} rate-limit violations",
+        report.order_violations,
+        report.rate_limit_violations
+    );
+    Ok(())
+}
