@@ -353,7 +353,9 @@ pub struct Endpoint {
 /// An endpoint's compiled transform, made when first asked for. Not part of what is stored
 /// or compared.
 #[derive(Debug, Clone, Default)]
-pub struct CompiledTransform(std::sync::OnceLock<Option<crate::transform::Transform>>);
+pub struct CompiledTransform(
+    std::sync::OnceLock<Option<Result<crate::transform::Transform, String>>>,
+);
 
 impl PartialEq for CompiledTransform {
     fn eq(&self, _: &Self) -> bool {
@@ -386,13 +388,21 @@ impl Endpoint {
         value
     }
 
-    /// The endpoint's transform, compiled; `None` when the body is the payload as it is. (A
-    /// stored transform compiled when it was saved, so it compiles again here.)
-    pub fn transform(&self) -> Option<&crate::transform::Transform> {
+    /// The endpoint's transform, compiled; `None` when the body is the payload as it is. A
+    /// stored transform compiled when it was saved; should it not compile now (a template
+    /// engine upgrade), the error is returned, so its deliveries fail visibly rather than
+    /// going out untransformed.
+    pub fn transform(&self) -> Option<Result<&crate::transform::Transform, &str>> {
         self.compiled
             .0
-            .get_or_init(|| self.spec.transform.as_ref().and_then(|t| t.compile().ok()))
+            .get_or_init(|| {
+                self.spec
+                    .transform
+                    .as_ref()
+                    .map(|t| t.compile().map_err(|e| e.to_string()))
+            })
             .as_ref()
+            .map(|r| r.as_ref().map_err(String::as_str))
     }
 
     /// Every secret that signs at `now_ms`: the current one first, then those in their grace.

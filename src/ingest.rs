@@ -68,7 +68,8 @@ pub async fn plan(
             for ep in targets {
                 let body = match ep.transform() {
                     None => body.clone(),
-                    Some(t) => {
+                    Some(Err(why)) => format!("{RENDER_FAILED}{why}").into(),
+                    Some(Ok(t)) => {
                         let fields = fields.get_or_insert_with(|| {
                             let mut m = event.body.clone();
                             m.insert("eventRule".into(), rule.block.clone());
