@@ -107,6 +107,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         "partitions": state.store.partitions(),
         "partitionsOwned": owned,
         "endpointActors": actors,
+        "devMode": state.config.dev,
     })))
 }
 

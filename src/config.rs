@@ -55,6 +55,9 @@ pub struct Config {
     pub allow_private_cidrs: Vec<IpNet>,
     /// Accept `http://` endpoints (tests and development only).
     pub allow_http: bool,
+    /// Local development (`switchyard serve --dev`): loopback and plain-HTTP endpoints are
+    /// allowed, the banner and `/readyz` say so, and only a Redis on loopback is accepted.
+    pub dev: bool,
     /// PEM file of extra trusted roots for deliveries.
     pub extra_root_certs: Option<PathBuf>,
     /// This node's name in the cluster.
@@ -167,6 +170,7 @@ impl Default for Config {
             partitions: 64,
             allow_private_cidrs: Vec::new(),
             allow_http: false,
+            dev: false,
             extra_root_certs: None,
             node_id: default_node_id(),
             max_payload_bytes: 256 * 1024,
@@ -252,6 +256,15 @@ impl Config {
         config.apply_env(|k| std::env::var(k).ok())?;
         if !overrides.is_empty() {
             config = config.with_overrides(overrides)?;
+        }
+        if config.dev {
+            config.allow_http = true;
+            for net in ["127.0.0.0/8", "::1/128"] {
+                let net: IpNet = net.parse().expect("a static CIDR");
+                if !config.allow_private_cidrs.contains(&net) {
+                    config.allow_private_cidrs.push(net);
+                }
+            }
         }
         config.validate()?;
         Ok(config)
@@ -403,6 +416,28 @@ mod tests {
                 && !shown.contains("hunter23"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn dev_mode_opens_loopback_and_http_and_refuses_a_remote_redis() {
+        let set = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Config::load_with(None, &pairs)
+        };
+        let c = set(&[("dev", "true")]).unwrap();
+        assert!(c.dev && c.allow_http);
+        assert!(
+            c.allow_private_cidrs
+                .contains(&"127.0.0.0/8".parse().unwrap())
+        );
+        assert!(set(&[("dev", "true"), ("redis_url", "redis://127.0.0.1:6379")]).is_ok());
+        let far = set(&[("dev", "true"), ("redis_url", "redis://10.1.2.3:6379")]).unwrap_err();
+        assert!(far.to_string().starts_with("dev (SWITCHYARD_DEV)"), "{far}");
+        let plain = set(&[]).unwrap();
+        assert!(!plain.allow_http && plain.allow_private_cidrs.is_empty());
     }
 
     #[test]

@@ -39,6 +39,9 @@ enum Command {
         /// `key=value` with a config key (`--set listen=0.0.0.0:8080`); repeatable.
         #[arg(long = "set", value_parser = parse_setting)]
         set: Vec<(String, String)>,
+        /// Local development: loopback and http:// endpoints allowed (never in production).
+        #[arg(long)]
+        dev: bool,
     },
     /// Check a configuration: prints the effective settings (secrets masked) or the first
     /// invalid key, and exits non-zero on an error.
@@ -222,7 +225,7 @@ fn remote(command: Command) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, set } => match serve(config, &set) {
+        Command::Serve { config, set, dev } => match serve(config, set, dev) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard: {e:#}");
@@ -297,8 +300,11 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("--set takes key=value, got `{s}`"))
 }
 
-fn serve(config: Option<PathBuf>, set: &[(String, String)]) -> anyhow::Result<()> {
-    let config = Config::load_with(config.as_deref(), set)?;
+fn serve(config: Option<PathBuf>, mut set: Vec<(String, String)>, dev: bool) -> anyhow::Result<()> {
+    if dev {
+        set.push(("dev".into(), "true".into()));
+    }
+    let config = Config::load_with(config.as_deref(), &set)?;
     let _traces = switchyard::traces::init(&config)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -116,6 +116,11 @@ pub async fn run(
     let addr = listener.local_addr()?;
     tracing::info!(listen = %addr, node = %config.node_id, partitions = config.partitions, store = store.backend(), "switchyard node started");
     tracing::info!("{}", banner(&config, addr, generated_token));
+    if config.dev {
+        tracing::warn!(
+            "development mode: loopback and http:// endpoints are allowed; never run --dev in production"
+        );
+    }
     let stop_api = stop.clone();
     let limits = crate::api::server::Limits {
         header_read_timeout: Duration::from_secs(config.header_read_timeout_secs),
@@ -197,8 +202,14 @@ fn banner(config: &Config, addr: std::net::SocketAddr, generated_token: bool) ->
         (Some(t), true) => t.clone(),
         _ => "$SWITCHYARD_ADMIN_TOKEN".to_string(),
     };
+    let dev = if config.dev {
+        "\n  DEVELOPMENT MODE: loopback and http:// endpoints are allowed (the SSRF guard is open \
+         for 127.0.0.0/8 and ::1). Never run this in production.\n"
+    } else {
+        ""
+    };
     format!(
-        "\n  Switchyard {} is running\n  API:         http://{addr}\n  store:       {store}\n  admin token: {token}\n  \
+        "{dev}\n  Switchyard {} is running\n  API:         http://{addr}\n  store:       {store}\n  admin token: {token}\n  \
          create a workspace:\n    curl -s -X POST http://{addr}/v1/workspaces -H 'Authorization: Bearer {shown}' -d '{{\"name\": \"Acme\"}}'\n",
         env!("CARGO_PKG_VERSION")
     )

@@ -43,6 +43,9 @@ impl Config {
         if let Some(v) = var("allow_http") {
             self.allow_http = parse("allow_http", &v)?;
         }
+        if let Some(v) = var("dev") {
+            self.dev = parse("dev", &v)?;
+        }
         if let Some(v) = var("extra_root_certs") {
             self.extra_root_certs = Some(v.into());
         }

@@ -25,6 +25,26 @@ impl Config {
         if self.node_id.is_empty() || self.node_id.len() > 100 {
             return Err(invalid("node_id", "must be 1 to 100 characters"));
         }
+        if self.dev
+            && let Some(urls) = &self.redis_url
+        {
+            let local = |url: &str| {
+                url::Url::parse(url).ok().is_some_and(|u| {
+                    matches!(
+                        u.host_str(),
+                        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
+                    )
+                })
+            };
+            if let Some(far) = urls.split(',').map(str::trim).find(|u| !local(u)) {
+                return Err(invalid(
+                    "dev",
+                    format!(
+                        "development mode allows loopback endpoints, so it runs only with a Redis on loopback, not `{far}`"
+                    ),
+                ));
+            }
+        }
         if let Some(urls) = &self.redis_url {
             for url in urls.split(',').map(str::trim) {
                 if redis::Client::open(url).is_err() {
