@@ -33,6 +33,9 @@ pub const MAX_OUTPUT: usize = 256 * 1024;
 const FUEL: u64 = 100_000;
 /// The longest template accepted.
 const MAX_SOURCE: usize = 64 * 1024;
+/// The names templates are compiled under: a whole body, or a preset's message.
+const BODY: &str = "body";
+const TEXT: &str = "text";
 
 /// An endpoint's `transform`, as clients write it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -109,8 +112,13 @@ impl TransformSpec {
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
-        // Output is JSON or plain text; nothing is HTML-escaped.
-        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        // A body template prints every value as JSON (a string with its quotes, escaped), so
+        // event data can neither break the body nor add fields to it; a preset's message is
+        // plain text. Nothing is HTML-escaped.
+        env.set_auto_escape_callback(|name| match name {
+            BODY => minijinja::AutoEscape::Json,
+            _ => minijinja::AutoEscape::None,
+        });
         let mut add = |field: &str, source: &str| -> Result<(), Invalid> {
             if source.len() > MAX_SOURCE {
                 return Err(Invalid::field(
@@ -118,7 +126,12 @@ impl TransformSpec {
                     format!("must be at most {MAX_SOURCE} bytes"),
                 ));
             }
-            env.add_template_owned("t", source.to_string())
+            let name = if field == "transform.template" {
+                BODY
+            } else {
+                TEXT
+            };
+            env.add_template_owned(name, source.to_string())
                 .map_err(|e| Invalid::field(field, describe(&e)))
         };
         let shape = match (&self.preset, &self.template) {
@@ -176,15 +189,16 @@ impl Transform {
     pub fn render(&self, payload: &Map<String, Value>) -> Result<String, RenderError> {
         match self.shape {
             Shape::Body => {
-                let out = self.template(payload)?;
+                let out = self.template(BODY, payload)?;
                 let out = out.trim();
-                serde_json::from_str::<serde::de::IgnoredAny>(out)
+                // Parsed whole (not skimmed), so escapes such as lone surrogates are checked.
+                serde_json::from_str::<Value>(out)
                     .map_err(|e| RenderError(format!("the template's output is not JSON: {e}")))?;
                 Ok(out.to_string())
             }
             Shape::Preset { preset, text } => {
                 let message = if text {
-                    self.template(payload)?
+                    self.template(TEXT, payload)?
                 } else {
                     default_message(payload)
                 };
@@ -195,10 +209,10 @@ impl Transform {
         }
     }
 
-    fn template(&self, payload: &Map<String, Value>) -> Result<String, RenderError> {
+    fn template(&self, name: &str, payload: &Map<String, Value>) -> Result<String, RenderError> {
         let t = self
             .env
-            .get_template("t")
+            .get_template(name)
             .map_err(|e| RenderError(describe(&e)))?;
         let out = t
             .render(minijinja::value::Value::from(minijinja::value::Serde(
@@ -306,6 +320,15 @@ mod tests {
         .compile()
         .unwrap();
         assert_eq!(t.render(&payload()).unwrap(), r#"{"who": "Ada", "n": 7}"#);
+        // Values print as JSON: data cannot break out of its string.
+        let plain = spec(json!({"template": "{\"who\": {{ member.name }}}"}))
+            .compile()
+            .unwrap();
+        let mut sly = payload();
+        sly["member"]["name"] = json!("Ada\", \"admin\": true, \"x\": \"");
+        let body: Value = serde_json::from_str(&plain.render(&sly).unwrap()).unwrap();
+        assert_eq!(body.as_object().unwrap().len(), 1, "{body}");
+        assert_eq!(body["who"], sly["member"]["name"]);
         let bad = spec(json!({"template": "who: {{ member.name }}"}))
             .compile()
             .unwrap();

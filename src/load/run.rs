@@ -431,9 +431,22 @@ async fn warm_up(
     Ok(cfg.endpoints)
 }
 
+/// An accepted delivery: its endpoint, its event's seq, and its batch's times.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    ep: usize,
+    seq: usize,
+    /// When its batch was first sent: its events were ingested no earlier.
+    first_sent: Instant,
+    /// When the batch's request that was answered 202 was sent (latency counts from it).
+    sent: Instant,
+    /// When that 202 came back: its events were ingested no later.
+    answered: Instant,
+}
+
 struct Accepted {
-    /// delivery id → (endpoint index, event seq, when its batch was sent)
-    deliveries: HashMap<String, (usize, usize, Instant)>,
+    /// delivery id → its event and batch
+    deliveries: HashMap<String, Sent>,
     /// When the last batch's 202 came back.
     last_accept: Instant,
 }
@@ -471,6 +484,7 @@ async fn send_all(
         tasks.spawn(async move {
             let _permit = permit;
             let body = json!({"events": events});
+            let first_sent = Instant::now();
             for _ in 0..20 {
                 // Latency counts from the moment the batch is sent: a delivery can arrive before
                 // its batch's 202 is back, so the 202 would under-count it.
@@ -485,7 +499,7 @@ async fn send_all(
                     && resp.status().as_u16() == 202
                     && let Ok(answer) = resp.json::<Value>().await
                 {
-                    let at = sent;
+                    let answered = Instant::now();
                     let mut out = Vec::new();
                     for (i, r) in answer["results"]
                         .as_array()
@@ -497,11 +511,17 @@ async fn send_all(
                         for d in r["deliveries"].as_array().into_iter().flatten() {
                             out.push((
                                 d.as_str().unwrap_or_default().to_string(),
-                                (k % endpoints, k, at),
+                                Sent {
+                                    ep: k % endpoints,
+                                    seq: k,
+                                    first_sent,
+                                    sent,
+                                    answered,
+                                },
                             ));
                         }
                     }
-                    return (out, Instant::now());
+                    return (out, answered);
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -520,6 +540,29 @@ async fn send_all(
     }
 }
 
+/// Deliveries of one sequence (first arrivals, in arrival order) that arrived after one that
+/// was ingested later than them. Ingest order is known within a batch (its events in order)
+/// and between batches when one's 202 came back before the other was first sent; batches in
+/// flight together have no order between them.
+fn order_violations(arrivals: &[Sent], batch: usize) -> usize {
+    let mut latest_sent: Option<Instant> = None;
+    let mut highest_in_batch: HashMap<usize, usize> = HashMap::new();
+    let mut violations = 0;
+    for a in arrivals {
+        let later_batch_first = latest_sent.is_some_and(|s| s > a.answered);
+        let later_in_batch = highest_in_batch
+            .get(&(a.seq / batch))
+            .is_some_and(|&s| s > a.seq);
+        if later_batch_first || later_in_batch {
+            violations += 1;
+        }
+        latest_sent = Some(latest_sent.map_or(a.first_sent, |s| s.max(a.first_sent)));
+        let h = highest_in_batch.entry(a.seq / batch).or_insert(a.seq);
+        *h = (*h).max(a.seq);
+    }
+    violations
+}
+
 /// The report of the deliveries' first arrivals; with `created` (see [`created_at_ms`]) also
 /// accept-to-arrival.
 fn measure(
@@ -534,13 +577,15 @@ fn measure(
         let mut since_accept = Vec::new();
         let mut duplicates = 0;
         let mut per_endpoint: HashMap<usize, Vec<(Instant, usize)>> = HashMap::new();
-        // One sequence per endpoint, or per (endpoint, key value) with ordering keys.
-        let mut per_sequence: HashMap<(usize, usize), Vec<usize>> = HashMap::new();
+        // One sequence per endpoint, or per (endpoint, key value) with ordering keys; first
+        // arrivals in arrival order.
+        let mut per_sequence: HashMap<(usize, usize), Vec<Sent>> = HashMap::new();
         for r in got.iter().filter(|r| r.answered == 200) {
             let id = r.header("webhook-id");
-            let Some(&(ep, seq, _)) = accepted.deliveries.get(id) else {
+            let Some(&sent) = accepted.deliveries.get(id) else {
                 continue;
             };
+            let (ep, seq) = (sent.ep, sent.seq);
             if first.contains_key(id) {
                 duplicates += 1;
                 continue;
@@ -550,7 +595,7 @@ fn measure(
                 since_accept.push(r.wall_ms - c);
             }
             let key = cfg.keys.map_or(0, |k| k.of(seq, cfg.endpoints));
-            per_sequence.entry((ep, key)).or_default().push(seq);
+            per_sequence.entry((ep, key)).or_default().push(sent);
             per_endpoint.entry(ep).or_default().push((r.at, seq));
         }
         let latencies: Vec<f64> = first
@@ -559,7 +604,7 @@ fn measure(
                 accepted
                     .deliveries
                     .get(*id)
-                    .map(|d| at.duration_since(d.2).as_secs_f64() * 1000.0)
+                    .map(|d| at.duration_since(d.sent).as_secs_f64() * 1000.0)
             })
             .collect();
         let last = first.values().max().copied().unwrap_or(started);
@@ -576,17 +621,9 @@ fn measure(
         // Too short a tail says nothing of the rate a backlog drains at.
         let after_ingest_per_s = (after_secs >= 0.2 && first.len() - during >= 100)
             .then(|| (first.len() - during) as f64 / after_secs);
-        // Ingest order is only defined within one batch (batches are posted concurrently), or
-        // everywhere when one batch is in flight at a time.
-        let batch = cfg.batch.max(1);
-        let ordered = |a: usize, b: usize| cfg.concurrency == 1 || a / batch == b / batch;
         let order_violations = per_sequence
             .values()
-            .map(|v| {
-                v.windows(2)
-                    .filter(|w| w[1] < w[0] && ordered(w[0], w[1]))
-                    .count()
-            })
+            .map(|v| order_violations(v, cfg.batch.max(1)))
             .sum();
         let rate_limit_violations = cfg.rate_limit.map_or(0, |limit| {
             per_endpoint
@@ -621,4 +658,45 @@ fn measure(
             ..Report::default()
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent(seq: usize, first_sent: Instant, answered: Instant) -> Sent {
+        Sent {
+            ep: 0,
+            seq,
+            first_sent,
+            sent: first_sent,
+            answered,
+        }
+    }
+
+    #[test]
+    fn order_is_checked_within_a_batch_and_between_batches_that_did_not_overlap() {
+        let t = Instant::now();
+        let ms = |n: u64| t + Duration::from_millis(n);
+        // Batch 0 (seqs 0-9) answered at 10 ms; batch 1 (10-19) sent at 20 ms; batch 2
+        // (20-29) sent at 5 ms, with batch 0 still in flight.
+        let (a, b, c) = (
+            sent(3, ms(0), ms(10)),
+            sent(13, ms(20), ms(30)),
+            sent(23, ms(5), ms(15)),
+        );
+        assert_eq!(order_violations(&[a, b], 10), 0);
+        assert_eq!(
+            order_violations(&[b, a], 10),
+            1,
+            "a's batch ended before b's began"
+        );
+        assert_eq!(
+            order_violations(&[c, a], 10),
+            0,
+            "overlapping batches have no order"
+        );
+        let a2 = sent(5, ms(0), ms(10));
+        assert_eq!(order_violations(&[a2, a], 10), 1, "within a batch");
+    }
 }

@@ -83,8 +83,13 @@ impl EndpointState {
         // stops at the head (rate limit, breaker, backoff) copies one.
         let mut at = 0;
         // `maxInFlight` counts requests at the receiver: a job whose outcome is being
-        // committed holds its place in the order (and its key) but not a request slot.
-        while at < limit && self.in_flight.len().saturating_sub(self.held.len()) < max {
+        // committed holds its place in the order (and its key) but not a request slot. At most
+        // `maxInFlight` outcomes wait for their commit, so a stalled store cannot let sends
+        // run ahead (each would be sent again after a crash).
+        while at < limit
+            && self.in_flight.len().saturating_sub(self.held.len()) < max
+            && self.held.len() <= max
+        {
             let Some(q) = self
                 .queue
                 .lock()

@@ -191,11 +191,20 @@ pub async fn read_one(common: Common, owned: Owned) {
         let part = part.as_mut().expect("set above");
         part.owned.handle.opened([], reader.position());
         loop {
+            // A full buffer waits for outcomes; its gauges and backlog are still reported.
             let free = tokio::select! {
-                p = part.slots.acquire() => p.expect("never closed"),
+                p = part.slots.acquire() => {
+                    drop(p.expect("never closed"));
+                    true
+                }
+                _ = tokio::time::sleep(REPORT_EVERY) => false,
                 _ = stop.cancelled() => return,
             };
-            drop(free);
+            if !free {
+                let lag = reader.lag().await.ok();
+                part.chores(&common, lag).await;
+                continue;
+            }
             let want = part.slots.available_permits().min(READ_BATCH);
             let jobs = tokio::select! {
                 r = reader.read(want, BLOCK) => r,
@@ -214,10 +223,7 @@ pub async fn read_one(common: Common, owned: Owned) {
             if !part.route(&common, jobs) {
                 return;
             }
-            let lag = match &common.store {
-                Store::Embedded(_) => reader.lag().await.ok(),
-                Store::Redis(_) => None,
-            };
+            let lag = reader.lag().await.ok();
             part.chores(&common, lag).await;
         }
     }
@@ -269,7 +275,10 @@ pub async fn read_shared(
                 .map(|p| (p.partition(), p.cursor.after))
                 .collect();
             if from.is_empty() {
-                // Every buffer is full: wait for outcomes to free some.
+                // Every buffer is full: wait for outcomes to free some (still reporting).
+                for part in parts.values_mut() {
+                    part.chores(&common, None).await;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     _ = stop.cancelled() => return,
@@ -293,9 +302,10 @@ pub async fn read_shared(
                 let Some(part) = parts.get_mut(&p) else {
                     continue;
                 };
-                part.lag.read(raw.len());
-                // A partition gets at most its free permits; the rest is read again later.
+                // A partition gets at most its free permits; the rest is read again later
+                // (and counted as read only then).
                 raw.truncate(part.slots.available_permits());
+                part.lag.read(raw.len());
                 let jobs = match part.cursor.resolve(&common.store, raw).await {
                     Ok(jobs) => jobs,
                     Err(e) => {

@@ -302,9 +302,11 @@ impl Lag {
             self.caught_up = Some((added, 0));
             return Ok(0);
         }
+        // Before the first catch-up the count is unknown: the stream's length would count
+        // the finished entries retention keeps, so it is not used (0 until then).
         Ok(match self.caught_up {
             Some((at, read)) => added.saturating_sub(at + read) as i64,
-            None => int("length") as i64,
+            None => 0,
         })
     }
 }
