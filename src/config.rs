@@ -418,15 +418,17 @@ mod tests {
         );
     }
 
+    /// Defaults, the environment, then these `--set` pairs.
+    fn set(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with(None, &pairs)
+    }
+
     #[test]
     fn dev_mode_opens_loopback_and_http_and_refuses_a_remote_redis() {
-        let set = |pairs: &[(&str, &str)]| {
-            let pairs: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Config::load_with(None, &pairs)
-        };
         let c = set(&[("dev", "true")]).unwrap();
         assert!(c.dev && c.allow_http);
         assert!(
@@ -442,13 +444,6 @@ mod tests {
 
     #[test]
     fn command_line_settings_come_last_and_unknown_ones_are_refused() {
-        let set = |pairs: &[(&str, &str)]| {
-            let pairs: Vec<(String, String)> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            Config::load_with(None, &pairs)
-        };
         let c = set(&[
             ("partitions", "8"),
             ("listen", "127.0.0.1:9999"),

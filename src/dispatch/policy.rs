@@ -53,6 +53,19 @@ pub struct Decision {
     pub disable: Option<String>,
 }
 
+impl Decision {
+    /// The delivery is settled with `progress` (succeeded, or failed for good); nothing more
+    /// for the endpoint.
+    fn settled(progress: Progress) -> Decision {
+        Decision {
+            progress,
+            retry_in: None,
+            throttle: None,
+            disable: None,
+        }
+    }
+}
+
 /// Whether an answer throttles: 429, or 503 with `Retry-After`. Throttling is the receiver
 /// asking to slow down, not failing: it pauses the whole endpoint, touches neither the breaker
 /// nor `maxAttempts`, and fails a delivery only after `max_throttle_ms` of it.
@@ -87,12 +100,7 @@ pub fn decide(
         health.failing_since_ms = None;
         progress.status = Status::Succeeded;
         progress.throttled_since_ms = None;
-        return Decision {
-            progress,
-            retry_in: None,
-            throttle: None,
-            disable: None,
-        };
+        return Decision::settled(progress);
     }
     if outcome
         .error()
@@ -102,12 +110,7 @@ pub fn decide(
         // at fault (no breaker move) and another attempt would render the same.
         progress.failures += 1;
         progress.status = Status::Failed;
-        return Decision {
-            progress,
-            retry_in: None,
-            throttle: None,
-            disable: None,
-        };
+        return Decision::settled(progress);
     }
     health.last_error = outcome
         .error()
@@ -117,12 +120,7 @@ pub fn decide(
         let since = *progress.throttled_since_ms.get_or_insert(now_ms);
         if now_ms - since >= policy.max_throttle_ms {
             progress.status = Status::Failed;
-            return Decision {
-                progress,
-                retry_in: None,
-                throttle: None,
-                disable: None,
-            };
+            return Decision::settled(progress);
         }
         let wait = outcome
             .retry_after

@@ -1,7 +1,5 @@
 //! End-to-end delivery through the HTTP API only: signing, retries, failure, order.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::json;
@@ -227,19 +225,7 @@ async fn order_scenario(config: switchyard::config::Config) {
     let node = Node::start(config).await;
     let api = node.workspace("Order").await;
     // Fails at random (about half) the first time it sees each delivery.
-    let seen = Mutex::new(HashSet::new());
-    let receiver = Receiver::start(move |r, _| {
-        let first = seen
-            .lock()
-            .unwrap()
-            .insert(r.header("webhook-id").to_string());
-        Reply::status(if first && rand::random::<bool>() {
-            503
-        } else {
-            200
-        })
-    })
-    .await;
+    let receiver = crate::support::failing_first_attempts(0.5, Duration::ZERO).await;
     let ep = api
         .endpoint(json!({"url": receiver.url, "retry": {"maxAttempts": 10, "initialDelayMs": 5, "multiplier": 1.0}}))
         .await;

@@ -1,8 +1,7 @@
 //! Ordering keys: a strict endpoint with an `orderingKey` keeps order per key value, with up
 //! to `maxInFlight` values in flight at once.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -34,19 +33,7 @@ async fn a_strict_endpoint_with_an_ordering_key_keeps_order_per_key_and_sends_ke
     let node = Node::start(test_config(&redis, &prefix("okeys"))).await;
     let api = node.workspace("Keys").await;
     // 20 ms per answer; the first attempt of about one delivery in ten fails.
-    let seen = Mutex::new(HashSet::new());
-    let receiver = Receiver::start(move |r, _| {
-        let first = seen
-            .lock()
-            .unwrap()
-            .insert(r.header("webhook-id").to_string());
-        let fail = first && rand::random::<u8>() < 26;
-        Reply {
-            delay: Duration::from_millis(20),
-            ..Reply::status(if fail { 503 } else { 200 })
-        }
-    })
-    .await;
+    let receiver = failing_first_attempts(0.1, Duration::from_millis(20)).await;
     let ep = api
         .endpoint(
             json!({"url": receiver.url, "ordering": "strict", "orderingKey": "member.id",

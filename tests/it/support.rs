@@ -29,6 +29,24 @@ where
     }
 }
 
+/// A receiver that answers after `delay` and fails (503) the first attempt of each delivery
+/// with probability `p`; retries of a delivery always succeed.
+pub async fn failing_first_attempts(p: f64, delay: Duration) -> Receiver {
+    let seen = std::sync::Mutex::new(std::collections::HashSet::new());
+    Receiver::start(move |r, _| {
+        let first = seen
+            .lock()
+            .unwrap()
+            .insert(r.header("webhook-id").to_string());
+        let fail = first && rand::random::<f64>() < p;
+        Reply {
+            delay,
+            ..Reply::status(if fail { 503 } else { 200 })
+        }
+    })
+    .await
+}
+
 /// Verifies a received webhook's signature with `secret`, now.
 pub fn verify_received(
     secret: &str,
