@@ -9,26 +9,25 @@
 mod deliveries;
 mod endpoints;
 mod error;
+mod event_types;
 mod events;
-mod keys;
 pub mod openapi;
 mod rules;
 pub mod server;
 mod transforms;
+pub mod views;
 mod workspaces;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Query, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Json};
 use ractor::ActorRef;
 use serde::Serialize;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -58,7 +57,7 @@ pub struct AppState {
     /// Every partition's backlog as this node knows it (`overload = "shed"`).
     pub backlog: Arc<crate::dispatch::Backlog>,
     /// API keys found valid lately.
-    pub keys: Arc<keys::KeyCache>,
+    pub keys: Arc<crate::workspace::keys::KeyCache>,
     /// Ingest requests being planned and written at once at most (`max_concurrent_ingests`).
     pub ingests: Arc<tokio::sync::Semaphore>,
 }
@@ -82,11 +81,13 @@ async fn openapi_json() -> impl IntoResponse {
     Json(openapi::document())
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<views::Alive> {
+    Json(views::Alive {
+        status: "ok".into(),
+    })
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<views::Ready>, ApiError> {
     if state.stopping.is_cancelled() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -100,15 +101,15 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         None => state.store.partitions(),
     };
     let actors = ractor::call_t!(state.router, RouterMsg::CountActors, 1000).ok();
-    Ok(Json(json!({
-        "status": "ready",
-        "node": state.config.node_id,
-        "store": state.store.backend(),
-        "partitions": state.store.partitions(),
-        "partitionsOwned": owned,
-        "endpointActors": actors,
-        "devMode": state.config.dev,
-    })))
+    Ok(Json(views::Ready {
+        status: "ready".into(),
+        node: state.config.node_id.clone(),
+        store: state.store.backend().into(),
+        partitions: state.store.partitions(),
+        partitions_owned: owned,
+        endpoint_actors: actors,
+        dev_mode: state.config.dev,
+    }))
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -239,15 +240,25 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     Ok(crate::invalid::from_body(&bytes)?)
 }
 
-/// `limit` and `cursor` of a list route.
+/// `limit` and `cursor`, the query of every list route.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+pub struct ListQuery {
+    /// How many, 1 to 1000 (default 50).
+    #[schemars(with = "Option<u32>", range(min = 1, max = 1000))]
+    pub limit: Option<String>,
+    /// The `nextCursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// `limit` and `cursor` of a list route, checked.
 pub struct ListParams {
     pub limit: usize,
     pub cursor: Option<String>,
 }
 
 impl ListParams {
-    pub fn from_query(q: &HashMap<String, String>) -> Result<ListParams, ApiError> {
-        let limit = match q.get("limit") {
+    pub fn from_query(q: &ListQuery) -> Result<ListParams, ApiError> {
+        let limit = match &q.limit {
             None => DEFAULT_LIMIT,
             Some(l) => l
                 .parse::<usize>()
@@ -264,8 +275,34 @@ impl ListParams {
         };
         Ok(ListParams {
             limit,
-            cursor: q.get("cursor").cloned().filter(|c| !c.is_empty()),
+            cursor: q.cursor.clone().filter(|c| !c.is_empty()),
         })
+    }
+}
+
+/// A route's query string as its query type `T` (whose fields are strings, checked by the
+/// handler so that every refusal is our JSON error naming the parameter). Parameters `T` has
+/// no field for are ignored.
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let mut map = serde_json::Map::new();
+        for (k, v) in url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()) {
+            map.insert(k.into_owned(), serde_json::Value::String(v.into_owned()));
+        }
+        crate::invalid::from_value(&serde_json::Value::Object(map))
+            .map(Query)
+            .map_err(|e| {
+                ApiError::field(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    &e.field,
+                    e.message,
+                )
+            })
     }
 }
 
@@ -304,6 +341,3 @@ pub fn paginate<T, K: Fn(&T) -> String>(
 pub fn created<T: Serialize>(body: T) -> impl IntoResponse {
     (StatusCode::CREATED, Json(body))
 }
-
-/// Query parameters as a map, so a malformed one is our JSON error and not axum's text.
-pub type RawQuery = Query<HashMap<String, String>>;

@@ -353,10 +353,14 @@ impl Coordinator {
     }
 }
 
-/// Forwards endpoint changes published by any node to this node's router.
+/// Forwards endpoint changes published by any node to this node's router, and evicts
+/// revoked API keys from this node's cache (then confirms it, so the revoking node can
+/// answer knowing no node trusts the key any more).
 pub async fn listen_for_changes(
     redis: RedisStore,
     router: ActorRef<RouterMsg>,
+    keys: std::sync::Arc<crate::workspace::keys::KeyCache>,
+    node: String,
     stop: CancellationToken,
 ) {
     use futures::StreamExt;
@@ -378,8 +382,24 @@ pub async fn listen_for_changes(
             let Ok(payload) = msg.get_payload::<String>() else {
                 continue;
             };
-            if let Some((ws, ep)) = payload.split_once('\t') {
-                let _ = router.cast(RouterMsg::EndpointChanged((ws.to_string(), ep.to_string())));
+            match crate::store::Change::decode(&payload) {
+                Some(crate::store::Change::Endpoint {
+                    workspace,
+                    endpoint,
+                }) => {
+                    let _ = router.cast(RouterMsg::EndpointChanged((workspace, endpoint)));
+                }
+                Some(crate::store::Change::Keys {
+                    nonce,
+                    workspace,
+                    hashes,
+                }) => {
+                    keys.evict(&hashes, workspace.as_deref());
+                    if let Err(e) = redis.confirm_eviction(&nonce, &node).await {
+                        tracing::warn!(error = %e, "cannot confirm a revoked key's eviction; the revoking node waits out the cache's lifetime");
+                    }
+                }
+                None => {}
             }
         }
     }

@@ -13,7 +13,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Queued, no attempt finished yet.
@@ -163,8 +163,11 @@ impl Progress {
     };
 }
 
+/// The rule id of a test send (`POST /v1/endpoints/{id}/test`): rules are numbered from 1.
+pub const TEST_RULE: u64 = 0;
+
 /// A delivery as the log shows it (without its attempts).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Delivery {
     pub id: String,
@@ -179,6 +182,8 @@ pub struct Delivery {
     /// The value of the endpoint's `orderingKey` in the event, read at ingest.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// Made by `POST /v1/endpoints/{id}/test` (rule 0), not by a rule.
+    pub test: bool,
     /// The exact bytes that are signed and POSTed.
     #[serde(skip)]
     pub body: Arc<str>,
@@ -198,13 +203,14 @@ impl Delivery {
             attempt_count: progress.attempts,
             next_attempt_at: progress.next_attempt_ms.map(ms_rfc3339),
             ordering_key: Some(job.key.clone()).filter(|k| !k.is_empty()),
+            test: job.rule_id == TEST_RULE,
             body: job.body.clone(),
         }
     }
 }
 
 /// What went wrong in an attempt that got no usable response.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptError {
     /// `timeout`, `connect`, `tls`, `ssrf`, `request`, `endpoint_gone`, ...
@@ -212,7 +218,7 @@ pub struct AttemptError {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptRequest {
     pub url: String,
@@ -222,7 +228,7 @@ pub struct AttemptRequest {
     pub body: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AttemptResponse {
     pub status: u16,
@@ -234,7 +240,7 @@ pub struct AttemptResponse {
 }
 
 /// One HTTP POST of a delivery.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
     pub attempt: u32,

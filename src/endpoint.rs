@@ -52,7 +52,7 @@ pub const MAX_HEADER_VALUE: usize = 4 * 1024;
 pub const MAX_HEADERS_TOTAL: usize = 16 * 1024;
 
 /// Per-endpoint delivery rate.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
     pub per_second: u32,
@@ -66,7 +66,9 @@ fn one() -> u32 {
 
 /// `strict`: one delivery at a time in event order (retries included). `unordered`: up to
 /// `maxInFlight` at once.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
     #[default]
@@ -75,7 +77,7 @@ pub enum Ordering {
 }
 
 /// Exponential backoff with jitter: attempt 1 now, then `initialDelayMs * multiplier^(n-1)`.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default = "RetryPolicy::default_max_attempts")]
@@ -158,7 +160,7 @@ fn yes() -> bool {
 }
 
 /// An endpoint as clients write it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
     pub url: String,
@@ -430,41 +432,41 @@ impl Endpoint {
         }
     }
 
-    /// The endpoint as reads and lists show it: no secret at all. Secrets are shown once, by
-    /// the create and rotate answers, and on request by `GET /v1/endpoints/{id}/secret`, so a
-    /// list of endpoints handed to a dashboard or a log never carries a signing key.
-    pub fn public_view(&self) -> Value {
-        let mut v = serde_json::to_value(self).expect("an endpoint serialises");
-        if let Some(obj) = v.as_object_mut() {
-            obj.remove("secret");
-            obj.remove("retiredSecrets");
-        }
-        v
-    }
-
-    /// The create answer: the public view and the current secret.
-    pub fn created_view(&self) -> Value {
-        let mut v = self.public_view();
-        v["secret"] = Value::String(self.secret.clone());
-        v
-    }
-
     /// `GET /v1/endpoints/{id}/secret`: the current secret and those still in their grace
     /// period at `now_ms`.
-    pub fn secrets_view(&self, now_ms: i64) -> Value {
-        let previous: Vec<Value> = self
-            .retired_secrets
-            .iter()
-            .filter(|r| r.expires_at_ms > now_ms)
-            .map(|r| {
-                let until = chrono::DateTime::from_timestamp_millis(r.expires_at_ms)
-                    .map(crate::delivery::rfc3339)
-                    .unwrap_or_default();
-                serde_json::json!({"secret": r.secret, "validUntil": until})
-            })
-            .collect();
-        serde_json::json!({"secret": self.secret, "previousSecrets": previous})
+    pub fn secrets_view(&self, now_ms: i64) -> Secrets {
+        Secrets {
+            secret: self.secret.clone(),
+            previous_secrets: self
+                .retired_secrets
+                .iter()
+                .filter(|r| r.expires_at_ms > now_ms)
+                .map(|r| PreviousSecret {
+                    secret: r.secret.clone(),
+                    valid_until: chrono::DateTime::from_timestamp_millis(r.expires_at_ms)
+                        .map(crate::delivery::rfc3339)
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        }
     }
+}
+
+/// A rotated-out secret that still signs.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousSecret {
+    pub secret: String,
+    pub valid_until: String,
+}
+
+/// `GET /v1/endpoints/{id}/secret`: the only read that carries secrets.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Secrets {
+    pub secret: String,
+    /// Rotated-out secrets that still sign, until `validUntil`.
+    pub previous_secrets: Vec<PreviousSecret>,
 }
 
 #[cfg(test)]
@@ -617,15 +619,10 @@ mod tests {
         ep.rotate(crate::signing::generate_secret(), 1_000, 500);
         assert_eq!(ep.signing_keys(1_000).len(), 2);
         assert_eq!(ep.signing_keys(1_500).len(), 1);
-        assert!(ep.public_view().get("retiredSecrets").is_none());
-        assert!(ep.public_view().get("secret").is_none());
-        assert_ne!(ep.created_view()["secret"], first);
+        assert_ne!(ep.secret, first);
         let shown = ep.secrets_view(1_000);
-        assert_eq!(shown["previousSecrets"][0]["secret"], first.as_str());
-        assert_eq!(
-            ep.secrets_view(1_500)["previousSecrets"],
-            serde_json::json!([])
-        );
+        assert_eq!(shown.previous_secrets[0].secret, first);
+        assert!(ep.secrets_view(1_500).previous_secrets.is_empty());
     }
 
     #[test]

@@ -5,10 +5,13 @@
 //! is the client's own JSON object, so unknown extra fields are kept and delivered as sent, and
 //! the body is not re-serialised field by field on the hot path.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::invalid::{Invalid, from_value};
+
+pub mod catalogue;
 
 /// The families an event type may belong to (`family:action`).
 pub const FAMILIES: &[&str] = &[
@@ -44,7 +47,7 @@ pub const EVENT_TYPES: &[&str] = &[
 /// Fields of an event body that Switchyard adds to the delivered payload; clients may not set them.
 const RESERVED_FIELDS: &[&str] = &["eventRule", "workspace"];
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataType {
     pub uuid: String,
@@ -55,7 +58,7 @@ pub struct DataType {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub id: Value,
@@ -69,7 +72,7 @@ pub struct Member {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataRecord {
     pub id: Value,
@@ -80,7 +83,7 @@ pub struct DataRecord {
 }
 
 /// `data_record:created | updated | deleted`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataRecordEvent {
     pub data_type: DataType,
@@ -92,7 +95,7 @@ pub struct DataRecordEvent {
 }
 
 /// `member:created | updated | deleted`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MemberEvent {
     pub member: Member,
@@ -100,14 +103,14 @@ pub struct MemberEvent {
     pub extra: Map<String, Value>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Inbound,
     Outbound,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Participant {
     #[serde(default)]
@@ -121,7 +124,7 @@ pub struct Participant {
 }
 
 /// The `call` or `chat` block of a conversation event.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Conversation {
     pub id: Value,
@@ -142,7 +145,7 @@ pub struct Conversation {
 }
 
 /// `call:started | completed`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CallEvent {
     pub call: Conversation,
     #[serde(default)]
@@ -152,7 +155,7 @@ pub struct CallEvent {
 }
 
 /// `chat:started | completed`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ChatEvent {
     pub chat: Conversation,
     #[serde(default)]

@@ -52,6 +52,8 @@ pub async fn plan(
     for Fired { event, rules } in fired {
         let mut deliveries = Vec::new();
         let mut event_json: Option<String> = None;
+        // Whether the first delivery carries the event as it is (the log then reads it there).
+        let mut first_plain: Option<bool> = None;
         for rule in rules {
             let targets: Vec<&Arc<Endpoint>> = rule
                 .endpoint_ids
@@ -66,6 +68,7 @@ pub async fn plan(
             // The payload as a map, for the endpoints that transform it: made once per rule.
             let mut fields: Option<serde_json::Map<String, serde_json::Value>> = None;
             for ep in targets {
+                first_plain.get_or_insert(ep.transform().is_none());
                 let body = match ep.transform() {
                     None => body.clone(),
                     Some(Err(why)) => format!("{RENDER_FAILED}{why}").into(),
@@ -91,10 +94,10 @@ pub async fn plan(
                 });
             }
         }
-        let body: Arc<str> = if deliveries.is_empty() {
-            serde_json::to_string(&event.body)?.into()
-        } else {
+        let body: Arc<str> = if first_plain == Some(true) {
             Arc::from("")
+        } else {
+            serde_json::to_string(&event.body)?.into()
         };
         out.push(NewEvent {
             id: new_event_id(),

@@ -83,6 +83,7 @@ pub async fn run(
         config.node_id.clone(),
         config.partition_buffer,
     ));
+    let keys = Arc::new(crate::workspace::keys::KeyCache::default());
     let (owners, mut tasks, coordinator, cluster_view) = start_delivering(
         &config,
         &store,
@@ -90,6 +91,7 @@ pub async fn run(
         &router,
         &stop,
         listener.local_addr()?,
+        &keys,
     );
     tasks.spawn(crate::dispatch::backlog::share(
         store.clone(),
@@ -110,7 +112,7 @@ pub async fn run(
         stopping: stop.clone(),
         cluster: cluster_view,
         backlog: dispatch.backlog.clone(),
-        keys: Default::default(),
+        keys,
         ingests: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_ingests)),
     };
     let addr = listener.local_addr()?;
@@ -225,6 +227,7 @@ fn start_delivering(
     router: &ractor::ActorRef<RouterMsg>,
     stop: &CancellationToken,
     listen: std::net::SocketAddr,
+    keys: &Arc<crate::workspace::keys::KeyCache>,
 ) -> (
     Vec<PartitionOwner>,
     tokio::task::JoinSet<()>,
@@ -255,6 +258,8 @@ fn start_delivering(
             tasks.spawn(crate::cluster::listen_for_changes(
                 redis.clone(),
                 router.clone(),
+                keys.clone(),
+                config.node_id.clone(),
                 stop.clone(),
             ));
             let running = tokio::spawn(coordinator.run(stop.clone()));

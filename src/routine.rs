@@ -162,15 +162,25 @@ impl CompiledSchedule {
 
 /// The `routine:tick` event of one tick.
 pub fn tick_event(rule: &Rule, schedule: &Schedule, at: DateTime<Utc>) -> Event {
-    let body = json!({
-        "event": "routine:tick",
-        "routine": {"id": rule.id, "uuid": rule.uuid, "name": rule.spec.name,
-            "schedule": {"cron": schedule.cron, "timezone": schedule.timezone}, "scheduledAt": rfc3339(at)},
-        "payload": rule.spec.payload.clone().unwrap_or_else(|| json!({})),
-    });
-    let serde_json::Value::Object(body) = body else {
-        unreachable!("an object literal")
+    use crate::event::catalogue::{RoutineRef, RoutineTick, TickSchedule};
+    let tick = RoutineTick {
+        routine: RoutineRef {
+            id: rule.id,
+            uuid: rule.uuid.clone(),
+            name: rule.spec.name.clone(),
+            schedule: TickSchedule {
+                cron: schedule.cron.clone(),
+                timezone: schedule.timezone.clone(),
+            },
+            scheduled_at: rfc3339(at),
+        },
+        payload: rule.spec.payload.clone().unwrap_or_else(|| json!({})),
     };
+    let mut body = serde_json::Map::new();
+    body.insert("event".into(), json!("routine:tick"));
+    if let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(tick) {
+        body.extend(fields);
+    }
     Event {
         event_type: "routine:tick".into(),
         body,

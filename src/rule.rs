@@ -17,7 +17,7 @@ use crate::invalid::Invalid;
 pub use condition::Condition;
 
 /// What a rule does when it fires.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum Action {
     #[serde(rename_all = "camelCase")]
@@ -25,7 +25,7 @@ pub enum Action {
 }
 
 /// A routine's schedule (time-based rules).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Schedule {
     /// Cron, 5 fields (minute first) or 6 (seconds first).
@@ -39,7 +39,9 @@ pub struct Schedule {
 }
 
 /// What happens to ticks missed while no node could fire them.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum CatchUp {
     #[default]
@@ -56,7 +58,7 @@ fn yes() -> bool {
 }
 
 /// A rule as clients write it (`POST /v1/event-rules`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSpec {
     pub name: String,
@@ -74,7 +76,7 @@ pub struct RuleSpec {
 }
 
 /// A stored rule.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Rule {
     pub id: u64,

@@ -8,7 +8,8 @@
 //! [`Store`] is an enum rather than a trait object: the set of backends is closed, every call
 //! is a plain `match` (no boxing of futures on the hot path), and both backends answer the
 //! same conformance tests (`tests/it/store_conformance.rs`). Its face is split by role, one
-//! file each: configuration (workspaces, keys, endpoints, rules, routines, health) here;
+//! file each: configuration (endpoints, rules, routines, health) here; [`tenants`]
+//! (workspaces and their API keys);
 //! [`jobs`] (ingest, a partition's reader, group-committed outcomes, requeues, retention);
 //! [`log`] (the delivery and event log as the API reads it). [`record`] holds the stored forms
 //! both backends share.
@@ -29,6 +30,7 @@ pub mod jobs;
 pub mod log;
 pub mod record;
 pub mod redis;
+pub mod tenants;
 
 use serde::Serialize;
 
@@ -36,11 +38,11 @@ use crate::delivery::Status;
 use crate::endpoint::Endpoint;
 pub use crate::endpoint::health::Health;
 use crate::rule::Rule;
-use crate::workspace::Workspace;
 pub use embedded::EmbeddedStore;
 pub use jobs::{Idempotency, Ingested, JobReader, NewEvent, Outcome};
 pub use record::Checkpoint;
 pub use redis::RedisStore;
+pub use tenants::Change;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,15 +91,16 @@ pub struct DeliveryFilter {
 }
 
 /// One page of a list, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "{T}Page")]
 pub struct Page<T> {
     pub data: Vec<T>,
     pub next_cursor: Option<String>,
 }
 
 /// Deliveries of an endpoint by status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Counts {
     pub pending: i64,
     pub retrying: i64,
@@ -191,22 +194,6 @@ impl Store {
 
     pub async fn ping(&self) -> Result<()> {
         each!(self, s => s.ping().await)
-    }
-
-    pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
-        each!(self, s => s.create_workspace(ws).await)
-    }
-
-    pub async fn workspace(&self, uuid: &str) -> Result<Option<Workspace>> {
-        each!(self, s => s.workspace(uuid).await)
-    }
-
-    pub async fn add_api_key(&self, uuid: &str) -> Result<Option<String>> {
-        each!(self, s => s.add_api_key(uuid).await)
-    }
-
-    pub async fn workspace_for_key(&self, key: &str) -> Result<Option<Workspace>> {
-        each!(self, s => s.workspace_for_key(key).await)
     }
 
     pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {

@@ -38,7 +38,7 @@ const BODY: &str = "body";
 const TEXT: &str = "text";
 
 /// An endpoint's `transform`, as clients write it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransformSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -5,14 +5,38 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::DateTime;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{ApiError, AppState, ListParams, RawQuery, Tenant};
+use super::views::{DeliveryDetail, Retried};
+use super::{ApiError, AppState, ListParams, ListQuery, Query, Tenant};
 use crate::delivery::{DeliveryId, Status};
 use crate::store::DeliveryFilter;
 
-fn time_param(q: &RawQuery, name: &str) -> Result<Option<i64>, ApiError> {
-    q.get(name)
+/// `GET /v1/deliveries` query.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryQuery {
+    /// One endpoint's deliveries.
+    pub endpoint_id: Option<String>,
+    /// One event's deliveries.
+    pub event_id: Option<String>,
+    /// Deliveries of events of this type (`member:created`).
+    pub event_type: Option<String>,
+    #[schemars(with = "Option<crate::delivery::Status>")]
+    pub status: Option<String>,
+    /// RFC 3339: made at or after.
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// RFC 3339: made before.
+    #[schemars(extend("format" = "date-time"))]
+    pub until: Option<String>,
+    #[serde(flatten)]
+    pub page: ListQuery,
+}
+
+/// An RFC 3339 query parameter as unix ms.
+pub fn time_param(value: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
+    value
         .map(|v| {
             DateTime::parse_from_rfc3339(v)
                 .map(|t| t.timestamp_millis())
@@ -31,11 +55,12 @@ fn time_param(q: &RawQuery, name: &str) -> Result<Option<i64>, ApiError> {
 pub async fn list(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
-    q: RawQuery,
+    Query(q): Query<DeliveryQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let params = ListParams::from_query(&q)?;
+    let params = ListParams::from_query(&q.page)?;
     let status = q
-        .get("status")
+        .status
+        .as_deref()
         .map(|s| {
             Status::parse(s).ok_or_else(|| {
                 ApiError::field(
@@ -48,12 +73,12 @@ pub async fn list(
         })
         .transpose()?;
     let filter = DeliveryFilter {
-        endpoint_id: q.get("endpointId").cloned(),
-        event_id: q.get("eventId").cloned(),
-        event_type: q.get("eventType").cloned(),
+        since_ms: time_param(q.since.as_deref(), "since")?,
+        until_ms: time_param(q.until.as_deref(), "until")?,
+        endpoint_id: q.endpoint_id,
+        event_id: q.event_id,
+        event_type: q.event_type,
         status,
-        since_ms: time_param(&q, "since")?,
-        until_ms: time_param(&q, "until")?,
     };
     let page = state
         .store
@@ -72,11 +97,11 @@ pub async fn show(
         .delivery(&ws.uuid, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("delivery"))?;
-    let mut body =
-        serde_json::to_value(&view.delivery).map_err(|e| ApiError::Internal(e.to_string()))?;
-    body["attempts"] = json!(view.attempts);
-    body["payload"] = serde_json::from_str::<Value>(&view.delivery.body).unwrap_or(Value::Null);
-    Ok(Json(body))
+    Ok(Json(DeliveryDetail {
+        payload: serde_json::from_str::<Value>(&view.delivery.body).unwrap_or(Value::Null),
+        delivery: view.delivery,
+        attempts: view.attempts,
+    }))
 }
 
 /// `POST /v1/deliveries/{id}/retry`: one more attempt of a finished delivery, now: ahead of
@@ -109,6 +134,9 @@ pub async fn retry(
     }
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "status": "pending"})),
+        Json(Retried {
+            id,
+            status: Status::Pending,
+        }),
     ))
 }

@@ -9,11 +9,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use url::Url;
 
+use super::views::{CreatedEndpoint, EndpointView, Replayed, Rotated, endpoint_health};
 use super::{
-    ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_body, read_json,
+    ApiError, AppState, ListParams, ListQuery, Query, Tenant, created, paginate, read_body,
+    read_json,
 };
 use crate::delivery::{now_rfc3339, rfc3339};
 use crate::dispatch::RouterMsg;
@@ -24,6 +26,7 @@ use crate::invalid::from_body;
 use crate::rule::{Action, Rule};
 use crate::signing::generate_secret;
 use crate::ssrf::SsrfError;
+use crate::store::Page;
 
 async fn check_destination(state: &AppState, url: &Url) -> Result<(), ApiError> {
     state.guard.check_destination(url).await.map_err(|e| {
@@ -58,19 +61,43 @@ pub async fn create(
         compiled: Default::default(),
     };
     state.store.put_endpoint(&ws.uuid, &ep).await?;
-    Ok(created(ep.created_view()))
+    Ok(created(CreatedEndpoint {
+        endpoint: EndpointView::of(&ep, None),
+        secret: ep.secret.clone(),
+    }))
 }
 
 pub async fn list(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
-    q: RawQuery,
-) -> Result<impl IntoResponse, ApiError> {
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page<EndpointView>>, ApiError> {
     let params = ListParams::from_query(&q)?;
     let eps = state.store.endpoints(&ws.uuid).await?;
     let page = paginate("endpoints", eps, |e| e.id.clone(), &params)?;
-    let data: Vec<Value> = page.data.iter().map(Endpoint::public_view).collect();
-    Ok(Json(json!({"data": data, "nextCursor": page.next_cursor})))
+    let policy = DispatchPolicy::from_config(&state.config);
+    // One page's health and counts: bounded by `limit`, read concurrently.
+    let healths = futures::future::try_join_all(page.data.iter().map(|ep| {
+        let store = &state.store;
+        let ws = &ws.uuid;
+        async move {
+            let (h, c) =
+                futures::future::try_join(store.health(ws, &ep.id), store.counts(ws, &ep.id))
+                    .await?;
+            Ok::<_, crate::store::StoreError>(endpoint_health(&h, c, &policy.breaker))
+        }
+    }))
+    .await?;
+    let data = page
+        .data
+        .iter()
+        .zip(healths)
+        .map(|(ep, h)| EndpointView::of(ep, Some(h)))
+        .collect();
+    Ok(Json(Page {
+        data,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Tells this node's router and (through the store) every other node that an endpoint changed.
@@ -91,20 +118,24 @@ async fn load(state: &AppState, ws: &str, id: &str) -> Result<Endpoint, ApiError
         .ok_or_else(|| ApiError::not_found("endpoint"))
 }
 
-/// `GET /v1/endpoints/{id}`: the endpoint and its `health` (breaker, failure clock, counts).
+/// `GET /v1/endpoints/{id}`: the endpoint and its `health` (breaker, failure clock, last
+/// success, the last hour's success rate, counts).
 pub async fn show(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Json<EndpointView>, ApiError> {
     let ep = load(&state, &ws.uuid, &id).await?;
-    let health = state.store.health(&ws.uuid, &id).await?;
-    let counts = state.store.counts(&ws.uuid, &id).await?;
+    let (health, counts) = futures::future::try_join(
+        state.store.health(&ws.uuid, &id),
+        state.store.counts(&ws.uuid, &id),
+    )
+    .await?;
     let policy = DispatchPolicy::from_config(&state.config);
-    let mut view = ep.public_view();
-    view["health"] = health.view(&policy.breaker);
-    view["health"]["deliveries"] = json!(counts);
-    Ok(Json(view))
+    Ok(Json(EndpointView::of(
+        &ep,
+        Some(endpoint_health(&health, counts, &policy.breaker)),
+    )))
 }
 
 pub async fn update(
@@ -123,7 +154,7 @@ pub async fn update(
     ep.updated_at = now_rfc3339();
     state.store.put_endpoint(&ws.uuid, &ep).await?;
     changed(&state, &ws.uuid, &id).await;
-    Ok(Json(ep.public_view()))
+    Ok(Json(EndpointView::of(&ep, None)))
 }
 
 /// `DELETE /v1/endpoints/{id}`: refused with 409 `endpoint_in_use` (naming the rules) while
@@ -133,9 +164,9 @@ pub async fn remove(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
     Path(id): Path<String>,
-    q: RawQuery,
+    Query(q): Query<DeleteQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let force = match q.get("force").map(String::as_str) {
+    let force = match q.force.as_deref() {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
@@ -200,10 +231,12 @@ pub async fn secret(
     Ok(Json(ep.secrets_view(chrono::Utc::now().timestamp_millis())))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Rotate {
-    /// How long the old secret keeps signing (default: the node's `secret_grace_secs`).
+pub struct Rotate {
+    /// How long the old secret keeps signing (default: the node's `secret_grace_secs`), at
+    /// most 30 days.
+    #[schemars(range(max = 2592000))]
     grace_seconds: Option<u64>,
 }
 
@@ -235,16 +268,29 @@ pub async fn rotate_secret(
     state.store.put_endpoint(&ws.uuid, &ep).await?;
     changed(&state, &ws.uuid, &id).await;
     let grace_until = rfc3339(now + chrono::Duration::seconds(grace_s as i64));
-    Ok(Json(
-        json!({"secret": ep.secret, "previousSecretValidUntil": grace_until}),
-    ))
+    Ok(Json(Rotated {
+        secret: ep.secret,
+        previous_secret_valid_until: grace_until,
+    }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Replay {
+pub struct Replay {
+    /// RFC 3339: failed deliveries from this time on.
+    #[schemars(extend("format" = "date-time"))]
     since: String,
+    /// RFC 3339 (default: now).
+    #[schemars(extend("format" = "date-time"))]
     until: Option<String>,
+}
+
+/// `DELETE /v1/endpoints/{id}` query.
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+pub struct DeleteQuery {
+    /// `true`: also take the endpoint out of the rules that send to it.
+    #[schemars(with = "Option<bool>")]
+    force: Option<String>,
 }
 
 fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
@@ -273,5 +319,5 @@ pub async fn replay(
     }
     load(&state, &ws.uuid, &id).await?;
     let replayed = state.store.replay(&ws.uuid, &id, since, until).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"replayed": replayed}))))
+    Ok((StatusCode::ACCEPTED, Json(Replayed { replayed })))
 }

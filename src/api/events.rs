@@ -1,4 +1,5 @@
-//! `POST /v1/events` and `POST /v1/events/batch`: validate, match rules, enqueue, answer 202.
+//! `POST /v1/events` and `POST /v1/events/batch`: validate, match rules, enqueue, answer 202;
+//! and the event log, `GET /v1/events[/{id}]`.
 //!
 //! The answer is sent only once every job is durable. With an `Idempotency-Key`, the store
 //! looks the key up in the same step that writes (one script on Redis, one commit on the
@@ -7,17 +8,21 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::{ApiError, AppState, Tenant, read_body, read_json};
+use super::deliveries::time_param;
+use super::views::{Accepted, AcceptedBatch, EventDelivery, EventDetail, EventSummary};
+use super::{ApiError, AppState, ListParams, ListQuery, Query, Tenant, read_body, read_json};
 use crate::config::Overload;
 use crate::event::Event;
 use crate::ingest::Fired;
 use crate::invalid::{Invalid, from_body};
+use crate::store::Page;
+use crate::store::log::LoggedEvent;
 use crate::store::{Idempotency, Ingested};
 use crate::workspace::Workspace;
 
@@ -42,7 +47,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         })
 }
 
-fn accepted(body: Value) -> Response {
+fn accepted(body: impl serde::Serialize) -> Response {
     (StatusCode::ACCEPTED, Json(body)).into_response()
 }
 
@@ -95,8 +100,11 @@ async fn write(
     }
 }
 
-fn answer_of((id, deliveries): &(String, Vec<String>)) -> Value {
-    json!({"id": id, "deliveries": deliveries})
+fn answer_of((id, deliveries): &(String, Vec<String>)) -> Accepted {
+    Accepted {
+        id: id.clone(),
+        deliveries: deliveries.clone(),
+    }
 }
 
 pub async fn ingest_one(
@@ -167,9 +175,9 @@ pub async fn ingest_batch(
         events.push(Event::parse(v).map_err(|e| e.under(&format!("events[{i}]")))?);
     }
     let answer = write(&state, &ws, key, events).await?;
-    Ok(accepted(
-        json!({"results": answer.iter().map(answer_of).collect::<Vec<_>>()}),
-    ))
+    Ok(accepted(AcceptedBatch {
+        results: answer.iter().map(answer_of).collect(),
+    }))
 }
 
 /// Matches each event against the workspace's rules, builds its deliveries and writes them.
@@ -204,4 +212,99 @@ async fn plan_and_ingest(
         }
     }
     Ok(state.store.ingest(&ws.uuid, &planned, idem).await?)
+}
+
+/// `GET /v1/events` query.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+pub struct EventQuery {
+    /// Only events of this type (`member:created`).
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// RFC 3339: received at or after.
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// RFC 3339: received before.
+    #[schemars(extend("format" = "date-time"))]
+    pub until: Option<String>,
+    #[serde(flatten)]
+    pub page: ListQuery,
+}
+
+fn summary(ev: &LoggedEvent) -> EventSummary {
+    EventSummary {
+        id: ev.record.v.clone(),
+        event_type: ev.record.t.clone(),
+        created_at: created_at(&ev.record.v),
+        deliveries: ev.record.deliveries().len(),
+    }
+}
+
+/// An event's time, from its id (a UUIDv7).
+fn created_at(id: &str) -> String {
+    crate::delivery::ms_rfc3339(crate::store::log::event_ms(id).unwrap_or(0) as i64)
+}
+
+/// `GET /v1/events`: the event log, newest first.
+pub async fn list(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Page<EventSummary>>, ApiError> {
+    let params = ListParams::from_query(&q.page)?;
+    let since = time_param(q.since.as_deref(), "since")?;
+    let until = time_param(q.until.as_deref(), "until")?;
+    let page = state
+        .store
+        .list_events(
+            &ws.uuid,
+            q.event_type.as_deref(),
+            since,
+            until,
+            params.limit,
+            params.cursor.as_deref(),
+        )
+        .await?;
+    Ok(Json(Page {
+        data: page.data.iter().map(summary).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// `GET /v1/events/{id}`: the event as received, and its deliveries with their status.
+pub async fn show(
+    Tenant(ws): Tenant,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EventDetail>, ApiError> {
+    let event = state
+        .store
+        .find_event(&ws.uuid, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("event"))?;
+    let ids = event.record.deliveries();
+    let (jobs, states) =
+        futures::future::try_join(state.store.jobs(&ids), state.store.states(&ids)).await?;
+    let mut deliveries = Vec::with_capacity(ids.len());
+    for (job, stored) in jobs.into_iter().zip(states) {
+        let Some(job) = job else { continue };
+        let status = match stored {
+            Some(s) => crate::store::record::decode_progress(&s)?.status,
+            None => crate::delivery::Status::Pending,
+        };
+        deliveries.push(EventDelivery {
+            id: job.id.to_string(),
+            endpoint_id: job.endpoint_id.clone(),
+            rule_id: job.rule_id,
+            status,
+            test: job.rule_id == crate::delivery::TEST_RULE,
+        });
+    }
+    let payload = state.store.event_payload(&event).await?;
+    Ok(Json(EventDetail {
+        id: event.record.v.clone(),
+        event_type: event.record.t.clone(),
+        created_at: created_at(&event.record.v),
+        payload: payload.unwrap_or(Value::Null),
+        deliveries,
+    }))
 }

@@ -11,7 +11,9 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::Value;
 
-use super::{ApiError, AppState, ListParams, RawQuery, Tenant, created, paginate, read_json};
+use super::{
+    ApiError, AppState, ListParams, ListQuery, Query, Tenant, created, paginate, read_json,
+};
 use crate::delivery::now_rfc3339;
 use crate::invalid::{Invalid, from_value};
 use crate::rule::{self, Action, Rule, RuleSpec};
@@ -57,7 +59,7 @@ pub async fn create(
 pub async fn list(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
-    q: RawQuery,
+    Query(q): Query<ListQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
     let params = ListParams::from_query(&q)?;
     let (_, rules) = state.store.rules(&ws.uuid).await?;

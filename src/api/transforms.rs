@@ -13,10 +13,12 @@ use crate::event::Event;
 use crate::invalid::Invalid;
 use crate::transform::TransformSpec;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Preview {
     transform: TransformSpec,
+    /// An event, as `POST /v1/events` takes it.
+    #[schemars(with = "super::views::IncomingEvent")]
     event: Value,
 }
 
@@ -26,7 +28,7 @@ pub async fn preview(
     Tenant(ws): Tenant,
     State(state): State<AppState>,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<super::views::Preview>, ApiError> {
     let Preview { transform, event } = read_json(&state, body).await?;
     let compiled = transform.compile()?;
     let event = Event::parse(event).map_err(|e| e.under("event"))?;
@@ -48,5 +50,5 @@ pub async fn preview(
         Invalid::new("template_error", field, e.0)
     })?;
     let body: Value = serde_json::from_str(&rendered).unwrap_or(Value::String(rendered));
-    Ok(Json(json!({ "body": body })))
+    Ok(Json(super::views::Preview { body }))
 }

@@ -99,8 +99,11 @@ pub struct EndpointState {
     endpoint: Option<Arc<Endpoint>>,
     /// Whether `endpoint` was read from the store at least once (`None` means deleted only then).
     endpoint_known: bool,
-    /// Breaker and failure clock, persisted on every change so a new owner resumes them.
+    /// Breaker and failure clock, persisted on every change so a new owner resumes them
+    /// (the success window at most every `HEALTH_SAVE_EVERY`).
     health: Option<Health>,
+    /// When `health` was last saved.
+    health_saved: Option<Instant>,
     limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
     /// Jobs (by entry) being sent or whose outcome is being committed.
     in_flight: HashSet<EntryId>,
@@ -294,6 +297,7 @@ impl Actor for EndpointActor {
             endpoint: None,
             endpoint_known: false,
             health: None,
+            health_saved: None,
             limiter: None,
             in_flight: HashSet::new(),
             held: HashMap::new(),

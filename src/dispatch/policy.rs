@@ -92,6 +92,12 @@ pub fn decide(
         next_attempt_ms: None,
         ..*before
     };
+    let template_failed = outcome
+        .error()
+        .is_some_and(|(kind, _)| kind == crate::deliverer::TEMPLATE_ERROR);
+    if !template_failed {
+        health.count_attempt(now_ms, outcome.succeeded());
+    }
     let breaker = health
         .breaker
         .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms));
@@ -102,10 +108,7 @@ pub fn decide(
         progress.throttled_since_ms = None;
         return Decision::settled(progress);
     }
-    if outcome
-        .error()
-        .is_some_and(|(kind, _)| kind == crate::deliverer::TEMPLATE_ERROR)
-    {
+    if template_failed {
         // The event did not fit the endpoint's template: nothing was sent, the endpoint is not
         // at fault (no breaker move) and another attempt would render the same.
         progress.failures += 1;

@@ -8,8 +8,8 @@
 //! the cool-down doubled, up to a ceiling. Pure state over wall-clock milliseconds so it can be
 //! stored, restored by a new owner, and tested without waiting.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 /// Breaker settings (from the node's config).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -20,7 +20,7 @@ pub struct BreakerPolicy {
     pub max_cooldown_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BreakerState {
     Closed,
@@ -105,6 +105,11 @@ impl Breaker {
     }
 }
 
+/// Width of one bucket of the success window.
+const BUCKET_MS: i64 = 5 * 60 * 1000;
+/// The window the success rate covers: the last hour.
+const WINDOW_MS: i64 = 3600 * 1000;
+
 /// What the owner of an endpoint persists about its health.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -114,6 +119,40 @@ pub struct Health {
     pub last_error_at: Option<String>,
     /// Unix ms of the first failure since the last success (the auto-disable clock).
     pub failing_since_ms: Option<i64>,
+    #[serde(default)]
+    pub last_success_at: Option<String>,
+    /// Attempts and successes in five-minute buckets, `[bucket start ms, attempts,
+    /// successes]`, the last hour's only: what the success rate is computed from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<[i64; 3]>,
+}
+
+/// An endpoint's breaker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakerView {
+    pub state: BreakerState,
+    pub since: Option<String>,
+    pub consecutive_failures: u32,
+    /// While open or half-open: when the next probe may go.
+    pub open_until: Option<String>,
+}
+
+/// An endpoint's health as the API, the console and the `switchyard:endpoint_failing` event
+/// show it.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthView {
+    pub breaker: BreakerView,
+    /// The first failure since the last success (the auto-disable clock).
+    pub failing_since: Option<String>,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<String>,
+    pub last_success_at: Option<String>,
+    /// Successful attempts over all attempts of the last hour; `null` without attempts.
+    pub success_rate_1h: Option<f64>,
+    /// Attempts of the last hour.
+    pub attempts_1h: u64,
 }
 
 fn rfc3339_ms(ms: i64) -> Option<String> {
@@ -123,25 +162,63 @@ fn rfc3339_ms(ms: i64) -> Option<String> {
 impl Health {
     /// The one shape of an endpoint's health in the API and in operational events: the
     /// breaker's times as RFC 3339 (`since`, `openUntil` while not closed), the failure clock
-    /// (`failingSince`), the last error and when it happened.
-    pub fn view(&self, policy: &BreakerPolicy) -> Value {
+    /// (`failingSince`), the last error and success, and the last hour's success rate at
+    /// `now_ms`.
+    pub fn view(&self, policy: &BreakerPolicy, now_ms: i64) -> HealthView {
         let breaker = self
             .breaker
             .clone()
             .unwrap_or_else(|| Breaker::new(policy, 0));
-        json!({
-            "breaker": {
-                "state": breaker.state,
-                "since": (breaker.since_ms > 0).then(|| rfc3339_ms(breaker.since_ms)).flatten(),
-                "consecutiveFailures": breaker.consecutive_failures,
-                "openUntil": (breaker.state != BreakerState::Closed)
+        let (attempts, successes) = self
+            .recent
+            .iter()
+            .filter(|b| b[0] + BUCKET_MS > now_ms - WINDOW_MS)
+            .fold((0u64, 0u64), |(a, s), b| (a + b[1] as u64, s + b[2] as u64));
+        HealthView {
+            breaker: BreakerView {
+                state: breaker.state,
+                since: (breaker.since_ms > 0)
+                    .then(|| rfc3339_ms(breaker.since_ms))
+                    .flatten(),
+                consecutive_failures: breaker.consecutive_failures,
+                open_until: (breaker.state != BreakerState::Closed)
                     .then(|| rfc3339_ms(breaker.open_until_ms))
                     .flatten(),
             },
-            "failingSince": self.failing_since_ms.and_then(rfc3339_ms),
-            "lastError": self.last_error,
-            "lastErrorAt": self.last_error_at,
-        })
+            failing_since: self.failing_since_ms.and_then(rfc3339_ms),
+            last_error: self.last_error.clone(),
+            last_error_at: self.last_error_at.clone(),
+            last_success_at: self.last_success_at.clone(),
+            success_rate_1h: (attempts > 0).then(|| successes as f64 / attempts as f64),
+            attempts_1h: attempts,
+        }
+    }
+
+    /// Counts an attempt at `now_ms` in the success window (and drops buckets older than it).
+    pub fn count_attempt(&mut self, now_ms: i64, succeeded: bool) {
+        let start = now_ms - now_ms.rem_euclid(BUCKET_MS);
+        self.recent
+            .retain(|b| b[0] + BUCKET_MS > now_ms - WINDOW_MS);
+        match self.recent.last_mut() {
+            Some(b) if b[0] == start => {
+                b[1] += 1;
+                b[2] += i64::from(succeeded);
+            }
+            _ => self.recent.push([start, 1, i64::from(succeeded)]),
+        }
+        if succeeded {
+            self.last_success_at = Some(crate::delivery::ms_rfc3339(now_ms));
+        }
+    }
+
+    /// Whether `other` differs in what must be saved at once (breaker, errors, the failure
+    /// clock, a first success); the success window and the time of the last success may wait.
+    pub fn differs_in_state(&self, other: &Health) -> bool {
+        self.breaker != other.breaker
+            || self.last_error != other.last_error
+            || self.last_error_at != other.last_error_at
+            || self.failing_since_ms != other.failing_since_ms
+            || self.last_success_at.is_some() != other.last_success_at.is_some()
     }
 }
 

@@ -23,7 +23,8 @@
 //! Keyspace `q` (jobs) and `s` (delivery states) are keyed by the delivery's partition and
 //! entry (`u32 ‖ ms u64 ‖ seq u64`, big-endian, so a partition's jobs are in ingest order);
 //! `ev` (the event log) by workspace and entry (`W ‖ 0 ‖ ms ‖ seq`); `dead` by partition and
-//! entry. `cfg` holds the rest as JSON under prefixed keys: `ws/W`, `key/{sha256}`, `ep/W/EP`,
+//! entry. `cfg` holds the rest as JSON under prefixed keys: `ws/W`, `wskey/W/{key id}`,
+//! `key/{sha256}` (`W id`), `ep/W/EP`,
 //! `rule/W/{id:020}`, `ruleseq/W`, `rulever/W`, `routine/W/{id:020}`, `tick/W/{uuid}/{ms}`,
 //! `routinelast/W/{uuid}`, `idem/W/K`, `health/W/EP`, `n/W/EP` (counts), `ck/{p}`
 //! (checkpoints).
@@ -31,6 +32,7 @@
 mod config;
 mod jobs;
 mod log;
+mod tenants;
 
 use std::any::Any;
 use std::collections::HashMap;

@@ -30,8 +30,8 @@ use crate::delivery::{DeliveryId, EntryId, Job, NewDelivery, Progress, Status};
 pub struct NewEvent {
     pub id: String,
     pub event_type: String,
-    /// The event as received: kept in the event log only when it made no delivery (otherwise
-    /// every delivery's body carries it).
+    /// The event as received, kept in the event log when its first delivery does not carry
+    /// it as it is (it made none, or that one is transformed); empty otherwise.
     pub body: Arc<str>,
     pub deliveries: Vec<NewDelivery>,
 }

@@ -329,6 +329,80 @@ impl Store {
         })
     }
 
+    /// A page of the workspace's event log, newest first, of type `event_type` when given,
+    /// made in `[since_ms, until_ms)`. Looks at a bounded number of events per request: a rare
+    /// type answers with what it found and a cursor to go on from.
+    pub async fn list_events(
+        &self,
+        ws: &str,
+        event_type: Option<&str>,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<Page<LoggedEvent>> {
+        let mut before = match cursor {
+            Some(c) => Some(
+                super::cursor::decode("events", c, |p| p.parse::<EntryId>().is_ok())?
+                    .parse::<EntryId>()
+                    .map_err(|_| super::StoreError::BadCursor)?,
+            ),
+            None => until_ms.map(|u| EntryId {
+                ms: u.max(0) as u64,
+                seq: 0,
+            }),
+        };
+        let mut out = Vec::new();
+        for _ in 0..SCAN_ROUNDS {
+            let events = self.events_before(ws, before, since_ms, SCAN_CHUNK).await?;
+            let exhausted = events.len() < SCAN_CHUNK;
+            for ev in events {
+                before = Some(ev.entry);
+                if event_type.is_some_and(|t| t != ev.record.t) {
+                    continue;
+                }
+                out.push(ev);
+                if out.len() == limit {
+                    let next = before.map(|b| super::cursor::encode("events", &b.to_string()));
+                    return Ok(Page {
+                        data: out,
+                        next_cursor: next,
+                    });
+                }
+            }
+            if exhausted {
+                return Ok(Page {
+                    data: out,
+                    next_cursor: None,
+                });
+            }
+        }
+        Ok(Page {
+            data: out,
+            next_cursor: before.map(|b| super::cursor::encode("events", &b.to_string())),
+        })
+    }
+
+    /// An event as received: kept in the event log when no plain delivery carries it,
+    /// otherwise its first delivery's body without the `eventRule` and `workspace` blocks
+    /// Switchyard added (`None` once retention removed it).
+    pub async fn event_payload(&self, event: &LoggedEvent) -> Result<Option<serde_json::Value>> {
+        if let Some(b) = event.record.b.as_deref().filter(|b| !b.is_empty()) {
+            return Ok(serde_json::from_str(b).ok());
+        }
+        let Some(first) = event.record.deliveries().first().copied() else {
+            return Ok(None);
+        };
+        let job = self.jobs(&[first]).await?.into_iter().next().flatten();
+        Ok(job.and_then(|j| {
+            let mut body: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&j.body).ok()?;
+            body.remove("eventRule");
+            body.remove("workspace");
+            Some(serde_json::Value::Object(body))
+        }))
+    }
+
     /// The workspace's events before `before` (exclusive; `None`: the newest), newest first,
     /// not older than `since_ms`.
     pub async fn events_before(

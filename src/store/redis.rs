@@ -20,12 +20,12 @@ mod jobs;
 mod log;
 mod reader;
 mod scripts;
+mod tenants;
 
 use redis::AsyncCommands;
 
 use crate::endpoint::Endpoint;
 use crate::rule::Rule;
-use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 pub use cluster::NodeInfo;
 pub use conn::Conn;
@@ -134,69 +134,6 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(())
-    }
-
-    // ---- workspaces -------------------------------------------------------------------------
-
-    /// Creates a workspace and its first API key (returned in clear, once). The workspace is
-    /// written before its key (two slots, so two commands): a crash between them leaves a
-    /// workspace nobody holds a key to, never a key to nothing.
-    pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
-        let key = generate_api_key();
-        let mut conn = self.conn();
-        let _: () = conn
-            .hset_multiple(
-                self.ws_key(&ws.uuid, ""),
-                &[
-                    ("uuid", &ws.uuid),
-                    ("name", &ws.name),
-                    ("createdAt", &ws.created_at),
-                ],
-            )
-            .await?;
-        let _: () = conn
-            .set(self.key(&format!("key:{}", hash_api_key(&key))), &ws.uuid)
-            .await?;
-        Ok(key)
-    }
-
-    pub async fn workspace(&self, uuid: &str) -> Result<Option<Workspace>> {
-        let (name, created): (Option<String>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.ws_key(uuid, ""))
-            .arg("name")
-            .arg("createdAt")
-            .query_async(&mut self.conn())
-            .await?;
-        Ok(name.map(|name| Workspace {
-            uuid: uuid.to_string(),
-            name,
-            created_at: created.unwrap_or_default(),
-        }))
-    }
-
-    /// Adds an API key to an existing workspace; `None` when there is no such workspace.
-    pub async fn add_api_key(&self, uuid: &str) -> Result<Option<String>> {
-        if self.workspace(uuid).await?.is_none() {
-            return Ok(None);
-        }
-        let key = generate_api_key();
-        let _: () = self
-            .conn()
-            .set(self.key(&format!("key:{}", hash_api_key(&key))), uuid)
-            .await?;
-        Ok(Some(key))
-    }
-
-    /// The workspace an API key belongs to.
-    pub async fn workspace_for_key(&self, key: &str) -> Result<Option<Workspace>> {
-        let uuid: Option<String> = self
-            .conn()
-            .get(self.key(&format!("key:{}", hash_api_key(key))))
-            .await?;
-        match uuid {
-            Some(uuid) => self.workspace(&uuid).await,
-            None => Ok(None),
-        }
     }
 
     // ---- endpoints --------------------------------------------------------------------------

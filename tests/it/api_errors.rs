@@ -275,7 +275,7 @@ async fn the_openapi_document_lists_every_route_and_every_listed_route_exists() 
     let node = Node::start(test_config(&redis, &prefix("openapi"))).await;
     let (status, doc) = node.api("").get("/openapi.json").await;
     assert_eq!(status, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
+    assert_eq!(doc["openapi"], "3.1.0");
     let http = reqwest::Client::new();
     let mut n = 0;
     for (path, ops) in doc["paths"].as_object().unwrap() {

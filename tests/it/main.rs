@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real `redis-server`, real HTTPS receivers, nodes on port 0.
 
 mod api_errors;
+mod api_surface;
 mod cli;
 mod cluster;
 mod controls;

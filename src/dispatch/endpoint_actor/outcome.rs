@@ -20,6 +20,8 @@ use crate::store::StoreError;
 
 /// The longest wait between two tries of a commit that keeps failing.
 const COMMIT_RETRY_MAX: Duration = Duration::from_secs(10);
+/// How stale the saved success window of a healthy endpoint may get.
+const HEALTH_SAVE_EVERY: Duration = Duration::from_secs(30);
 
 pub(super) fn panicked_attempt(number: u32, message: String) -> Outcome {
     Outcome::failed(number, "internal", message)
@@ -134,7 +136,8 @@ impl EndpointState {
             crate::telemetry::breaker_moved(&self.ctx.node, is_open);
             if is_open {
                 tracing::warn!(workspace = %self.key.0, endpoint = %ep.id, last_error = health.last_error.as_deref().unwrap_or(""), "circuit breaker opened");
-                let detail = health.view(&self.ctx.policy.breaker);
+                let detail = serde_json::to_value(health.view(&self.ctx.policy.breaker, now_ms()))
+                    .unwrap_or_default();
                 self.emit(
                     "switchyard:endpoint_failing",
                     ep,
@@ -145,10 +148,22 @@ impl EndpointState {
                 tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
             }
         }
-        if self.health.as_ref() == Some(&health) {
+        // Breaker, errors and a first success are saved at once; the success window and the
+        // time of the last success at most every `HEALTH_SAVE_EVERY`, so a healthy endpoint
+        // costs no write per delivery.
+        let changed = self.health.as_ref() != Some(&health);
+        let urgent = self
+            .health
+            .as_ref()
+            .is_none_or(|h| h.differs_in_state(&health));
+        let due = self
+            .health_saved
+            .is_none_or(|at| at.elapsed() >= HEALTH_SAVE_EVERY);
+        self.health = Some(health.clone());
+        if !(urgent || (changed && due)) {
             return None;
         }
-        self.health = Some(health.clone());
+        self.health_saved = Some(Instant::now());
         Some(health)
     }
 

@@ -1,47 +1,12 @@
-//! Configuration on the embedded store: workspaces, API keys, endpoints, rules, routines and
-//! endpoint health, as JSON in the `cfg` keyspace.
+//! Configuration on the embedded store: endpoints, rules, routines and endpoint health, as
+//! JSON in the `cfg` keyspace.
 
 use super::{EmbeddedStore, Ks};
 use crate::endpoint::Endpoint;
 use crate::rule::Rule;
 use crate::store::{Health, Result};
-use crate::workspace::{Workspace, generate_api_key, hash_api_key};
 
 impl EmbeddedStore {
-    pub async fn create_workspace(&self, ws: &Workspace) -> Result<String> {
-        let key = generate_api_key();
-        let (ws, hash) = (ws.clone(), hash_api_key(&key));
-        self.write(move |tx| {
-            tx.put_json(&format!("ws/{}", ws.uuid), &ws)?;
-            tx.put_json(&format!("key/{hash}"), &ws.uuid)
-        })
-        .await?;
-        Ok(key)
-    }
-
-    pub async fn workspace(&self, uuid: &str) -> Result<Option<Workspace>> {
-        self.get_json(&format!("ws/{uuid}"))
-    }
-
-    pub async fn add_api_key(&self, uuid: &str) -> Result<Option<String>> {
-        if self.workspace(uuid).await?.is_none() {
-            return Ok(None);
-        }
-        let key = generate_api_key();
-        let (uuid, hash) = (uuid.to_string(), hash_api_key(&key));
-        self.write(move |tx| tx.put_json(&format!("key/{hash}"), &uuid))
-            .await?;
-        Ok(Some(key))
-    }
-
-    pub async fn workspace_for_key(&self, key: &str) -> Result<Option<Workspace>> {
-        let uuid: Option<String> = self.get_json(&format!("key/{}", hash_api_key(key)))?;
-        match uuid {
-            Some(u) => self.workspace(&u).await,
-            None => Ok(None),
-        }
-    }
-
     pub async fn put_endpoint(&self, ws: &str, ep: &Endpoint) -> Result<()> {
         let (key, ep, ws) = (format!("ep/{ws}/{}", ep.id), ep.clone(), ws.to_string());
         self.write(move |tx| {

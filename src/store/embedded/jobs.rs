@@ -181,7 +181,7 @@ impl EmbeddedStore {
                     t: ev.event_type.clone(),
                     d,
                     p,
-                    b: ev.deliveries.is_empty().then(|| ev.body.to_string()),
+                    b: (!ev.body.is_empty()).then(|| ev.body.to_string()),
                 };
                 tx.put(Ks::Ev, &event_key(&ws, entry), serde_json::to_vec(&record)?);
                 answer.push((ev.id.clone(), ids.iter().map(|i| i.to_string()).collect()));

@@ -170,11 +170,46 @@ impl RedisStore {
     }
 
     pub async fn publish_change(&self, ws: &str, endpoint: &str) -> Result<()> {
-        let _: i64 = self
+        self.publish(&crate::store::Change::Endpoint {
+            workspace: ws.to_string(),
+            endpoint: endpoint.to_string(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Publishes a change to every node; how many subscribers heard it.
+    pub async fn publish(&self, change: &crate::store::Change) -> Result<usize> {
+        Ok(self
             .conn()
-            .publish(self.changes_channel(), format!("{ws}\t{endpoint}"))
+            .publish(self.changes_channel(), change.encode())
+            .await?)
+    }
+
+    /// This node evicted the keys of change `nonce`.
+    pub async fn confirm_eviction(&self, nonce: &str, node: &str) -> Result<()> {
+        let key = self.key(&format!("evicted:{nonce}"));
+        redis::pipe()
+            .sadd(&key, node)
+            .ignore()
+            .expire(&key, 60)
+            .ignore()
+            .exec_async(&mut self.conn())
             .await?;
         Ok(())
+    }
+
+    /// How many nodes confirmed the eviction of change `nonce`.
+    pub async fn confirmations(&self, nonce: &str) -> Result<usize> {
+        Ok(self
+            .conn()
+            .scard(self.key(&format!("evicted:{nonce}")))
+            .await?)
+    }
+
+    /// Nodes in the membership (the dead are pruned as heartbeats are checked).
+    pub async fn live_node_count(&self) -> Result<usize> {
+        Ok(self.conn().zcard(self.key("nodes")).await?)
     }
 
     /// A pub/sub connection (separate from the shared one).

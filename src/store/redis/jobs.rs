@@ -154,11 +154,7 @@ impl RedisStore {
             inv.arg(&e.id)
                 .arg(crate::store::log::event_ms(&e.id).unwrap_or(0))
                 .arg(&e.event_type)
-                .arg(if e.deliveries.is_empty() {
-                    e.body.as_bytes()
-                } else {
-                    b""
-                })
+                .arg(e.body.as_bytes())
                 .arg(parts.join(" "))
                 .arg(e.deliveries.len());
             for d in &e.deliveries {
@@ -303,11 +299,7 @@ impl RedisStore {
                 .arg(&ev.event_type)
                 .arg(entries)
                 .arg(partitions)
-                .arg(if ev.deliveries.is_empty() {
-                    ev.body.as_bytes()
-                } else {
-                    b""
-                });
+                .arg(ev.body.as_bytes());
         }
         let done: String = inv.invoke_async(&mut self.conn()).await?;
         if let Some(prev) = done.strip_prefix('=') {

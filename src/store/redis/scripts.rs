@@ -12,7 +12,7 @@
 /// KEYS: event log, idempotency record, then the jobs streams and counts of the partitions
 /// touched. ARGV: workspace, `1` with an idempotency key, its fingerprint, its TTL, the event
 /// log's MINID bound and cap, the number of events, the number of count moves; per event: id,
-/// unix ms of the id, type, body (only when it has no delivery), its deliveries' partitions
+/// unix ms of the id, type, body (when no delivery carries it as it is), its deliveries' partitions
 /// (space-separated), number of deliveries; per delivery: KEYS index of its stream, endpoint,
 /// rule, ordering key, body; per count move: KEYS index, field, increment.
 /// Returns `{'=', record}` (the key was used with these events), `{'!'}` (with others), or

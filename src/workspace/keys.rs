@@ -2,15 +2,18 @@
 //! (the key's hash, then its workspace) before any work.
 //!
 //! Only keys that were valid are kept, for [`TTL`]: a key unknown to the store is looked up
-//! every time (a guess earns nothing), and a key revoked in the store stops working here
-//! within `TTL`. The map is cleared when it reaches [`MAX_KEYS`], so it cannot grow without
-//! bound however many keys are used.
+//! every time (a guess earns nothing). A revoked key (or every key of a deleted workspace) is
+//! evicted from every node's cache before the revocation is answered: the node that revokes
+//! evicts its own and publishes the hashes, and waits for the other nodes to confirm or for
+//! `TTL` to pass (`crate::cluster::listen_for_changes`), so no node trusts it afterwards. The
+//! map is cleared when it reaches [`MAX_KEYS`], so it cannot grow without bound however many
+//! keys are used.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use crate::workspace::{Workspace, hash_api_key};
+use super::{Workspace, hash_api_key};
 
 /// How long a valid key is trusted without asking the store again.
 pub const TTL: Duration = Duration::from_secs(5);
@@ -30,6 +33,17 @@ impl KeyCache {
         keys.get(&hash)
             .filter(|(_, at)| at.elapsed() < TTL)
             .map(|(ws, _)| ws.clone())
+    }
+
+    /// Forgets these key hashes (revoked), or every key of workspace `ws` when given.
+    pub fn evict(&self, hashes: &[String], ws: Option<&str>) {
+        let mut keys = self.keys.write().expect("key cache lock");
+        for h in hashes {
+            keys.remove(h);
+        }
+        if let Some(ws) = ws {
+            keys.retain(|_, (w, _)| w.uuid != ws);
+        }
     }
 
     /// `key` was just found valid for `ws`.
@@ -56,7 +70,13 @@ mod tests {
         };
         assert!(cache.get("sy_a").is_none());
         cache.put("sy_a", &ws);
-        assert_eq!(cache.get("sy_a"), Some(ws));
+        assert_eq!(cache.get("sy_a"), Some(ws.clone()));
         assert!(cache.get("sy_b").is_none());
+        cache.evict(&[hash_api_key("sy_a")], None);
+        assert!(cache.get("sy_a").is_none(), "a revoked key is forgotten");
+        cache.put("sy_a", &ws);
+        cache.put("sy_c", &ws);
+        cache.evict(&[], Some("w"));
+        assert!(cache.get("sy_a").is_none() && cache.get("sy_c").is_none());
     }
 }
