@@ -55,8 +55,10 @@ pub const MAX_HEADERS_TOTAL: usize = 16 * 1024;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimit {
+    #[schemars(range(min = 1))]
     pub per_second: u32,
     #[serde(default = "one")]
+    #[schemars(range(min = 1))]
     pub burst: u32,
 }
 
@@ -81,12 +83,15 @@ pub enum Ordering {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
     #[serde(default = "RetryPolicy::default_max_attempts")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_attempts: u32,
     #[serde(default = "RetryPolicy::default_initial")]
     pub initial_delay_ms: u64,
     #[serde(default = "RetryPolicy::default_multiplier")]
+    #[schemars(range(min = 1.0, max = 10.0))]
     pub multiplier: f64,
     #[serde(default = "RetryPolicy::default_max_delay")]
+    #[schemars(range(max = 604_800_000))]
     pub max_delay_ms: u64,
 }
 
@@ -163,18 +168,23 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSpec {
+    /// `https://`, at most 2048 characters, not a private address.
+    #[schemars(length(max = 2048), extend("format" = "uri"))]
     pub url: String,
     #[serde(default)]
+    #[schemars(length(max = 1000))]
     pub description: String,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub ordering: Ordering,
     #[serde(default = "default_in_flight")]
+    #[schemars(range(min = 1, max = 1000))]
     pub max_in_flight: u32,
     #[serde(default)]
     pub retry: RetryPolicy,
     #[serde(default = "default_timeout")]
+    #[schemars(range(min = 1, max = 300_000))]
     pub timeout_ms: u64,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,

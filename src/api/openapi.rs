@@ -14,6 +14,7 @@ use std::any::TypeId;
 use axum::Router;
 use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
+use schemars::transform::{ReplaceBoolSchemas, Transform};
 use serde_json::{Map, Value, json};
 
 use super::views::{self, Nothing};
@@ -104,11 +105,27 @@ struct Doc {
     paths: Map<String, Value>,
 }
 
+/// JSON Schema 2020-12 under `components/schemas`; `true` schemas (any JSON) written `{}`,
+/// which every OpenAPI tool reads.
 fn settings() -> SchemaSettings {
     SchemaSettings::draft2020_12().with(|s| {
         s.definitions_path = "/components/schemas".into();
         s.meta_schema = None;
+        s.transforms.push(Box::new(any_as_object()));
     })
+}
+
+fn any_as_object() -> ReplaceBoolSchemas {
+    let mut t = ReplaceBoolSchemas::default();
+    t.skip_additional_properties = true;
+    t
+}
+
+/// The schema of `T` in `generator`, a reference when it has a name.
+fn schema<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {
+    let mut schema = generator.subschema_for::<T>();
+    any_as_object().transform(&mut schema);
+    schema.to_value()
 }
 
 impl Doc {
@@ -148,7 +165,7 @@ impl Doc {
         } else if path == "/metrics" {
             json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}})
         } else {
-            let schema = self.responses.subschema_for::<R>().to_value();
+            let schema = schema::<R>(&mut self.responses);
             json!({"description": "success", "content": {"application/json": {"schema": schema}}})
         };
         responses.insert(ok.to_string(), success);
@@ -193,7 +210,7 @@ impl Doc {
             },
         });
         if !is_nothing::<B>() {
-            let schema = self.requests.subschema_for::<B>().to_value();
+            let schema = schema::<B>(&mut self.requests);
             let required =
                 path != "/v1/endpoints/{id}/secret/rotate" && path != "/v1/endpoints/{id}/test";
             op["requestBody"] =

@@ -119,8 +119,9 @@ pub struct Health {
     pub last_error_at: Option<String>,
     /// Unix ms of the first failure since the last success (the auto-disable clock).
     pub failing_since_ms: Option<i64>,
+    /// Unix ms of the last successful attempt.
     #[serde(default)]
-    pub last_success_at: Option<String>,
+    pub last_success_ms: Option<i64>,
     /// Attempts and successes in five-minute buckets, `[bucket start ms, attempts,
     /// successes]`, the last hour's only: what the success rate is computed from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -188,7 +189,7 @@ impl Health {
             failing_since: self.failing_since_ms.and_then(rfc3339_ms),
             last_error: self.last_error.clone(),
             last_error_at: self.last_error_at.clone(),
-            last_success_at: self.last_success_at.clone(),
+            last_success_at: self.last_success_ms.and_then(rfc3339_ms),
             success_rate_1h: (attempts > 0).then(|| successes as f64 / attempts as f64),
             attempts_1h: attempts,
         }
@@ -207,7 +208,7 @@ impl Health {
             _ => self.recent.push([start, 1, i64::from(succeeded)]),
         }
         if succeeded {
-            self.last_success_at = Some(crate::delivery::ms_rfc3339(now_ms));
+            self.last_success_ms = Some(now_ms);
         }
     }
 
@@ -218,7 +219,7 @@ impl Health {
             || self.last_error != other.last_error
             || self.last_error_at != other.last_error_at
             || self.failing_since_ms != other.failing_since_ms
-            || self.last_success_at.is_some() != other.last_success_at.is_some()
+            || self.last_success_ms.is_some() != other.last_success_ms.is_some()
     }
 }
 
@@ -231,6 +232,31 @@ mod tests {
         cooldown_ms: 1000,
         max_cooldown_ms: 3000,
     };
+
+    #[test]
+    fn the_success_rate_covers_the_last_hour_only() {
+        let mut h = Health::default();
+        let hour = 3_600_000;
+        h.count_attempt(0, false);
+        h.count_attempt(1_000, true);
+        let v = h.view(&P, 2_000);
+        assert_eq!((v.attempts_1h, v.success_rate_1h), (2, Some(0.5)));
+        assert!(v.last_success_at.is_some());
+        h.count_attempt(hour + 10 * 60_000, true);
+        let v = h.view(&P, hour + 10 * 60_000);
+        assert_eq!(
+            (v.attempts_1h, v.success_rate_1h),
+            (1, Some(1.0)),
+            "the first bucket has left the window"
+        );
+        assert!(h.recent.len() <= 13, "old buckets are dropped");
+        assert_eq!(h.view(&P, 3 * hour).success_rate_1h, None);
+        let mut later = h.clone();
+        later.count_attempt(3 * hour, true);
+        assert!(!later.differs_in_state(&h), "the window alone can wait");
+        later.last_error = Some("status: 500".into());
+        assert!(later.differs_in_state(&h));
+    }
 
     #[test]
     fn opens_after_threshold_probes_after_cooldown_and_doubles() {

@@ -427,3 +427,43 @@ async fn deleting_a_workspace_removes_everything_of_it_and_stops_its_deliveries(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn on_the_embedded_store_keys_are_listed_revoked_and_a_deleted_workspace_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(crate::support::embedded_config(dir.path())).await;
+    let admin = node.api(ADMIN_TOKEN);
+    let api = node.workspace("Embedded").await;
+    let (_, ws) = admin.get("/v1/workspaces").await;
+    let uuid = ws["data"][0]["uuid"].as_str().unwrap().to_string();
+    let (_, extra) = admin
+        .post(&format!("/v1/workspaces/{uuid}/api-keys"), json!({}))
+        .await;
+    let extra_key = extra["apiKey"].as_str().unwrap();
+    assert_eq!(node.api(extra_key).get("/v1/endpoints").await.0, 200);
+    let (_, keys) = admin.get(&format!("/v1/workspaces/{uuid}/api-keys")).await;
+    assert_eq!(keys["data"].as_array().unwrap().len(), 2);
+    assert_eq!(keys["data"][0]["id"], extra["id"], "newest first");
+    let (status, _) = admin
+        .delete(&format!(
+            "/v1/workspaces/{uuid}/api-keys/{}",
+            extra["id"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(node.api(extra_key).get("/v1/endpoints").await.0, 401);
+    assert_eq!(api.get("/v1/endpoints").await.0, 200);
+    api.post("/v1/events", record_event(1, "high")).await;
+    assert_eq!(admin.delete(&format!("/v1/workspaces/{uuid}")).await.0, 204);
+    assert_eq!(api.get("/v1/events").await.0, 401);
+    let (_, ws) = admin.get("/v1/workspaces").await;
+    assert_eq!(ws["data"], json!([]));
+    assert_eq!(
+        admin
+            .get(&format!("/v1/workspaces/{uuid}/api-keys"))
+            .await
+            .0,
+        404
+    );
+    node.stop().await;
+}
