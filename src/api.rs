@@ -72,6 +72,7 @@ pub fn app(state: AppState) -> Router {
                 "this route does not take that method (the Allow header lists those it takes)",
             )
         })
+        .merge(crate::console::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .layer(axum::middleware::from_fn(server::limit_request_head))
         .with_state(state)

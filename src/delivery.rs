@@ -184,6 +184,10 @@ pub struct Delivery {
     pub ordering_key: Option<String>,
     /// Made by `POST /v1/endpoints/{id}/test` (rule 0), not by a rule.
     pub test: bool,
+    /// The last attempt's response status (`null`: no attempt yet, or no response).
+    pub last_response_status: Option<u16>,
+    /// The last attempt's duration.
+    pub last_duration_ms: Option<u64>,
     /// The exact bytes that are signed and POSTed.
     #[serde(skip)]
     pub body: Arc<str>,
@@ -204,6 +208,8 @@ impl Delivery {
             next_attempt_at: progress.next_attempt_ms.map(ms_rfc3339),
             ordering_key: Some(job.key.clone()).filter(|k| !k.is_empty()),
             test: job.rule_id == TEST_RULE,
+            last_response_status: None,
+            last_duration_ms: None,
             body: job.body.clone(),
         }
     }

@@ -10,7 +10,7 @@
 //!
 //! - [`config`]: settings — embedded defaults, a TOML file, `SWITCHYARD_*` variables, validation.
 //! - [`workspace`]: tenants and their API keys (stored hashed).
-//! - [`event`]: the event families' typed models and their validation.
+//! - [`event`]: the event families' typed models, their validation, the type catalogue.
 //! - [`rule`]: event rules — patterns, the compiled condition language, the indexed rule set,
 //!   the versioned cache.
 //! - [`endpoint`]: endpoint specs and policies (retry, rate limit, ordering, headers, secrets).
@@ -22,10 +22,11 @@
 //! - [`deliverer`]: the shared HTTPS client that signs and sends one attempt.
 //! - [`dispatch`]: partition consumers and the actor tree (RuleRouter → EndpointActors),
 //!   the breaker, the outcome policy.
-//! - [`store`]: every durable byte, on Redis (cluster) or redb (embedded default).
+//! - [`store`]: every durable byte, on Redis (cluster) or fjall (embedded default).
 //! - [`cluster`]: partition leases, fencing, membership and rebalancing over Redis.
 //! - [`routine`]: cron schedules that fire exactly once per tick.
-//! - [`api`]: the HTTP API (axum), auth and the error body.
+//! - [`api`]: the HTTP API (axum), auth, the error body, the OpenAPI document.
+//! - [`console`]: the web console the node serves at `/console`.
 //! - [`telemetry`]: Prometheus metrics with bounded labels.
 //! - [`traces`]: log output and the optional OTLP span export (`otlp` feature).
 //! - [`node`]: starting and stopping a node.
@@ -36,6 +37,7 @@ pub mod api;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod deliverer;
 pub mod delivery;
 pub mod dispatch;

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use super::record::{EventRecord, decode_progress, decode_state};
+use super::record::{EventRecord, decode_progress, decode_state, last_attempt};
 use super::{Counts, DeliveryFilter, Page, Result, Store};
 use crate::delivery::{Attempt, Delivery, DeliveryId, EntryId, Job, Progress};
 
@@ -77,7 +77,11 @@ impl Store {
             }
             None => (Progress::NEW, Vec::new()),
         };
-        let delivery = Delivery::of(&job, &progress);
+        let mut delivery = Delivery::of(&job, &progress);
+        if let Some(last) = attempts.last() {
+            delivery.last_response_status = last.st;
+            delivery.last_duration_ms = Some(last.d);
+        }
         let id = delivery.id.clone();
         Ok(Some(DeliveryView {
             attempts: attempts
@@ -102,11 +106,15 @@ impl Store {
         jobs.iter()
             .zip(states)
             .map(|(job, state)| {
-                let progress = match state {
-                    Some(s) => decode_progress(&s)?,
-                    None => Progress::NEW,
+                let Some(s) = state else {
+                    return Ok(Delivery::of(job, &Progress::NEW));
                 };
-                Ok(Delivery::of(job, &progress))
+                let mut d = Delivery::of(job, &decode_progress(&s)?);
+                if let Some(last) = last_attempt(&s) {
+                    d.last_response_status = last.st;
+                    d.last_duration_ms = Some(last.d);
+                }
+                Ok(d)
             })
             .collect()
     }

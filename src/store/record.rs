@@ -185,6 +185,12 @@ pub fn decode_progress(stored: &str) -> Result<Progress> {
     Ok(serde_json::from_str(header)?)
 }
 
+/// The last attempt of a stored state, parsing only its line (a list row shows it).
+pub fn last_attempt(stored: &str) -> Option<AttemptRecord> {
+    let line = state_attempts(stored).lines().rfind(|l| !l.is_empty())?;
+    serde_json::from_str(line).ok()
+}
+
 pub fn decode_state(stored: &str) -> Result<State> {
     let progress = decode_progress(stored)?;
     let attempts = state_attempts(stored)
