@@ -40,7 +40,7 @@ fn chart(id: &str, title: &str, unit: &str, series: &[Series]) -> String {
         "<svg class=\"chart\" id=\"{id}\" xmlns=\"http://www.w3.org/2000/svg\" \
          width=\"{WIDTH}\" height=\"{HEIGHT}\" viewBox=\"0 0 {WIDTH} {HEIGHT}\" role=\"img\">\
          <title>{}</title>\
-         <text x=\"{left}\" y=\"18\" font-weight=\"bold\">{}</text>",
+         <text x=\"{left}\" y=\"18\" font-size=\"14\" font-weight=\"bold\">{}</text>",
         escape(title),
         escape(title)
     );
@@ -76,10 +76,11 @@ fn chart(id: &str, title: &str, unit: &str, series: &[Series]) -> String {
         let _ = write!(
             svg,
             "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>\
-             <text x=\"{:.1}\" y=\"18\" font-size=\"12\" fill=\"{}\">{}</text>",
+             <text x=\"{:.1}\" y=\"{}\" font-size=\"12\" fill=\"{}\">{}</text>",
             s.colour,
             points.join(" "),
             left + w - 90.0 * (series.len() - n) as f64,
+            HEIGHT - 4.0,
             s.colour,
             escape(s.label)
         );

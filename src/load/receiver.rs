@@ -346,6 +346,44 @@ fn signature_ok(secrets: &[SigningKey], headers: &http::HeaderMap, body: &[u8]) 
     }))
 }
 
+/// What is kept of one webhook, its signature checked and its sequence read.
+fn received(
+    shared: &Shared,
+    (at, wall_ms): (Instant, f64),
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Received {
+    let everything = shared.keep == Keep::Everything;
+    let headers: HashMap<String, String> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| everything || k.as_str() == "webhook-id")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let signature_ok = signature_ok(&shared.secrets, &parts.headers, body);
+    if signature_ok == Some(false) {
+        shared.bad_signatures.fetch_add(1, Ordering::SeqCst);
+    }
+    let member = serde_json::from_slice::<Probe>(body)
+        .ok()
+        .and_then(|p| p.member);
+    Received {
+        at,
+        wall_ms,
+        path: parts.uri.path().to_string(),
+        headers,
+        body: if everything {
+            body.to_vec()
+        } else {
+            Vec::new()
+        },
+        answered: 0,
+        signature_ok,
+        seq: member.as_ref().and_then(|m| m.seq),
+        key: member.as_ref().and_then(|m| m.key),
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     req: hyper::Request<hyper::body::Incoming>,
@@ -360,40 +398,12 @@ async fn handle(
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     let (parts, body) = req.into_parts();
-    let everything = shared.keep == Keep::Everything;
-    let headers: HashMap<String, String> = parts
-        .headers
-        .iter()
-        .filter(|(k, _)| everything || k.as_str() == "webhook-id")
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
     let body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let signature_ok = signature_ok(&shared.secrets, &parts.headers, &body);
-    if signature_ok == Some(false) {
-        shared.bad_signatures.fetch_add(1, Ordering::SeqCst);
-    }
-    let member = serde_json::from_slice::<Probe>(&body)
-        .ok()
-        .and_then(|p| p.member);
-    let mut got = Received {
-        at,
-        wall_ms,
-        path: parts.uri.path().to_string(),
-        headers,
-        body: if everything {
-            body.to_vec()
-        } else {
-            Vec::new()
-        },
-        answered: 0,
-        signature_ok,
-        seq: member.as_ref().and_then(|m| m.seq),
-        key: member.as_ref().and_then(|m| m.key),
-    };
+    let mut got = received(&shared, (at, wall_ms), &parts, &body);
     let answer = {
         let mut all = shared.received.lock().expect("lock");
         let answer = (shared.reply)(&got, all.len());
