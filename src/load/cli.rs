@@ -27,7 +27,12 @@ pub struct LoadArgs {
     concurrency: usize,
     /// A receiver running elsewhere (`switchyard receiver`), its base URL as the node reaches
     /// it; repeatable, the endpoints are spread over them. Without it the run starts its own.
-    #[arg(long = "receiver", requires = "target", conflicts_with_all = ["latency_ms", "error_rate", "ingest_only"])]
+    #[arg(
+        long = "receiver",
+        value_name = "URL",
+        requires = "target",
+        conflicts_with_all = ["latency_ms", "error_rate", "ingest_only"]
+    )]
     receivers: Vec<String>,
     /// The receivers' --control-token.
     #[arg(
