@@ -318,3 +318,116 @@ fn bad_receiver_options_are_refused_with_the_option_named() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_control_api_pages_arrivals_behind_its_token_and_resets() {
+    use switchyard::load::receiver::{Control, Keep, Options, Receiver, Reply, Transport};
+    let options = Options {
+        control: Control::Token("tok-123".into()),
+        ..Options::local(Keep::Arrivals, Transport::Plain)
+    };
+    let receiver = Receiver::serve(options, |_, i| {
+        Reply::status(if i == 1 { 500 } else { 200 })
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    for i in 0..3 {
+        let body = json!({"member": {"id": 1, "seq": i, "key": 7}}).to_string();
+        let sent = http
+            .post(format!("{}/ep/{i}", receiver.base()))
+            .header("webhook-id", format!("msg_{i}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(sent.status(), if i == 1 { 500 } else { 200 });
+    }
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http.get(format!("{}/_switchyard/{path}", receiver.base()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send()
+    };
+    assert_eq!(get("arrivals", None).await.unwrap().status(), 401);
+    assert_eq!(get("arrivals", Some("wrong")).await.unwrap().status(), 401);
+    let page: serde_json::Value = get("arrivals?after=1&limit=1", Some("tok-123"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (page["next"].as_u64(), page["total"].as_u64()),
+        (Some(2), Some(3)),
+        "{page}"
+    );
+    let a = &page["arrivals"][0];
+    assert_eq!(
+        (
+            a["id"].as_str(),
+            a["endpoint"].as_str(),
+            a["status"].as_u64()
+        ),
+        (Some("msg_1"), Some("/ep/1"), Some(500))
+    );
+    assert_eq!((a["seq"].as_u64(), a["key"].as_u64()), (Some(1), Some(7)));
+    assert!(a["atMs"].as_f64().unwrap() > 1.6e12, "{a}");
+    assert_eq!(receiver.count(), 3, "control requests are not webhooks");
+    let reset = http
+        .post(format!("{}/_switchyard/reset", receiver.base()))
+        .bearer_auth("tok-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reset.status(), 200);
+    assert_eq!(receiver.count(), 0);
+    assert_eq!(get("nope", Some("tok-123")).await.unwrap().status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_process_serves_a_given_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let receiver = ReceiverProcess::start(
+        None,
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let trusting = reqwest::Client::builder()
+        .tls_certs_merge(reqwest::Certificate::from_pem_bundle(ca.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        receiver.total(&trusting, None).await,
+        Some(0),
+        "{}",
+        receiver.base
+    );
+    let sent = trusting
+        .post(format!("{}/hook", receiver.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 200);
+    assert_eq!(receiver.total(&trusting, None).await, Some(1));
+}
