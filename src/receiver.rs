@@ -26,40 +26,51 @@ use crate::signing::SigningKey;
 pub struct ReceiverArgs {
     /// Address to listen on, e.g. 127.0.0.1:9000 (port 0: any free port; the first line printed
     /// says which).
-    #[arg(long)]
+    #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// Plain http:// instead of TLS (a node delivers to it only with `serve --dev`).
+    /// Plain http:// instead of TLS (a node delivers to http:// only with `serve --dev` or
+    /// `allow_http`).
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "ca_out"])]
     plain: bool,
     /// PEM certificate chain to serve instead of a generated certificate (with --tls-key).
-    #[arg(long, requires = "tls_key", conflicts_with = "ca_out")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        conflicts_with = "ca_out"
+    )]
     tls_cert: Option<PathBuf>,
     /// PEM private key of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Write the PEM of the CA that issued the generated certificate here; a node trusts it
     /// through SWITCHYARD_EXTRA_ROOT_CERTS (or `extra_root_certs`).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     ca_out: Option<PathBuf>,
     /// Hold each answer this long, in ms: `N` or `MIN-MAX` (uniform).
-    #[arg(long, default_value = "0")]
+    #[arg(long, value_name = "N|MIN-MAX", default_value = "0")]
     latency_ms: String,
     /// Fraction of webhooks answered 500, in [0, 1).
-    #[arg(long, conflicts_with = "status_mix")]
+    #[arg(long, value_name = "R", conflicts_with = "status_mix")]
     error_rate: Option<String>,
     /// Statuses answered, with weights: e.g. 200=90,500=8,429=2.
-    #[arg(long)]
+    #[arg(long, value_name = "STATUS=WEIGHT,...")]
     status_mix: Option<String>,
     /// A signing secret (whsec_...); repeatable. Each webhook's signature is checked against
     /// them and counted bad when none matches.
-    #[arg(long = "secret")]
+    #[arg(long = "secret", value_name = "SECRET")]
     secrets: Vec<String>,
     /// Print each webhook as it arrives: id, timestamp, signature check, the JSON body.
     #[arg(long)]
     print: bool,
     /// Bearer token the control API (/_switchyard/...) requires; without it the control API
     /// is open to whoever reaches the listener.
-    #[arg(long, env = "SWITCHYARD_RECEIVER_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "SWITCHYARD_RECEIVER_TOKEN",
+        hide_env_values = true
+    )]
     control_token: Option<String>,
 }
 
@@ -117,6 +128,13 @@ pub fn run(args: ReceiverArgs) -> anyhow::Result<()> {
         };
         let receiver = Receiver::serve(options, move |_, _| behaviour.reply()).await?;
         println!("switchyard receiver listening on {}", receiver.base());
+        if args.control_token.is_none() && !receiver.addr.ip().is_loopback() {
+            eprintln!(
+                "switchyard receiver: warning: the control API is open to anyone who reaches {} \
+                 (set --control-token)",
+                receiver.addr
+            );
+        }
         if let Some(out) = &args.ca_out {
             println!(
                 "  CA written to {} (a node trusts it with SWITCHYARD_EXTRA_ROOT_CERTS)",

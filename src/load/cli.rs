@@ -39,11 +39,12 @@ pub struct LoadArgs {
         long,
         env = "SWITCHYARD_RECEIVER_TOKEN",
         hide_env_values = true,
+        value_name = "TOKEN",
         requires = "receivers"
     )]
     receiver_token: Option<String>,
     /// PEM roots to trust when reading the receivers' control API over https (their --ca-out).
-    #[arg(long, requires = "receivers")]
+    #[arg(long, value_name = "FILE", requires = "receivers")]
     receiver_ca: Option<PathBuf>,
     /// The built-in receiver's latency in ms, `N` or `MIN-MAX`.
     #[arg(long, default_value = "0")]
@@ -75,10 +76,15 @@ pub struct LoadArgs {
     #[arg(long)]
     json: Option<PathBuf>,
     /// Write the report as a self-contained HTML page (charts over time, the summary).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     html: Option<PathBuf>,
     /// Seconds to wait for every accepted delivery before counting the rest lost.
-    #[arg(long, visible_alias = "timeout", default_value_t = 300)]
+    #[arg(
+        long,
+        visible_alias = "timeout",
+        value_name = "SECS",
+        default_value_t = 300
+    )]
     timeout_secs: u64,
 }
 
