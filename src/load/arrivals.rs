@@ -194,10 +194,21 @@ async fn page(
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| fail(format!("cannot read its control API: {e}")))?;
+    let resp = req.send().await.map_err(|e| {
+        // reqwest's Display stops at the outermost error; the cause (TLS, refused) is below.
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why = format!("{why}: {cause}");
+            source = cause.source();
+        }
+        let hint = if base.starts_with("https") {
+            " (a receiver's own CA is trusted with --receiver-ca FILE, its --ca-out)"
+        } else {
+            ""
+        };
+        fail(format!("cannot read its control API: {why}{hint}"))
+    })?;
     match resp.status().as_u16() {
         200 => resp
             .json::<ArrivalsPage>()
