@@ -52,6 +52,9 @@ fn config(
         timeout: Duration::from_secs(600),
         redis_url,
         progress: false,
+        receivers: Vec::new(),
+        receiver_token: None,
+        receiver_ca: None,
     }
 }
 

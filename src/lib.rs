@@ -32,6 +32,7 @@
 //! - [`node`]: starting and stopping a node.
 //! - [`client`]: the API client of the `deliveries` / `endpoints` commands.
 //! - [`load`]: the load engine and the HTTPS receiver of tests and benchmarks.
+//! - [`receiver`]: `switchyard receiver`, that receiver as a process (control API, `--print`).
 
 pub mod api;
 pub mod client;
@@ -47,6 +48,7 @@ pub mod ingest;
 pub mod invalid;
 pub mod load;
 pub mod node;
+pub mod receiver;
 pub mod routine;
 pub mod rule;
 pub mod signing;

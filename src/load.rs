@@ -10,13 +10,22 @@
 //! peak RSS when it runs as a child process. The same run then measures a baseline: the same
 //! receiver hit by a bare reqwest client loop (same TLS and pooling, no store, no actors), so
 //! every report carries the ratio dispatcher / raw client.
+//!
+//! With `--receiver URL` (repeatable) the run delivers to receivers running elsewhere
+//! (`switchyard receiver`) instead, the endpoints spread over them, and reads what arrived
+//! through their control API: the checks are the same, on arrival times from the receivers'
+//! clocks. `--html FILE` writes the report as a page with its charts ([`html`]).
 
+mod arrivals;
 mod baseline;
 pub mod cli;
+pub mod html;
+mod measure;
 pub mod receiver;
 pub mod redis_usage;
 mod report;
 mod run;
+mod send;
 
-pub use report::Report;
+pub use report::{Percentiles, Report, Sample};
 pub use run::{LoadConfig, NodeSpec, OrderingKeys, run};

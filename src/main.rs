@@ -55,6 +55,9 @@ enum Command {
     Endpoints(EndpointsCommand),
     /// Drive a node with events and report throughput, latency, losses and the raw-client ratio.
     Load(switchyard::load::cli::LoadArgs),
+    /// Receive webhooks (tests, load runs, local development): TLS or plain HTTP, simulated
+    /// latency and statuses, signature checks, `--print`; a control API for `load --receiver`.
+    Receiver(switchyard::receiver::ReceiverArgs),
     /// Check a received webhook's signature; the body is read from stdin. Exits 0 only if valid.
     Verify {
         /// The endpoint's signing secret (whsec_...).
@@ -257,6 +260,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("switchyard load: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Receiver(args) => match switchyard::receiver::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("switchyard receiver: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
+
 #[derive(clap::Args)]
 pub struct LoadArgs {
     /// A running node's base URL (with --admin-token); without it a node is started here.
@@ -23,12 +25,33 @@ pub struct LoadArgs {
     batch: usize,
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
-    /// Receiver latency in ms, `N` or `MIN-MAX`.
+    /// A receiver running elsewhere (`switchyard receiver`), its base URL as the node reaches
+    /// it; repeatable, the endpoints are spread over them. Without it the run starts its own.
+    #[arg(
+        long = "receiver",
+        value_name = "URL",
+        requires = "target",
+        conflicts_with_all = ["latency_ms", "error_rate", "ingest_only"]
+    )]
+    receivers: Vec<String>,
+    /// The receivers' --control-token.
+    #[arg(
+        long,
+        env = "SWITCHYARD_RECEIVER_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN",
+        requires = "receivers"
+    )]
+    receiver_token: Option<String>,
+    /// PEM roots to trust when reading the receivers' control API over https (their --ca-out).
+    #[arg(long, value_name = "FILE", requires = "receivers")]
+    receiver_ca: Option<PathBuf>,
+    /// The built-in receiver's latency in ms, `N` or `MIN-MAX`.
     #[arg(long, default_value = "0")]
     latency_ms: String,
-    /// Share of receiver answers that are 500 (retried).
-    #[arg(long, default_value_t = 0.0)]
-    error_rate: f64,
+    /// Share of the built-in receiver's answers that are 500 (retried).
+    #[arg(long, default_value = "0")]
+    error_rate: String,
     /// Per-endpoint rate limit (deliveries per second).
     #[arg(long)]
     rate_limit: Option<u32>,
@@ -52,33 +75,25 @@ pub struct LoadArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    #[arg(long, default_value_t = 300)]
+    /// Write the report as a self-contained HTML page (charts over time, the summary).
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+    /// Seconds to wait for every accepted delivery before counting the rest lost.
+    #[arg(
+        long,
+        visible_alias = "timeout",
+        value_name = "SECS",
+        default_value_t = 300
+    )]
     timeout_secs: u64,
-}
-
-fn parse_latency(s: &str) -> anyhow::Result<(u64, u64)> {
-    let bad = || anyhow::anyhow!("--latency-ms: expected N or MIN-MAX milliseconds, got `{s}`");
-    match s.split_once('-') {
-        Some((a, b)) => Ok((
-            a.trim().parse().map_err(|_| bad())?,
-            b.trim().parse().map_err(|_| bad())?,
-        )),
-        None => {
-            let n = s.trim().parse().map_err(|_| bad())?;
-            Ok((n, n))
-        }
-    }
 }
 
 /// Runs `switchyard load`: fails (non-zero exit) when anything accepted was not delivered.
 pub fn load(args: LoadArgs) -> anyhow::Result<()> {
     use super::{LoadConfig, NodeSpec, OrderingKeys};
     anyhow::ensure!(args.endpoints > 0, "--endpoints must be at least 1");
-    anyhow::ensure!(
-        (0.0..1.0).contains(&args.error_rate),
-        "--error-rate must be in [0, 1)"
-    );
-    let latency_ms = parse_latency(&args.latency_ms)?;
+    let error_rate = super::receiver::parse_error_rate(&args.error_rate)?;
+    let latency_ms = super::receiver::parse_latency(&args.latency_ms)?;
     anyhow::ensure!(
         args.ordering_keys != Some(0),
         "--ordering-keys must be at least 1"
@@ -125,7 +140,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         batch: args.batch.max(1),
         concurrency: args.concurrency.max(1),
         latency_ms,
-        error_rate: args.error_rate,
+        error_rate,
         rate_limit: args.rate_limit,
         keys: args.ordering_keys.map(|values| OrderingKeys {
             values,
@@ -137,17 +152,27 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         redis_url: args.redis_url.clone(),
         progress: true,
+        receivers: args.receivers,
+        receiver_token: args.receiver_token,
+        receiver_ca: args.receiver_ca,
     };
     let runtime = tokio::runtime::Runtime::new()?;
     let report = runtime.block_on(super::run(config))?;
     print!("{}", report.table());
     if let Some(path) = args.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("--json: cannot write {}", path.display()))?;
+    }
+    if let Some(path) = args.html {
+        let page = super::html::html(&report, "switchyard load");
+        std::fs::write(&path, page)
+            .with_context(|| format!("--html: cannot write {}", path.display()))?;
     }
     anyhow::ensure!(
-        report.lost == 0,
-        "{} deliveries were not delivered before the timeout",
-        report.lost
+        report.lost == 0 && report.unaccepted == 0,
+        "{} accepted deliveries were not delivered before the timeout, {} events were never accepted",
+        report.lost,
+        report.unaccepted
     );
     anyhow::ensure!(
         report.order_violations == 0 && report.rate_limit_violations == 0,

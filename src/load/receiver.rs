@@ -1,31 +1,64 @@
-//! A real HTTPS receiver for tests, benchmarks and `switchyard load`: a hyper server behind
-//! rustls, with a certificate issued by a CA made at run time. The CA's PEM is written to a
-//! file that a node trusts through `extra_root_certs`, so the node's TLS checks stay on.
+//! A real webhook receiver for tests, benchmarks, `switchyard load` and `switchyard receiver`:
+//! a hyper server behind rustls (a certificate issued by a CA made at run time, one given as
+//! PEM files) or plain HTTP. The CA's PEM is written to a file that a node trusts through
+//! `extra_root_certs`, so the node's TLS checks stay on.
 //!
-//! It records every request (arrival time, path, headers, body, or only the arrival for a
-//! load run), counts concurrent requests, and answers whatever its `reply` function decides,
-//! after an optional delay.
+//! It records every request (arrival time, path, headers, body, or only what a load run needs),
+//! checks Standard Webhooks signatures when given secrets, counts concurrent requests, and
+//! answers whatever its `reply` function decides, after an optional delay. One server serves
+//! both the in-process receiver of tests and the standalone `switchyard receiver` process;
+//! the latter adds the control API ([`control`]) through which a load run elsewhere reads
+//! what arrived.
+
+pub mod answer;
+pub mod control;
+mod tls;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
+
+pub use answer::{AnswerError, Behaviour, StatusMix, parse_error_rate, parse_latency};
+pub use control::{Arrival, ArrivalsPage};
+pub use tls::{Transport, ca_pem, ca_pem_path};
+
+use crate::signing::SigningKey;
+
+/// Why a receiver could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ReceiverError {
+    #[error("cannot listen on {addr} (--listen): {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+}
 
 /// What is kept of each request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Keep {
     /// Headers and body (tests).
     Everything,
-    /// Arrival time, path and `webhook-id` only, so a load run's millions of requests stay small.
+    /// Arrival time, path, `webhook-id`, signature check and the load engine's sequence only,
+    /// so a load run's millions of requests stay small.
     Arrivals,
+}
+
+/// Whether the control API is served, and behind which bearer token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    Off,
+    Open,
+    Token(String),
 }
 
 /// One received request.
@@ -39,6 +72,11 @@ pub struct Received {
     pub body: Vec<u8>,
     /// The status the receiver answered.
     pub answered: u16,
+    /// The signature checked against the receiver's secrets; `None` without secrets.
+    pub signature_ok: Option<bool>,
+    /// The body's `member.seq` and `member.key` (the load engine's sequence and ordering key).
+    pub seq: Option<u64>,
+    pub key: Option<u64>,
 }
 
 impl Received {
@@ -71,51 +109,59 @@ impl Reply {
 }
 
 type ReplyFn = dyn Fn(&Received, usize) -> Reply + Send + Sync;
+/// Called with each webhook (not control requests) as it is recorded, with all its headers
+/// and its body whatever [`Keep`] says (`switchyard receiver --print`).
+pub type ArrivalFn = dyn Fn(&Received, &http::HeaderMap, &[u8]) + Send + Sync;
 
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem_path: String,
-    _dir: tempfile::TempDir,
+/// How to start a receiver.
+pub struct Options {
+    pub listen: SocketAddr,
+    pub transport: Transport,
+    pub keep: Keep,
+    /// The body of every answer.
+    pub body: Bytes,
+    /// Verify each webhook's signature with these (any one may match).
+    pub secrets: Vec<SigningKey>,
+    pub control: Control,
+    pub on_arrival: Option<Box<ArrivalFn>>,
 }
 
-fn ca() -> &'static Ca {
-    static CA: OnceLock<Ca> = OnceLock::new();
-    CA.get_or_init(|| {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let pem_path = dir.path().join("receiver-ca.pem");
-        std::fs::write(&pem_path, cert.pem()).expect("write the CA");
-        Ca {
-            issuer: Issuer::new(params, key),
-            pem_path: pem_path.display().to_string(),
-            _dir: dir,
+impl Options {
+    /// TLS on 127.0.0.1, a port of the system's choosing, answering `{"ok":true}`.
+    pub fn local(keep: Keep, transport: Transport) -> Options {
+        Options {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            transport,
+            keep,
+            body: Bytes::from_static(b"{\"ok\":true}"),
+            secrets: Vec::new(),
+            control: Control::Off,
+            on_arrival: None,
         }
-    })
-}
-
-/// The PEM file of the CA that issues every receiver's certificate in this process.
-pub fn ca_pem_path() -> &'static str {
-    &ca().pem_path
+    }
 }
 
 struct Shared {
     keep: Keep,
-    /// The body of every answer.
     body: Bytes,
+    secrets: Vec<SigningKey>,
+    control: Control,
+    on_arrival: Option<Box<ArrivalFn>>,
     connections: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    bad_signatures: AtomicUsize,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     reply: Box<ReplyFn>,
 }
 
-/// A running HTTPS receiver on 127.0.0.1; stops when dropped.
+/// A running receiver; stops when dropped.
 pub struct Receiver {
     /// `https://127.0.0.1:<port>/hook`; any path is accepted.
     pub url: String,
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    scheme: &'static str,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -136,10 +182,8 @@ impl Receiver {
     /// A receiver whose certificate is self-signed, trusted by no node: every attempt to it
     /// fails its TLS handshake (tests of TLS errors).
     pub async fn untrusted() -> Receiver {
-        Self::start_with(Keep::Everything, self_signed_acceptor(), |_, _| {
-            Reply::status(200)
-        })
-        .await
+        let options = Options::local(Keep::Everything, Transport::self_signed());
+        Self::local(options, |_, _| Reply::status(200)).await
     }
 
     /// [`Receiver::start`], choosing what is kept of each request.
@@ -147,7 +191,7 @@ impl Receiver {
         keep: Keep,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        Self::start_with(keep, acceptor(), reply).await
+        Self::local(Options::local(keep, Transport::issued()), reply).await
     }
 
     /// [`Receiver::start`], answering `body` instead of `{"ok":true}`.
@@ -155,58 +199,62 @@ impl Receiver {
         body: Vec<u8>,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        Self::start_full(Keep::Everything, acceptor(), Bytes::from(body), reply).await
+        let options = Options {
+            body: Bytes::from(body),
+            ..Options::local(Keep::Everything, Transport::issued())
+        };
+        Self::local(options, reply).await
     }
 
-    async fn start_with(
-        keep: Keep,
-        acceptor: TlsAcceptor,
+    async fn local(
+        options: Options,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        let body = Bytes::from_static(b"{\"ok\":true}");
-        Self::start_full(keep, acceptor, body, reply).await
-    }
-
-    async fn start_full(
-        keep: Keep,
-        acceptor: TlsAcceptor,
-        body: Bytes,
-        reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
-    ) -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::serve(options, reply)
             .await
-            .expect("bind a receiver");
-        let url = format!(
-            "https://127.0.0.1:{}/hook",
-            listener.local_addr().expect("address").port()
-        );
+            .expect("a receiver on 127.0.0.1")
+    }
+
+    /// Binds `options.listen` and serves until dropped.
+    pub async fn serve(
+        options: Options,
+        reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
+    ) -> Result<Receiver, ReceiverError> {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .and_then(|l| Ok((l.local_addr()?, l)))
+            .map_err(|source| ReceiverError::Bind {
+                addr: options.listen,
+                source,
+            });
+        let (addr, listener) = listener?;
+        let scheme = options.transport.scheme();
         let shared = Arc::new(Shared {
-            keep,
-            body,
+            keep: options.keep,
+            body: options.body,
+            secrets: options.secrets,
+            control: options.control,
+            on_arrival: options.on_arrival,
             connections: AtomicUsize::new(0),
             received: Mutex::new(Vec::new()),
+            bad_signatures: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             reply: Box::new(reply),
         });
-        let accepting = shared.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                accepting.connections.fetch_add(1, Ordering::SeqCst);
-                let _ = tcp.set_nodelay(true);
-                let (acceptor, shared) = (acceptor.clone(), accepting.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = service_fn(move |req| handle(shared.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        Receiver { url, shared, task }
+        let task = tokio::spawn(accept_loop(listener, options.transport, shared.clone()));
+        Ok(Receiver {
+            url: format!("{scheme}://{addr}/hook"),
+            addr,
+            scheme,
+            shared,
+            task,
+        })
+    }
+
+    /// `scheme://address`, without a path.
+    pub fn base(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -231,6 +279,11 @@ impl Receiver {
     pub fn max_concurrent(&self) -> usize {
         self.shared.max_in_flight.load(Ordering::SeqCst)
     }
+
+    /// Webhooks whose signature matched none of the receiver's secrets.
+    pub fn bad_signatures(&self) -> usize {
+        self.shared.bad_signatures.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Receiver {
@@ -239,72 +292,126 @@ impl Drop for Receiver {
     }
 }
 
-fn acceptor() -> TlsAcceptor {
-    let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params");
-    let cert = params.signed_by(&key, &ca().issuer).expect("certificate");
-    tls_acceptor(cert, key)
+async fn accept_loop(listener: tokio::net::TcpListener, transport: Transport, shared: Arc<Shared>) {
+    while let Ok((tcp, _)) = listener.accept().await {
+        shared.connections.fetch_add(1, Ordering::SeqCst);
+        let _ = tcp.set_nodelay(true);
+        let (transport, shared) = (transport.clone(), shared.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(shared.clone(), req));
+            let http = hyper::server::conn::http1::Builder::new();
+            let _ = match transport {
+                Transport::Tls(acceptor) => {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    http.serve_connection(TokioIo::new(tls), service).await
+                }
+                Transport::Plain => http.serve_connection(TokioIo::new(tcp), service).await,
+            };
+        });
+    }
 }
 
-fn self_signed_acceptor() -> TlsAcceptor {
-    let key = KeyPair::generate().expect("key");
-    let params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params");
-    let cert = params.self_signed(&key).expect("certificate");
-    tls_acceptor(cert, key)
+/// Where the load engine writes an event's sequence and ordering key.
+#[derive(serde::Deserialize)]
+struct Probe {
+    member: Option<ProbeMember>,
 }
 
-fn tls_acceptor(cert: rcgen::Certificate, key: KeyPair) -> TlsAcceptor {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
-        )
-        .expect("server config");
-    TlsAcceptor::from(Arc::new(tls))
+#[derive(serde::Deserialize)]
+struct ProbeMember {
+    seq: Option<u64>,
+    key: Option<u64>,
+}
+
+fn signature_ok(secrets: &[SigningKey], headers: &http::HeaderMap, body: &[u8]) -> Option<bool> {
+    if secrets.is_empty() {
+        return None;
+    }
+    let h = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let now = chrono::Utc::now().timestamp();
+    Some(secrets.iter().any(|key| {
+        let (id, ts, sig) = (
+            h("webhook-id"),
+            h("webhook-timestamp"),
+            h("webhook-signature"),
+        );
+        crate::signing::verify(key, id, ts, sig, body, now).is_ok()
+    }))
+}
+
+/// What is kept of one webhook, its signature checked and its sequence read.
+fn received(
+    shared: &Shared,
+    (at, wall_ms): (Instant, f64),
+    parts: &http::request::Parts,
+    body: &Bytes,
+) -> Received {
+    let everything = shared.keep == Keep::Everything;
+    let headers: HashMap<String, String> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| everything || k.as_str() == "webhook-id")
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+        .collect();
+    let signature_ok = signature_ok(&shared.secrets, &parts.headers, body);
+    if signature_ok == Some(false) {
+        shared.bad_signatures.fetch_add(1, Ordering::SeqCst);
+    }
+    let member = serde_json::from_slice::<Probe>(body)
+        .ok()
+        .and_then(|p| p.member);
+    Received {
+        at,
+        wall_ms,
+        path: parts.uri.path().to_string(),
+        headers,
+        body: if everything {
+            body.to_vec()
+        } else {
+            Vec::new()
+        },
+        answered: 0,
+        signature_ok,
+        seq: member.as_ref().and_then(|m| m.seq),
+        key: member.as_ref().and_then(|m| m.key),
+    }
 }
 
 async fn handle(
     shared: Arc<Shared>,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::convert::Infallible> {
+    if shared.control != Control::Off && req.uri().path().starts_with(control::PREFIX) {
+        return Ok(control::answer(&shared, &req));
+    }
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let at = Instant::now();
     let wall_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    let path = req.uri().path().to_string();
-    let everything = shared.keep == Keep::Everything;
-    let headers: HashMap<String, String> = req
-        .headers()
-        .iter()
-        .filter(|(k, _)| everything || k.as_str() == "webhook-id")
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
-        .collect();
-    let body = req
-        .into_body()
+    let (parts, body) = req.into_parts();
+    let body = body
         .collect()
         .await
-        .map(|b| b.to_bytes().to_vec())
+        .map(|b| b.to_bytes())
         .unwrap_or_default();
-    let mut got = Received {
-        at,
-        wall_ms,
-        path,
-        headers,
-        body: if everything { body } else { Vec::new() },
-        answered: 0,
-    };
+    let mut got = received(&shared, (at, wall_ms), &parts, &body);
     let answer = {
         let mut all = shared.received.lock().expect("lock");
         let answer = (shared.reply)(&got, all.len());
         got.answered = answer.status;
+        // Under the lock, so what is printed comes in the order of the arrivals' indexes.
+        if let Some(on_arrival) = &shared.on_arrival {
+            on_arrival(&got, &parts.headers, &body);
+        }
         all.push(got);
         answer
     };

@@ -24,6 +24,8 @@ pub struct Report {
     /// arrival: accept-to-arrival, to the millisecond `createdAt` keeps.
     pub accept_latency_ms: Option<Percentiles>,
     pub lost: usize,
+    /// Events the API never accepted (their batch was refused until the run gave up).
+    pub unaccepted: usize,
     pub duplicates: usize,
     /// Order violations, counted within each sequence: an endpoint, or with ordering keys
     /// an (endpoint, key value).
@@ -40,6 +42,22 @@ pub struct Report {
     pub baseline_per_s: Option<f64>,
     /// deliveries/s over the raw client's requests/s.
     pub ratio: Option<f64>,
+    /// Whose clock the arrival times are on: this process's (the built-in receiver) or the
+    /// remote receivers' (`--receiver`), which latencies then also measure the skew of.
+    pub arrival_clock: String,
+    /// Throughput and latency over the run, from its start.
+    pub timeline: Vec<Sample>,
+}
+
+/// One bucket of the timeline: the first arrivals in it.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sample {
+    /// The bucket's end, seconds from the start of the run.
+    pub t_s: f64,
+    pub deliveries_per_s: f64,
+    /// Submit-to-arrival of the bucket's deliveries (`None`: none arrived in it).
+    pub latency_ms: Option<Percentiles>,
 }
 
 /// Latency percentiles, ms.
@@ -72,6 +90,15 @@ impl Percentiles {
 impl Report {
     /// A summary table.
     pub fn table(&self) -> String {
+        let rows = self.rows();
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        rows.iter()
+            .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
+            .collect()
+    }
+
+    /// The summary's rows, label and value, for the table and the HTML report.
+    pub fn rows(&self) -> Vec<(&'static str, String)> {
         let opt =
             |v: Option<f64>, unit: &str| v.map_or("-".to_string(), |v| format!("{v:.1}{unit}"));
         let l = &self.latency_ms;
@@ -116,6 +143,8 @@ impl Report {
                 "lost / duplicates",
                 format!("{} / {}", self.lost, self.duplicates),
             ),
+            ("events not accepted", self.unaccepted.to_string()),
+            ("arrival times from", self.arrival_clock.clone()),
             (
                 "order / rate-limit violations",
                 match self.ordering_keys {
@@ -182,13 +211,8 @@ impl Report {
             "raw client baseline",
             "dispatcher / raw client",
         ];
-        let rows: Vec<_> = rows
-            .into_iter()
+        rows.into_iter()
             .filter(|(k, _)| !(self.ingest_only && delivery_rows.contains(k)))
-            .collect();
-        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-        rows.iter()
-            .map(|(k, v)| format!("  {k:<width$}  {v}\n"))
             .collect()
     }
 }

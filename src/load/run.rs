@@ -1,15 +1,18 @@
-//! One load run: set up, send, wait, measure.
+//! One load run: set up, send, wait, measure. The receivers are the built-in one or remote
+//! ones ([`super::arrivals`]); sending is [`super::send`], measuring [`super::measure`].
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::receiver::{Keep, Receiver, Reply, ca_pem_path};
-use super::report::{Percentiles, Report};
+use super::arrivals::{Collected, ReceiverUnreachable, Source};
+use super::measure::{measure, now_ms};
+use super::receiver::{Behaviour, Keep, Receiver, StatusMix, ca_pem_path};
+use super::report::Report;
+use super::send::{Accepted, send_all};
 
 /// Which node to load.
 pub enum NodeSpec {
@@ -53,6 +56,14 @@ pub struct LoadConfig {
     pub ingest_only: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,
+    /// Base URLs of receivers running elsewhere (`switchyard receiver`), the endpoints spread
+    /// over them; empty: the built-in receiver. With them, `latency_ms`, `error_rate`,
+    /// `ingest_only` and the baseline are the receivers' business, not the run's.
+    pub receivers: Vec<String>,
+    /// The receivers' `--control-token`.
+    pub receiver_token: Option<String>,
+    /// A PEM file of roots to trust for the receivers' control API (their `--ca-out`).
+    pub receiver_ca: Option<PathBuf>,
     /// The Redis the node uses, to measure what the run costs it (`INFO` before and after).
     pub redis_url: Option<String>,
     pub progress: bool,
@@ -68,7 +79,7 @@ pub struct OrderingKeys {
 
 impl OrderingKeys {
     /// The key value of event `seq` (the `seq`-th event overall).
-    fn of(&self, seq: usize, endpoints: usize) -> usize {
+    pub(super) fn of(&self, seq: usize, endpoints: usize) -> usize {
         (seq / endpoints.max(1)) % self.values.max(1)
     }
 }
@@ -80,6 +91,8 @@ pub enum LoadError {
     Node(String),
     #[error("the API refused a setup call: {0}")]
     Api(String),
+    #[error(transparent)]
+    Receiver(#[from] ReceiverUnreachable),
 }
 
 struct NodeChild {
@@ -183,47 +196,47 @@ async fn start_node(
     }
 }
 
-/// Runs one load and returns its report.
-pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
-    let (lo, hi) = cfg.latency_ms;
-    let error_rate = cfg.error_rate;
-    let (lo, hi) = if cfg.ingest_only {
-        (3_600_000, 3_600_000)
-    } else {
-        (lo, hi)
-    };
-    let receiver = Receiver::start_keeping(Keep::Arrivals, move |_, _| {
-        let status = if rand::random::<f64>() < error_rate {
-            500
+/// The receivers of a run: the built-in one (answering as `cfg` says), or those of
+/// `cfg.receivers`.
+async fn receivers(cfg: &LoadConfig) -> Result<Source, LoadError> {
+    if !cfg.receivers.is_empty() {
+        let ca = cfg.receiver_ca.as_deref();
+        let token = cfg.receiver_token.clone();
+        return Ok(Source::remote(&cfg.receivers, token, ca).await?);
+    }
+    let behaviour = Behaviour {
+        // Ingest alone: every request is held, so deliveries are stored and queued, not sent.
+        latency_ms: if cfg.ingest_only {
+            (3_600_000, 3_600_000)
         } else {
-            200
-        };
-        Reply {
-            delay: Duration::from_millis(if hi > lo {
-                rand::random_range(lo..=hi)
-            } else {
-                lo
-            }),
-            ..Reply::status(status)
-        }
-    })
-    .await;
-    let (base, token, child, label) = start_node(&cfg.node).await?;
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(64)
-        .build()
-        .map_err(|e| LoadError::Api(e.to_string()))?;
+            cfg.latency_ms
+        },
+        statuses: StatusMix::error_rate(cfg.error_rate),
+    };
+    let receiver = Receiver::start_keeping(Keep::Arrivals, move |_, _| behaviour.reply()).await;
+    Ok(Source::local(receiver))
+}
+
+/// A workspace with `cfg.endpoints` endpoints spread over `bases` (`{base}/ep/{i}`), each with
+/// the rule that sends it the events of `member.id == i`; returns the workspace's API key.
+async fn set_up(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    cfg: &LoadConfig,
+    bases: &[String],
+) -> Result<String, LoadError> {
     let ws = post(
-        &http,
+        http,
         &format!("{base}/v1/workspaces"),
-        &token,
+        token,
         &json!({"name": "load"}),
     )
     .await?;
     let key = ws["apiKey"].as_str().unwrap_or_default().to_string();
     for i in 0..cfg.endpoints {
-        let mut spec = json!({"url": format!("{}/ep/{i}", receiver.url), "retry": {"maxAttempts": 50, "initialDelayMs": 100, "multiplier": 1.0}});
+        let url = format!("{}/ep/{i}", bases[i % bases.len()]);
+        let mut spec = json!({"url": url, "retry": {"maxAttempts": 50, "initialDelayMs": 100, "multiplier": 1.0}});
         if let Some(limit) = cfg.rate_limit {
             spec["rateLimit"] = json!({"perSecond": limit, "burst": 1});
         }
@@ -231,25 +244,16 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             spec["orderingKey"] = json!("member.key");
             spec["maxInFlight"] = json!(keys.max_in_flight);
         }
-
-        let ep = post(&http, &format!("{base}/v1/endpoints"), &key, &spec).await?;
+        let ep = post(http, &format!("{base}/v1/endpoints"), &key, &spec).await?;
         let rule = json!({"name": format!("to {i}"), "events": ["member:updated"],
             "conditions": {"field": "member.id", "op": "eq", "value": i}, "actions": [{"type": "webhook", "endpointId": ep["id"]}]});
-        post(&http, &format!("{base}/v1/event-rules"), &key, &rule).await?;
+        post(http, &format!("{base}/v1/event-rules"), &key, &rule).await?;
     }
-    let warm = if cfg.warmup && !cfg.ingest_only {
-        warm_up(&http, &base, &key, &cfg, &receiver).await?
-    } else {
-        0
-    };
-    let pid = child.as_ref().map(|c| c.child.id());
-    let cpu_before = pid.and_then(cpu_seconds);
-    let redis_before = match &cfg.redis_url {
-        Some(url) => super::redis_usage::snapshot(url).await,
-        None => None,
-    };
+    Ok(key)
+}
 
-    let bar = cfg.progress.then(|| {
+fn progress_bar(cfg: &LoadConfig) -> Option<indicatif::ProgressBar> {
+    cfg.progress.then(|| {
         let bar = indicatif::ProgressBar::new(cfg.events as u64);
         bar.set_style(
             indicatif::ProgressStyle::with_template(
@@ -258,14 +262,34 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             .expect("template"),
         );
         bar
-    });
-    let started = Instant::now();
-    let accepted = send_all(&http, &base, &key, &cfg, started).await;
-    let accept_secs = accepted
-        .last_accept
-        .duration_since(started)
-        .as_secs_f64()
-        .max(1e-6);
+    })
+}
+
+/// Runs one load and returns its report.
+pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
+    let mut source = receivers(&cfg).await?;
+    let (base, token, child, label) = start_node(&cfg.node).await?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(64)
+        .build()
+        .map_err(|e| LoadError::Api(e.to_string()))?;
+    let key = set_up(&http, &base, &token, &cfg, &source.bases()).await?;
+    let mut collected = Collected::default();
+    if cfg.warmup && !cfg.ingest_only {
+        warm_up(&http, &base, &key, &cfg, &mut source, &mut collected).await?;
+    }
+    let pid = child.as_ref().map(|c| c.child.id());
+    let cpu_before = pid.and_then(cpu_seconds);
+    let redis_before = match &cfg.redis_url {
+        Some(url) => super::redis_usage::snapshot(url).await,
+        None => None,
+    };
+    let bar = progress_bar(&cfg);
+    let (started, started_ms) = (Instant::now(), now_ms());
+    let accepted = send_all(&http, &base, &key, &cfg, started, started_ms).await;
+    let accept_secs = ((accepted.last_accept - started_ms) / 1000.0).max(1e-6);
+    let accepted_per_s = (cfg.events - accepted.unaccepted) as f64 / accept_secs;
     if cfg.ingest_only {
         let (cpu, rss) = node_usage(pid, cpu_before);
         let redis = redis_usage(&cfg, redis_before.as_ref(), cfg.events).await;
@@ -276,41 +300,57 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
             ingest_only: true,
             endpoints: cfg.endpoints,
             events: cfg.events,
+            unaccepted: accepted.unaccepted,
             offered_rate: cfg.rate,
-            events_accepted_per_s: cfg.events as f64 / accept_secs,
+            events_accepted_per_s: accepted_per_s,
             node_cpu_s: cpu,
             node_peak_rss_mib: rss,
             ..Report::default()
         });
     }
-    let expected = accepted.deliveries.len() + warm;
     let deadline = Instant::now() + cfg.timeout;
-    loop {
-        let unique = unique_delivered(&receiver);
+    let unreachable = loop {
+        let unreachable = source.poll(&mut collected).await.err();
+        let delivered = collected.delivered(|id| accepted.deliveries.contains_key(id));
         if let Some(bar) = &bar {
-            bar.set_position(unique as u64);
+            bar.set_position(delivered as u64);
         }
-        if unique >= expected || Instant::now() > deadline {
-            break;
+        if delivered >= accepted.deliveries.len() || Instant::now() > deadline {
+            break unreachable;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
+    }
+    if let (Some(e), true) = (unreachable, cfg.progress) {
+        eprintln!("switchyard load: at the end of the run, {e}");
     }
     let (cpu, rss) = node_usage(pid, cpu_before);
     let redis = redis_usage(&cfg, redis_before.as_ref(), accepted.deliveries.len()).await;
     let created = created_at_ms(&http, &base, &key, &accepted).await;
-    let mut report = measure(&receiver, &accepted, created.as_ref(), started, &cfg);
+    let mut report = measure(
+        &collected.arrivals,
+        &accepted,
+        created.as_ref(),
+        started_ms,
+        &cfg,
+    );
     report.store = label;
-    report.events_accepted_per_s = cfg.events as f64 / accept_secs;
+    report.events_accepted_per_s = accepted_per_s;
     report.node_cpu_s = cpu;
     report.node_cpu_us_per_delivery = cpu.map(|c| c * 1e6 / report.deliveries.max(1) as f64);
     report.node_peak_rss_mib = rss;
     report.redis = redis;
+    report.arrival_clock = match cfg.receivers.len() {
+        0 => "this process's clock (built-in receiver)".into(),
+        n => {
+            format!("the clocks of {n} remote receiver(s); latencies include any skew to this one")
+        }
+    };
     drop(child);
-    if cfg.baseline {
-        let requests = expected.clamp(1_000, 50_000);
+    if let (true, Some(receiver)) = (cfg.baseline, source.local_receiver()) {
+        let requests = accepted.deliveries.len().clamp(1_000, 50_000);
         let rate = super::baseline::raw_client_rate(
             &receiver.url,
             ca_pem_path(),
@@ -322,6 +362,50 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         report.ratio = Some(report.deliveries_per_s / rate);
     }
     Ok(report)
+}
+
+/// Sends one event per endpoint (batches of 100) and waits until each has arrived. Its
+/// deliveries are not counted.
+async fn warm_up(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    cfg: &LoadConfig,
+    source: &mut Source,
+    collected: &mut Collected,
+) -> Result<(), LoadError> {
+    let ids: Vec<usize> = (0..cfg.endpoints).collect();
+    let mut warm = std::collections::HashSet::new();
+    for chunk in ids.chunks(100) {
+        let events: Vec<Value> = chunk
+            .iter()
+            .map(|i| json!({"event": "member:updated", "member": {"id": i, "warmup": true}}))
+            .collect();
+        let answer = post(
+            http,
+            &format!("{base}/v1/events/batch"),
+            key,
+            &json!({"events": events}),
+        )
+        .await?;
+        let results = answer["results"].as_array().into_iter().flatten();
+        let deliveries = results.flat_map(|r| r["deliveries"].as_array().into_iter().flatten());
+        warm.extend(deliveries.filter_map(|d| d.as_str().map(str::to_string)));
+    }
+    let deadline = Instant::now() + cfg.timeout;
+    loop {
+        let _ = source.poll(collected).await;
+        if collected.delivered(|id| warm.contains(id)) >= warm.len() {
+            collected.recount();
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(LoadError::Api(
+                "the warm-up deliveries did not arrive".into(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// What the run cost Redis since `before`, per delivery.
@@ -384,319 +468,4 @@ async fn created_at_ms(
         }
     }
     Some(created)
-}
-
-/// Distinct deliveries answered 200.
-fn unique_delivered(receiver: &Receiver) -> usize {
-    receiver.with_received(|r| {
-        let mut seen = std::collections::HashSet::new();
-        r.iter()
-            .filter(|x| x.answered == 200 && seen.insert(x.header("webhook-id").to_string()))
-            .count()
-    })
-}
-
-/// Sends one event per endpoint (batches of 100) and waits until each has arrived; returns
-/// how many deliveries that was.
-async fn warm_up(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    cfg: &LoadConfig,
-    receiver: &Receiver,
-) -> Result<usize, LoadError> {
-    let ids: Vec<usize> = (0..cfg.endpoints).collect();
-    for chunk in ids.chunks(100) {
-        let events: Vec<Value> = chunk
-            .iter()
-            .map(|i| json!({"event": "member:updated", "member": {"id": i, "warmup": true}}))
-            .collect();
-        post(
-            http,
-            &format!("{base}/v1/events/batch"),
-            key,
-            &json!({"events": events}),
-        )
-        .await?;
-    }
-    let deadline = Instant::now() + cfg.timeout;
-    while unique_delivered(receiver) < cfg.endpoints {
-        if Instant::now() > deadline {
-            return Err(LoadError::Api(
-                "the warm-up deliveries did not arrive".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(cfg.endpoints)
-}
-
-/// An accepted delivery: its endpoint, its event's seq, and its batch's times.
-#[derive(Debug, Clone, Copy)]
-struct Sent {
-    ep: usize,
-    seq: usize,
-    /// When its batch was first sent: its events were ingested no earlier.
-    first_sent: Instant,
-    /// When the batch's request that was answered 202 was sent (latency counts from it).
-    sent: Instant,
-    /// When that 202 came back: its events were ingested no later.
-    answered: Instant,
-}
-
-struct Accepted {
-    /// delivery id → its event and batch
-    deliveries: HashMap<String, Sent>,
-    /// When the last batch's 202 came back.
-    last_accept: Instant,
-}
-
-async fn send_all(
-    http: &reqwest::Client,
-    base: &str,
-    key: &str,
-    cfg: &LoadConfig,
-    started: Instant,
-) -> Accepted {
-    let url = Arc::new(format!("{base}/v1/events/batch"));
-    let gate = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let batches = cfg.events.div_ceil(cfg.batch.max(1));
-    for b in 0..batches {
-        if let Some(rate) = cfg.rate {
-            let due = started + Duration::from_secs_f64((b * cfg.batch) as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = gate.clone().acquire_owned().await.expect("open");
-        let range = b * cfg.batch..((b + 1) * cfg.batch).min(cfg.events);
-        let events: Vec<Value> = range
-            .clone()
-            .map(|k| {
-                let mut member = json!({"id": k % cfg.endpoints, "seq": k});
-                if let Some(keys) = cfg.keys {
-                    member["key"] = json!(keys.of(k, cfg.endpoints));
-                }
-                json!({"event": "member:updated", "member": member})
-            })
-            .collect();
-        let (http, url, key, endpoints) =
-            (http.clone(), url.clone(), key.to_string(), cfg.endpoints);
-        tasks.spawn(async move {
-            let _permit = permit;
-            let body = json!({"events": events});
-            let first_sent = Instant::now();
-            for _ in 0..20 {
-                // Latency counts from the moment the batch is sent: a delivery can arrive before
-                // its batch's 202 is back, so the 202 would under-count it.
-                let sent = Instant::now();
-                if let Ok(resp) = http
-                    .post(url.as_str())
-                    .bearer_auth(&key)
-                    .header("Idempotency-Key", format!("load-{}", range.start))
-                    .json(&body)
-                    .send()
-                    .await
-                    && resp.status().as_u16() == 202
-                    && let Ok(answer) = resp.json::<Value>().await
-                {
-                    let answered = Instant::now();
-                    let mut out = Vec::new();
-                    for (i, r) in answer["results"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .enumerate()
-                    {
-                        let k = range.start + i;
-                        for d in r["deliveries"].as_array().into_iter().flatten() {
-                            out.push((
-                                d.as_str().unwrap_or_default().to_string(),
-                                Sent {
-                                    ep: k % endpoints,
-                                    seq: k,
-                                    first_sent,
-                                    sent,
-                                    answered,
-                                },
-                            ));
-                        }
-                    }
-                    return (out, answered);
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            (Vec::new(), started)
-        });
-    }
-    let mut deliveries = HashMap::new();
-    let mut last_accept = started;
-    while let Some(Ok((batch, answered))) = tasks.join_next().await {
-        last_accept = last_accept.max(answered);
-        deliveries.extend(batch);
-    }
-    Accepted {
-        deliveries,
-        last_accept,
-    }
-}
-
-/// Deliveries of one sequence (first arrivals, in arrival order) that arrived after one that
-/// was ingested later than them. Ingest order is known within a batch (its events in order)
-/// and between batches when one's 202 came back before the other was first sent; batches in
-/// flight together have no order between them.
-fn order_violations(arrivals: &[Sent], batch: usize) -> usize {
-    let mut latest_sent: Option<Instant> = None;
-    let mut highest_in_batch: HashMap<usize, usize> = HashMap::new();
-    let mut violations = 0;
-    for a in arrivals {
-        let later_batch_first = latest_sent.is_some_and(|s| s > a.answered);
-        let later_in_batch = highest_in_batch
-            .get(&(a.seq / batch))
-            .is_some_and(|&s| s > a.seq);
-        if later_batch_first || later_in_batch {
-            violations += 1;
-        }
-        latest_sent = Some(latest_sent.map_or(a.first_sent, |s| s.max(a.first_sent)));
-        let h = highest_in_batch.entry(a.seq / batch).or_insert(a.seq);
-        *h = (*h).max(a.seq);
-    }
-    violations
-}
-
-/// The report of the deliveries' first arrivals; with `created` (see [`created_at_ms`]) also
-/// accept-to-arrival.
-fn measure(
-    receiver: &Receiver,
-    accepted: &Accepted,
-    created: Option<&HashMap<String, f64>>,
-    started: Instant,
-    cfg: &LoadConfig,
-) -> Report {
-    receiver.with_received(|got| {
-        let mut first: HashMap<&str, Instant> = HashMap::new();
-        let mut since_accept = Vec::new();
-        let mut duplicates = 0;
-        let mut per_endpoint: HashMap<usize, Vec<(Instant, usize)>> = HashMap::new();
-        // One sequence per endpoint, or per (endpoint, key value) with ordering keys; first
-        // arrivals in arrival order.
-        let mut per_sequence: HashMap<(usize, usize), Vec<Sent>> = HashMap::new();
-        for r in got.iter().filter(|r| r.answered == 200) {
-            let id = r.header("webhook-id");
-            let Some(&sent) = accepted.deliveries.get(id) else {
-                continue;
-            };
-            let (ep, seq) = (sent.ep, sent.seq);
-            if first.contains_key(id) {
-                duplicates += 1;
-                continue;
-            }
-            first.insert(id, r.at);
-            if let Some(c) = created.and_then(|m| m.get(id)) {
-                since_accept.push(r.wall_ms - c);
-            }
-            let key = cfg.keys.map_or(0, |k| k.of(seq, cfg.endpoints));
-            per_sequence.entry((ep, key)).or_default().push(sent);
-            per_endpoint.entry(ep).or_default().push((r.at, seq));
-        }
-        let latencies: Vec<f64> = first
-            .iter()
-            .filter_map(|(id, at)| {
-                accepted
-                    .deliveries
-                    .get(*id)
-                    .map(|d| at.duration_since(d.sent).as_secs_f64() * 1000.0)
-            })
-            .collect();
-        let last = first.values().max().copied().unwrap_or(started);
-        // Deliveries while ingest ran (up to the last 202) and after it, each over its own time.
-        let during = first
-            .values()
-            .filter(|at| **at <= accepted.last_accept)
-            .count();
-        let ingest_secs = accepted.last_accept.duration_since(started).as_secs_f64();
-        let after_secs = last
-            .saturating_duration_since(accepted.last_accept)
-            .as_secs_f64();
-        let during_ingest_per_s = (ingest_secs > 0.0).then(|| during as f64 / ingest_secs);
-        // Too short a tail says nothing of the rate a backlog drains at.
-        let after_ingest_per_s = (after_secs >= 0.2 && first.len() - during >= 100)
-            .then(|| (first.len() - during) as f64 / after_secs);
-        let order_violations = per_sequence
-            .values()
-            .map(|v| order_violations(v, cfg.batch.max(1)))
-            .sum();
-        let rate_limit_violations = cfg.rate_limit.map_or(0, |limit| {
-            per_endpoint
-                .values()
-                .filter(|v| {
-                    (0..v.len()).any(|i| {
-                        v[i..]
-                            .iter()
-                            .take_while(|x| x.0.duration_since(v[i].0) < Duration::from_secs(1))
-                            .count()
-                            > limit as usize + 1
-                    })
-                })
-                .count()
-        });
-        Report {
-            endpoints: cfg.endpoints,
-            events: cfg.events,
-            offered_rate: cfg.rate,
-            deliveries: first.len(),
-            deliveries_per_s: first.len() as f64
-                / last.duration_since(started).as_secs_f64().max(1e-6),
-            during_ingest_per_s,
-            after_ingest_per_s,
-            latency_ms: Percentiles::of(latencies),
-            accept_latency_ms: (!since_accept.is_empty()).then(|| Percentiles::of(since_accept)),
-            lost: accepted.deliveries.len().saturating_sub(first.len()),
-            duplicates,
-            order_violations,
-            ordering_keys: cfg.keys.map(|k| k.values),
-            rate_limit_violations,
-            ..Report::default()
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sent(seq: usize, first_sent: Instant, answered: Instant) -> Sent {
-        Sent {
-            ep: 0,
-            seq,
-            first_sent,
-            sent: first_sent,
-            answered,
-        }
-    }
-
-    #[test]
-    fn order_is_checked_within_a_batch_and_between_batches_that_did_not_overlap() {
-        let t = Instant::now();
-        let ms = |n: u64| t + Duration::from_millis(n);
-        // Batch 0 (seqs 0-9) answered at 10 ms; batch 1 (10-19) sent at 20 ms; batch 2
-        // (20-29) sent at 5 ms, with batch 0 still in flight.
-        let (a, b, c) = (
-            sent(3, ms(0), ms(10)),
-            sent(13, ms(20), ms(30)),
-            sent(23, ms(5), ms(15)),
-        );
-        assert_eq!(order_violations(&[a, b], 10), 0);
-        assert_eq!(
-            order_violations(&[b, a], 10),
-            1,
-            "a's batch ended before b's began"
-        );
-        assert_eq!(
-            order_violations(&[c, a], 10),
-            0,
-            "overlapping batches have no order"
-        );
-        let a2 = sent(5, ms(0), ms(10));
-        assert_eq!(order_violations(&[a2, a], 10), 1, "within a batch");
-    }
 }

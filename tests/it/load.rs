@@ -35,6 +35,9 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
         timeout: Duration::from_secs(60),
         redis_url: Some(redis.url.clone()),
         progress: false,
+        receivers: Vec::new(),
+        receiver_token: None,
+        receiver_ca: None,
     })
     .await
     .expect("the run completes");

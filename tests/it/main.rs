@@ -18,6 +18,7 @@ mod ordering;
 mod otlp;
 mod outage;
 mod overload;
+mod receiver;
 mod routines;
 mod store_conformance;
 mod support;

@@ -158,3 +158,81 @@ pub fn cluster_env(
     .map(|(k, v)| (k.to_string(), v))
     .collect()
 }
+
+/// A `switchyard receiver` child process on a port of its choosing; killed on drop. What it
+/// prints is collected (a thread drains its stdout, so `--print` never blocks on a full pipe).
+pub struct ReceiverProcess {
+    child: Child,
+    /// `scheme://127.0.0.1:port`, from the first line it prints.
+    pub base: String,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl ReceiverProcess {
+    /// `switchyard receiver --listen <addr> ARGS`; `addr` defaults to 127.0.0.1:0.
+    pub fn start(listen: Option<&str>, args: &[&str]) -> ReceiverProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("receiver")
+            .args(["--listen", listen.unwrap_or("127.0.0.1:0")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (first_tx, first_rx) = std::sync::mpsc::channel();
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = first_tx.send(line.clone());
+                let mut all = sink.lock().unwrap();
+                all.push_str(&line);
+                all.push('\n');
+            }
+        });
+        let first = first_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the receiver's first line");
+        let base = first
+            .rsplit(' ')
+            .next()
+            .filter(|b| b.starts_with("http"))
+            .unwrap_or_else(|| panic!("no address in {first:?}"))
+            .to_string();
+        ReceiverProcess { child, base, out }
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.out.lock().unwrap().clone()
+    }
+
+    /// `GET /_switchyard/arrivals` (plain http receivers only).
+    pub async fn arrivals(&self, token: Option<&str>) -> serde_json::Value {
+        let mut req = reqwest::Client::new().get(format!("{}/_switchyard/arrivals", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.unwrap().json().await.unwrap()
+    }
+
+    /// The number of arrivals, through the control API with this client (any scheme).
+    pub async fn total(&self, http: &reqwest::Client, token: Option<&str>) -> Option<u64> {
+        let mut req = http.get(format!("{}/_switchyard/arrivals?limit=1", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let page: serde_json::Value = req.send().await.ok()?.json().await.ok()?;
+        page["total"].as_u64()
+    }
+}
+
+impl Drop for ReceiverProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
