@@ -40,7 +40,8 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         with Receiver.lock:
             Receiver.seen += 1
             first = Receiver.seen == 1
-        body = b'{"error":"down for maintenance"}' if first else b'{"ok":true}'
+        # The first answer carries markup: the console must show it as text, never run it.
+        body = b'<img src=x onerror="window.__pwned=1">{"error":"down for maintenance"}' if first else b'{"ok":true}'
         self.send_response(500 if first else 200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
@@ -132,7 +133,8 @@ def main():
 
             page.click(f"tr[data-delivery='{failed}'] a")
             expect(page.locator("[data-attempt='1'] [data-response-status]")).to_have_text("500")
-            expect(page.locator("[data-attempt='1'] .response-body")).to_contain_text("down for maintenance")
+            expect(page.locator("[data-attempt='1'] .response-body")).to_contain_text('<img src=x onerror="window.__pwned=1">')
+            assert page.evaluate("window.__pwned") is None, "a receiver's body ran as markup"
             page.screenshot(path=os.path.join(SHOTS, "delivery-failed.png"), full_page=True)
             page.click("#retry")
             expect(page.locator("[data-attempt='2'] [data-response-status]")).to_have_text("200", timeout=20000)

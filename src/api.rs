@@ -78,8 +78,12 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The document, made once: it is fixed for the binary's life.
+static DOCUMENT: std::sync::LazyLock<serde_json::Value> =
+    std::sync::LazyLock::new(openapi::document);
+
 async fn openapi_json() -> impl IntoResponse {
-    Json(openapi::document())
+    Json(&*DOCUMENT)
 }
 
 async fn healthz() -> Json<views::Alive> {
@@ -149,9 +153,10 @@ impl FromRequestParts<AppState> for Tenant {
         if let Some(ws) = state.keys.get(token) {
             return Ok(Tenant(ws));
         }
+        let since = state.keys.generation();
         match state.store.workspace_for_key(token).await? {
             Some(ws) => {
-                state.keys.put(token, &ws);
+                state.keys.put(token, &ws, since);
                 Ok(Tenant(ws))
             }
             None => Err(ApiError::unauthorized("the API key is not valid")),

@@ -375,6 +375,9 @@ pub async fn listen_for_changes(
         if pubsub.subscribe(&channel).await.is_err() {
             continue;
         }
+        // Revocations reach this node from now on (and any it missed while deaf are moot:
+        // the cache was emptied when the subscription broke).
+        keys.set_hears(true);
         let mut messages = pubsub.on_message();
         loop {
             let msg = tokio::select! { m = messages.next() => m, _ = stop.cancelled() => return };
@@ -402,6 +405,7 @@ pub async fn listen_for_changes(
                 None => {}
             }
         }
+        keys.set_hears(false);
     }
 }
 

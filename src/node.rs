@@ -83,7 +83,11 @@ pub async fn run(
         config.node_id.clone(),
         config.partition_buffer,
     ));
-    let keys = Arc::new(crate::workspace::keys::KeyCache::default());
+    // On Redis, keys are trusted only while this node hears revocations (the change listener).
+    let keys = Arc::new(crate::workspace::keys::KeyCache::new(matches!(
+        store,
+        Store::Embedded(_)
+    )));
     let (owners, mut tasks, coordinator, cluster_view) = start_delivering(
         &config,
         &store,

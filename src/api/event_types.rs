@@ -25,10 +25,14 @@ use crate::store::{Ingested, Page};
 /// The type a test send uses when the request names none.
 pub const DEFAULT_TEST_TYPE: &str = "data_record:created";
 
+/// The catalogue, made once: it is fixed for the binary's life.
+static CATALOGUE: std::sync::LazyLock<Vec<EventType>> =
+    std::sync::LazyLock::new(catalogue::catalogue);
+
 /// Every event type, with its schema and an example (one page: the list is short and fixed).
 pub async fn list(Tenant(_): Tenant) -> Json<Page<EventType>> {
     Json(Page {
-        data: catalogue::catalogue(),
+        data: CATALOGUE.clone(),
         next_cursor: None,
     })
 }
@@ -39,6 +43,14 @@ pub async fn list(Tenant(_): Tenant) -> Json<Page<EventType>> {
 pub struct TestSend {
     /// A type of `GET /v1/event-types` (default `data_record:created`).
     pub event_type: Option<String>,
+}
+
+fn disabled() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "endpoint_disabled",
+        "the endpoint is disabled: enable it to send it a test event",
+    )
 }
 
 pub async fn test_send(
@@ -68,11 +80,7 @@ pub async fn test_send(
         .await?
         .ok_or_else(|| ApiError::not_found("endpoint"))?;
     if !ep.spec.enabled {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "endpoint_disabled",
-            "the endpoint is disabled: enable it to send it a test event",
-        ));
+        return Err(disabled());
     }
     let rule = CompiledRule {
         id: crate::delivery::TEST_RULE,
@@ -86,13 +94,23 @@ pub async fn test_send(
         event_type: event_type.to_string(),
         body: example,
     };
+    // Bounded with the other ingests, and planned before anything is written: an endpoint
+    // disabled or deleted meanwhile makes no delivery, and then nothing is written.
+    let _permit = state
+        .ingests
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("the ingest semaphore closed".into()))?;
     let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
     let fired = vec![Fired {
         event,
         rules: vec![&rule],
     }];
-    let written =
-        crate::ingest::ingest(&state.store, &state.rules, &snapshot, &ws, fired, None).await?;
+    let planned = crate::ingest::plan(&state.store, &state.rules, &snapshot, &ws, fired).await?;
+    if planned.first().is_none_or(|e| e.deliveries.is_empty()) {
+        return Err(disabled());
+    }
+    let written = state.store.ingest(&ws.uuid, &planned, None).await?;
     let Ingested::Written(answer) = written else {
         return Err(ApiError::Internal("a test send without its answer".into()));
     };
@@ -100,13 +118,10 @@ pub async fn test_send(
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::Internal("a test send without its event".into()))?;
-    let delivery_id = deliveries.into_iter().next().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "endpoint_disabled",
-            "the endpoint was disabled meanwhile: nothing was sent",
-        )
-    })?;
+    let delivery_id = deliveries
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::Internal("a test send without its delivery".into()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(TestSent {

@@ -76,7 +76,7 @@ api_routes! {
     post "/v1/endpoints/{id}/test" => event_types::test_send, Workspace, body: event_types::TestSend, query: Nothing, 202 views::TestSent, "Send an event type's example to this endpoint alone, signed and logged (`test: true`).";
     get "/v1/event-rules" => rules::list, Workspace, body: Nothing, query: ListQuery, 200 Page<crate::rule::Rule>, "List event rules.";
     post "/v1/event-rules" => rules::create, Workspace, body: crate::rule::RuleSpec, query: Nothing, 201 crate::rule::Rule, "Create an event rule or a routine.";
-    get "/v1/event-rules/{id}" => rules::show, Workspace, body: Nothing, query: Nothing, 200 crate::rule::Rule, "An event rule (a routine shows its next fire times).";
+    get "/v1/event-rules/{id}" => rules::show, Workspace, body: Nothing, query: Nothing, 200 views::RuleView, "An event rule (a routine shows its next fire times).";
     patch "/v1/event-rules/{id}" => rules::update, Workspace, body: views::Patch, query: Nothing, 200 crate::rule::Rule, "Change an event rule.";
     delete "/v1/event-rules/{id}" => rules::remove, Workspace, body: Nothing, query: Nothing, 204 Nothing, "Delete an event rule.";
     get "/v1/events" => events::list, Workspace, body: Nothing, query: events::EventQuery, 200 Page<views::EventSummary>, "The event log, newest first.";
@@ -184,9 +184,27 @@ impl Doc {
                 error("the store is unavailable or full (`Retry-After`)"),
             );
         }
+        responses.insert(
+            "405".into(),
+            error("another method (the Allow header lists this route's)"),
+        );
         if !is_nothing::<B>() {
+            responses.insert("408".into(), error("the body did not arrive in time"));
             responses.insert("413".into(), error("the body is too large"));
             responses.insert("422".into(), error("an invalid field (named)"));
+        }
+        let conflict = match (method, path) {
+            ("delete", "/v1/endpoints/{id}") => {
+                Some("`endpoint_in_use`: a rule sends to it (see `force`)")
+            }
+            ("post", "/v1/endpoints/{id}/test") => Some("`endpoint_disabled`"),
+            ("post", "/v1/deliveries/{id}/retry") => {
+                Some("`delivery_in_progress`: it is still pending or retrying")
+            }
+            _ => None,
+        };
+        if let Some(why) = conflict {
+            responses.insert("409".into(), error(why));
         }
         if IDEMPOTENT.contains(&path) && method == "post" {
             responses.insert(

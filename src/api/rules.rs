@@ -81,18 +81,20 @@ pub async fn show(
         .rule(&ws.uuid, parse_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found("event rule"))?;
-    let mut view = serde_json::to_value(&rule).map_err(|e| ApiError::Internal(e.to_string()))?;
-    if let Some(schedule) = &rule.spec.schedule
-        && let Ok(compiled) = crate::routine::CompiledSchedule::compile(schedule)
-    {
-        let next: Vec<String> = compiled
-            .next_n(chrono::Utc::now(), 3)
-            .into_iter()
-            .map(crate::delivery::rfc3339)
-            .collect();
-        view["nextFireTimes"] = serde_json::json!(next);
-    }
-    Ok(Json(view))
+    let next_fire_times = rule.spec.schedule.as_ref().and_then(|schedule| {
+        let compiled = crate::routine::CompiledSchedule::compile(schedule).ok()?;
+        Some(
+            compiled
+                .next_n(chrono::Utc::now(), 3)
+                .into_iter()
+                .map(crate::delivery::rfc3339)
+                .collect(),
+        )
+    });
+    Ok(Json(super::views::RuleView {
+        rule,
+        next_fire_times,
+    }))
 }
 
 pub async fn update(

@@ -227,3 +227,13 @@ pub fn endpoint_health(
         deliveries: counts,
     }
 }
+
+/// `GET /v1/event-rules/{id}`: the rule, and a routine's next three fire times.
+#[derive(Debug, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleView {
+    #[serde(flatten)]
+    pub rule: crate::rule::Rule,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_fire_times: Option<Vec<String>>,
+}

@@ -32,6 +32,17 @@ function flash(text, error) {
   if (!error) setTimeout(() => { if (box.textContent === text) box.replaceChildren(); }, 4000);
 }
 
+// A message that stays until dismissed (a new secret must not vanish before it is copied).
+function notice(text) {
+  const box = document.getElementById("flash");
+  box.replaceChildren(h("div", { class: "msg" }, h("span", { class: "mono" }, text), " ", h("button", { onclick: () => box.replaceChildren() }, "Dismiss")));
+}
+
+// A click handler whose failure is shown, not lost.
+const act = (fn) => async (e) => {
+  try { await fn(e); } catch (err) { flash(err.message, true); }
+};
+
 function table(headers, rows) {
   return h("table", {},
     h("thead", {}, h("tr", {}, headers.map((t) => h("th", {}, t)))),
@@ -55,7 +66,8 @@ async function api(method, path, body) {
   }
   const res = await fetch(path, init);
   const text = await res.text();
-  const data = text ? JSON.parse(text) : null;
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
   if (res.status === 401) {
     sessionStorage.removeItem(KEY);
     location.hash = "#/login";
@@ -117,10 +129,10 @@ async function endpoints() {
       h("td", {}, ep.rateLimit ? `${ep.rateLimit.perSecond}/s (burst ${ep.rateLimit.burst})` : "none"),
       h("td", {}, ep.ordering + (ep.orderingKey ? " by " + ep.orderingKey : "") + (ep.ordering === "unordered" || ep.orderingKey ? `, ${ep.maxInFlight} in flight` : "")),
       h("td", {},
-        h("button", { onclick: async () => { await api("PATCH", "/v1/endpoints/" + ep.id, { enabled: !ep.enabled }); flash(ep.enabled ? "Disabled." : "Enabled."); route(); } }, ep.enabled ? "Disable" : "Enable"),
+        h("button", { onclick: act(async () => { await api("PATCH", "/v1/endpoints/" + ep.id, { enabled: !ep.enabled }); flash(ep.enabled ? "Disabled." : "Enabled."); await route(); }) }, ep.enabled ? "Disable" : "Enable"),
         " ",
-        h("button", { onclick: async () => { if (!confirm("Rotate this endpoint's signing secret? The old one keeps signing for the grace period.")) return; const r = await api("POST", `/v1/endpoints/${ep.id}/secret/rotate`, {}); flash("New secret (shown once): " + r.secret); } }, "Rotate secret"),
-        h("div", { class: "bar" }, pick, h("button", { class: "send-test", onclick: async () => { const r = await api("POST", `/v1/endpoints/${ep.id}/test`, { eventType: pick.value }); flash("Test sent: delivery " + r.deliveryId); } }, "Send test"))));
+        h("button", { onclick: act(async () => { if (!confirm("Rotate this endpoint's signing secret? The old one keeps signing for the grace period.")) return; const r = await api("POST", `/v1/endpoints/${ep.id}/secret/rotate`, {}); notice("New secret: " + r.secret + " (the old one signs until " + when(r.previousSecretValidUntil) + ")"); }) }, "Rotate secret"),
+        h("div", { class: "bar" }, pick, h("button", { class: "send-test", onclick: act(async () => { const r = await api("POST", `/v1/endpoints/${ep.id}/test`, { eventType: pick.value }); flash("Test sent: delivery " + r.deliveryId); }) }, "Send test"))));
   });
   show(h("h1", {}, "Endpoints"), table(["URL", "State", "Breaker", "Success (1 h)", "Last error", "Rate limit", "Ordering", ""], rows));
 }
@@ -262,7 +274,7 @@ async function rules(params) {
     h("td", {}, r.schedule ? `every ${r.schedule.cron} (${r.schedule.timezone})` : (r.events || []).join(", ")),
     h("td", {}, r.actions.map((a) => a.endpointId).join(", ")),
     h("td", {}, r.enabled ? "enabled" : "disabled"),
-    h("td", {}, h("button", { onclick: async () => { await api("PATCH", "/v1/event-rules/" + r.id, { enabled: !r.enabled }); flash(r.enabled ? "Rule disabled." : "Rule enabled."); route(); } }, r.enabled ? "Disable" : "Enable"))));
+    h("td", {}, h("button", { onclick: act(async () => { await api("PATCH", "/v1/event-rules/" + r.id, { enabled: !r.enabled }); flash(r.enabled ? "Rule disabled." : "Rule enabled."); await route(); }) }, r.enabled ? "Disable" : "Enable"))));
   show(h("h1", {}, "Event rules"), table(["Name", "Events or schedule", "Endpoints", "State", ""], rows), pager("#/rules", params, page.nextCursor));
 }
 
@@ -280,12 +292,12 @@ async function eventTypes() {
 }
 
 async function replay() {
-  const eps = await api("GET", "/v1/endpoints?limit=1000");
+  const eps = await api("GET", "/v1/endpoints?limit=100");
   const ep = h("select", { name: "endpoint" }, eps.data.map((e) => h("option", { value: e.id }, e.url + " (" + e.id + ")")));
   const since = h("input", { type: "datetime-local", name: "since", required: true });
   const until = h("input", { type: "datetime-local", name: "until" });
   const out = h("div", { id: "replay-result" });
-  const count = async (e) => {
+  const count = act(async (e) => {
     e.preventDefault();
     // Counts page by page (each page one bounded call), up to 10,000.
     let n = 0, cursor = "", pages = 0;
@@ -297,23 +309,25 @@ async function replay() {
     } while (cursor && pages < 10);
     const more = cursor ? "+" : "";
     out.replaceChildren(h("p", { id: "replay-count" }, `${n}${more} failed deliveries in this window.`),
-      h("button", { class: "primary", id: "replay-confirm", onclick: async () => {
+      h("button", { class: "primary", id: "replay-confirm", onclick: act(async () => {
         const r = await api("POST", `/v1/endpoints/${ep.value}/replay`, { since: rfc3339(since.value), until: rfc3339(until.value) || undefined });
         out.replaceChildren(h("p", {}, `Replayed ${r.replayed} deliveries.`));
-      } }, `Replay ${n}${more}`));
-  };
+      }) }, `Replay ${n}${more}`));
+  });
   show(h("h1", {}, "Replay failed deliveries"),
     h("form", { class: "filters", onsubmit: count }, h("label", {}, "Endpoint", ep), h("label", {}, "Since", since), h("label", {}, "Until", until), h("button", { type: "submit" }, "Count")),
     out);
 }
 
 let liveTimer = null;
+let liveRun = 0;
 async function live() {
+  const run = ++liveRun;
   const seen = new Set();
   const body = h("div", {});
   show(h("h1", {}, "Live"), h("p", { class: "muted" }, "The newest deliveries, refreshed every second."), body);
   const tick = async () => {
-    if (location.hash !== "#/live") return;
+    if (location.hash !== "#/live" || run !== liveRun) return;
     try {
       const page = await api("GET", "/v1/deliveries?limit=50");
       const rows = deliveryRows(page.data);
@@ -330,6 +344,7 @@ async function live() {
 
 async function route() {
   clearTimeout(liveTimer);
+  liveRun++;
   const [path, qs] = (location.hash.slice(1) || "/endpoints").split("?");
   const params = new URLSearchParams(qs || "");
   const signedIn = !!sessionStorage.getItem(KEY);

@@ -102,8 +102,10 @@ pub struct EndpointState {
     /// Breaker and failure clock, persisted on every change so a new owner resumes them
     /// (the success window at most every `HEALTH_SAVE_EVERY`).
     health: Option<Health>,
-    /// When `health` was last saved.
+    /// When `health` was last saved, and whether it changed since (saved when the actor
+    /// goes idle, so a burst's last successes do not wait for the next outcome).
     health_saved: Option<Instant>,
+    health_dirty: bool,
     limiter: Option<(RateLimit, DefaultDirectRateLimiter)>,
     /// Jobs (by entry) being sent or whose outcome is being committed.
     in_flight: HashSet<EntryId>,
@@ -298,6 +300,7 @@ impl Actor for EndpointActor {
             endpoint_known: false,
             health: None,
             health_saved: None,
+            health_dirty: false,
             limiter: None,
             in_flight: HashSet::new(),
             held: HashMap::new(),
@@ -402,6 +405,18 @@ impl EndpointState {
             }
             EndpointMsg::IdleCheck => {
                 state.idle_timer = false;
+                if state.health_dirty
+                    && let Some(health) = state.health.clone()
+                    && state
+                        .ctx
+                        .store
+                        .save_health(&state.key.0, &state.key.1, &health)
+                        .await
+                        .is_ok()
+                {
+                    state.health_dirty = false;
+                    state.health_saved = Some(Instant::now());
+                }
                 let empty = state.queue.lock().expect("queue lock").is_empty();
                 if empty && state.in_flight.is_empty() {
                     let _ = state

@@ -194,7 +194,7 @@ pub fn example(name: &str) -> Option<Value> {
                     endpoint,
                     reason: "the circuit breaker opened".into(),
                     at: "2026-12-01T08:00:00Z".into(),
-                    health: crate::store::Health::default().view(&policy, 0),
+                    health: crate::endpoint::health::Health::default().view(&policy, 0),
                 })
                 .ok()?
             }

@@ -132,7 +132,10 @@ impl Store {
 
     /// Makes every node forget these keys (or every key of `workspace`): this node's cache at
     /// once; on Redis, every node that hears the change confirms its eviction, and this waits
-    /// until all live nodes have, or until [`TTL`] has passed (then no cache holds them).
+    /// until every live node has (and at least as many as heard it), or until [`TTL`] has
+    /// passed: then no cache can hold them any more. A node that does not hear changes
+    /// caches nothing, so it cannot be missed. Errors only shorten nothing: on one, this
+    /// waits out the TTL, which is always enough.
     pub async fn evict_keys(
         &self,
         cache: &KeyCache,
@@ -145,21 +148,35 @@ impl Store {
         };
         let nonce = uuid::Uuid::new_v4().simple().to_string();
         let deadline = Instant::now() + TTL;
-        let heard = redis
-            .publish(&Change::Keys {
-                nonce: nonce.clone(),
-                workspace,
-                hashes,
-            })
-            .await?;
-        loop {
-            let live = redis.live_node_count().await?;
-            let confirmed = redis.confirmations(&nonce).await?;
-            if confirmed >= heard.max(live) || Instant::now() >= deadline {
-                return Ok(());
+        let confirmed = async {
+            let heard = redis
+                .publish(&Change::Keys {
+                    nonce: nonce.clone(),
+                    workspace,
+                    hashes,
+                })
+                .await?;
+            while Instant::now() < deadline {
+                let (live, evicted) =
+                    futures::future::try_join(redis.node_ids(), redis.confirmed_by(&nonce)).await?;
+                if evicted.len() >= heard && live.iter().all(|n| evicted.contains(n)) {
+                    return Ok::<bool, super::StoreError>(true);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            Ok(false)
+        };
+        match confirmed.await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                "not every node confirmed a key eviction within the cache's lifetime; none trusts the key now"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot confirm a key eviction; waiting out the cache's lifetime");
+                tokio::time::sleep_until(deadline.into()).await;
+            }
         }
+        Ok(())
     }
 }
 

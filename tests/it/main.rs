@@ -4,6 +4,7 @@ mod api_errors;
 mod api_surface;
 mod cli;
 mod cluster;
+mod console;
 mod controls;
 mod crash;
 mod deliverer;

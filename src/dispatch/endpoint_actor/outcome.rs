@@ -136,13 +136,12 @@ impl EndpointState {
             crate::telemetry::breaker_moved(&self.ctx.node, is_open);
             if is_open {
                 tracing::warn!(workspace = %self.key.0, endpoint = %ep.id, last_error = health.last_error.as_deref().unwrap_or(""), "circuit breaker opened");
-                let detail = serde_json::to_value(health.view(&self.ctx.policy.breaker, now_ms()))
-                    .unwrap_or_default();
+                let detail = health.view(&self.ctx.policy.breaker, now_ms());
                 self.emit(
                     "switchyard:endpoint_failing",
                     ep,
                     "the circuit breaker opened",
-                    detail,
+                    Some(detail),
                 );
             } else {
                 tracing::info!(workspace = %self.key.0, endpoint = %ep.id, "circuit breaker closed");
@@ -161,9 +160,11 @@ impl EndpointState {
             .is_none_or(|at| at.elapsed() >= HEALTH_SAVE_EVERY);
         self.health = Some(health.clone());
         if !(urgent || (changed && due)) {
+            self.health_dirty |= changed;
             return None;
         }
         self.health_saved = Some(Instant::now());
+        self.health_dirty = false;
         Some(health)
     }
 

@@ -13,17 +13,39 @@ use crate::endpoint::Endpoint;
 impl EndpointState {
     /// Emits an operational event into the endpoint's workspace, where a rule may forward it
     /// (to Slack, say). In a task: the actor does not wait for the rules or the store.
+    /// The body is serialised from the catalogue's models (`EndpointFailing` when `health` is
+    /// given, else `EndpointDisabled`), so `GET /v1/event-types` describes what is sent.
     pub(super) fn emit(
         &self,
         event_type: &'static str,
         ep: &Endpoint,
         reason: &str,
-        detail: serde_json::Value,
+        health: Option<crate::endpoint::health::HealthView>,
     ) {
+        use crate::event::catalogue::{EndpointDisabled, EndpointFailing, EndpointRef};
         let (ctx, ws_id) = (self.ctx.clone(), self.key.0.clone());
-        let mut body = json!({"event": event_type, "endpoint": {"id": ep.id, "url": ep.spec.url, "description": ep.spec.description},
-            "reason": reason, "at": now_rfc3339()});
-        if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), detail) {
+        let endpoint = EndpointRef {
+            id: ep.id.clone(),
+            url: ep.spec.url.clone(),
+            description: ep.spec.description.clone(),
+        };
+        let (reason, at) = (reason.to_string(), now_rfc3339());
+        let fields = match health {
+            Some(health) => serde_json::to_value(EndpointFailing {
+                endpoint,
+                reason,
+                at,
+                health,
+            }),
+            None => serde_json::to_value(EndpointDisabled {
+                endpoint,
+                reason,
+                at,
+            }),
+        }
+        .unwrap_or_default();
+        let mut body = json!({"event": event_type});
+        if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), fields) {
             b.extend(extra);
         }
         tokio::spawn(async move {
@@ -95,7 +117,7 @@ impl EndpointState {
         match self.ctx.store.put_endpoint(&self.key.0, &ep).await {
             Ok(()) => {
                 tracing::warn!(endpoint = %ep.id, reason, "endpoint disabled");
-                self.emit("switchyard:endpoint_disabled", &ep, reason, json!({}));
+                self.emit("switchyard:endpoint_disabled", &ep, reason, None);
                 self.endpoint = Some(std::sync::Arc::new(ep));
             }
             Err(e) => tracing::error!(endpoint = %ep.id, error = %e, "cannot disable endpoint"),

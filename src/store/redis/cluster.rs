@@ -199,17 +199,17 @@ impl RedisStore {
         Ok(())
     }
 
-    /// How many nodes confirmed the eviction of change `nonce`.
-    pub async fn confirmations(&self, nonce: &str) -> Result<usize> {
+    /// The nodes that confirmed the eviction of change `nonce`.
+    pub async fn confirmed_by(&self, nonce: &str) -> Result<std::collections::HashSet<String>> {
         Ok(self
             .conn()
-            .scard(self.key(&format!("evicted:{nonce}")))
+            .smembers(self.key(&format!("evicted:{nonce}")))
             .await?)
     }
 
-    /// Nodes in the membership (the dead are pruned as heartbeats are checked).
-    pub async fn live_node_count(&self) -> Result<usize> {
-        Ok(self.conn().zcard(self.key("nodes")).await?)
+    /// The nodes in the membership (the dead are pruned as heartbeats are checked).
+    pub async fn node_ids(&self) -> Result<Vec<String>> {
+        Ok(self.conn().zrange(self.key("nodes"), 0, -1).await?)
     }
 
     /// A pub/sub connection (separate from the shared one).
