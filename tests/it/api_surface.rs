@@ -381,6 +381,10 @@ async fn deleting_a_workspace_removes_everything_of_it_and_stops_its_deliveries(
     })
     .await;
     assert_eq!(b.api(api.token()).get("/v1/endpoints").await.0, 200);
+    assert!(
+        count_fields(&redis, &key_prefix, &uuid) > 0,
+        "its counts exist"
+    );
     let (status, _) = admin.delete(&format!("/v1/workspaces/{uuid}")).await;
     assert_eq!(status, 204);
     assert_eq!(
@@ -424,6 +428,8 @@ async fn deleting_a_workspace_removes_everything_of_it_and_stops_its_deliveries(
             .all(|k| k.contains(":idem:") || k.contains(":tick:")),
         "{left:?}"
     );
+    // Nor in the partitions' counts, once its queued deliveries have settled.
+    assert_eq!(count_fields(&redis, &key_prefix, &uuid), 0);
     a.stop().await;
     b.stop().await;
 }
@@ -466,4 +472,15 @@ async fn on_the_embedded_store_keys_are_listed_revoked_and_a_deleted_workspace_i
         404
     );
     node.stop().await;
+}
+
+/// The count fields of workspace `ws` in every partition's counts.
+fn count_fields(redis: &Redis, key_prefix: &str, ws: &str) -> usize {
+    let keys: Vec<String> = redis.cmd(redis::cmd("KEYS").arg(format!("{key_prefix}:{{p*}}:n")));
+    keys.iter()
+        .map(|key| {
+            let fields: Vec<String> = redis.cmd(redis::cmd("HKEYS").arg(key));
+            fields.iter().filter(|f| f.starts_with(ws)).count()
+        })
+        .sum()
 }

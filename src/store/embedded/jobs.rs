@@ -91,7 +91,13 @@ fn record(tx: &mut Tx, o: &Outcome) -> Result<()> {
         tx,
         &o.workspace,
         &o.endpoint_id,
-        &Counts::moves(o.from, o.progress.status),
+        // A delivery whose endpoint is gone (no attempt) moves no count: its endpoint's
+        // counts went with it (or with its deleted workspace).
+        &if o.attempt.is_some() {
+            Counts::moves(o.from, o.progress.status)
+        } else {
+            Vec::new()
+        },
     )?;
     if o.progress.status == Status::Failed && o.from != Status::Failed {
         let entry = tx.next_dead(o.id.partition);

@@ -368,7 +368,9 @@ impl RedisStore {
         inv.arg(self.cutoff()).arg(batches.len());
         for b in batches {
             let mut moves: BTreeMap<String, i64> = BTreeMap::new();
-            for o in &b.outcomes {
+            // A delivery whose endpoint is gone (no attempt) moves no count: its endpoint's
+            // counts went with it (or with its deleted workspace).
+            for o in b.outcomes.iter().filter(|o| o.attempt.is_some()) {
                 for (counter, delta) in Counts::moves(o.from, o.progress.status) {
                     *moves
                         .entry(format!("{}|{}|{counter}", o.workspace, o.endpoint_id))
