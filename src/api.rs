@@ -256,6 +256,17 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// `since` and `until` of a list filtered by time.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+pub struct Window {
+    /// RFC 3339: at or after.
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// RFC 3339: before.
+    #[schemars(extend("format" = "date-time"))]
+    pub until: Option<String>,
+}
+
 /// `limit` and `cursor` of a list route, checked.
 pub struct ListParams {
     pub limit: usize,

@@ -8,7 +8,7 @@ use chrono::DateTime;
 use serde_json::Value;
 
 use super::views::{DeliveryDetail, Retried};
-use super::{ApiError, AppState, ListParams, ListQuery, Query, Tenant};
+use super::{ApiError, AppState, ListParams, ListQuery, Query, Tenant, Window};
 use crate::delivery::{DeliveryId, Status};
 use crate::store::DeliveryFilter;
 
@@ -24,12 +24,8 @@ pub struct DeliveryQuery {
     pub event_type: Option<String>,
     #[schemars(with = "Option<crate::delivery::Status>")]
     pub status: Option<String>,
-    /// RFC 3339: made at or after.
-    #[schemars(extend("format" = "date-time"))]
-    pub since: Option<String>,
-    /// RFC 3339: made before.
-    #[schemars(extend("format" = "date-time"))]
-    pub until: Option<String>,
+    #[serde(flatten)]
+    pub window: Window,
     #[serde(flatten)]
     pub page: ListQuery,
 }
@@ -73,8 +69,8 @@ pub async fn list(
         })
         .transpose()?;
     let filter = DeliveryFilter {
-        since_ms: time_param(q.since.as_deref(), "since")?,
-        until_ms: time_param(q.until.as_deref(), "until")?,
+        since_ms: time_param(q.window.since.as_deref(), "since")?,
+        until_ms: time_param(q.window.until.as_deref(), "until")?,
         endpoint_id: q.endpoint_id,
         event_id: q.event_id,
         event_type: q.event_type,

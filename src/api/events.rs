@@ -16,7 +16,9 @@ use serde_json::Value;
 
 use super::deliveries::time_param;
 use super::views::{Accepted, AcceptedBatch, EventDelivery, EventDetail, EventSummary};
-use super::{ApiError, AppState, ListParams, ListQuery, Query, Tenant, read_body, read_json};
+use super::{
+    ApiError, AppState, ListParams, ListQuery, Query, Tenant, Window, read_body, read_json,
+};
 use crate::config::Overload;
 use crate::event::Event;
 use crate::ingest::Fired;
@@ -220,12 +222,8 @@ pub struct EventQuery {
     /// Only events of this type (`member:created`).
     #[serde(rename = "type")]
     pub event_type: Option<String>,
-    /// RFC 3339: received at or after.
-    #[schemars(extend("format" = "date-time"))]
-    pub since: Option<String>,
-    /// RFC 3339: received before.
-    #[schemars(extend("format" = "date-time"))]
-    pub until: Option<String>,
+    #[serde(flatten)]
+    pub window: Window,
     #[serde(flatten)]
     pub page: ListQuery,
 }
@@ -251,8 +249,8 @@ pub async fn list(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Page<EventSummary>>, ApiError> {
     let params = ListParams::from_query(&q.page)?;
-    let since = time_param(q.since.as_deref(), "since")?;
-    let until = time_param(q.until.as_deref(), "until")?;
+    let since = time_param(q.window.since.as_deref(), "since")?;
+    let until = time_param(q.window.until.as_deref(), "until")?;
     let page = state
         .store
         .list_events(
