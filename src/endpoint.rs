@@ -5,6 +5,9 @@
 //! partial update can never leave an endpoint that a create would have refused.
 
 pub mod health;
+mod secrets;
+
+pub use secrets::{PreviousSecret, RetiredSecret, Secrets};
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,7 +17,6 @@ use serde_json::Value;
 use url::Url;
 
 use crate::invalid::{Invalid, from_value};
-use crate::signing::SigningKey;
 
 /// Default per-attempt timeout: 15 s.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
@@ -271,7 +273,7 @@ impl EndpointSpec {
     }
 
     fn validate(&self) -> Result<Url, Invalid> {
-        if self.url.len() > 2048 {
+        if self.url.chars().count() > 2048 {
             return Err(Invalid::field("url", "must be at most 2048 characters"));
         }
         if self
@@ -294,7 +296,7 @@ impl EndpointSpec {
                 "must not carry credentials",
             ));
         }
-        if self.description.len() > 1000 {
+        if self.description.chars().count() > 1000 {
             return Err(Invalid::field(
                 "description",
                 "must be at most 1000 characters",
@@ -333,14 +335,6 @@ impl EndpointSpec {
         self.validate_headers()?;
         Ok(url)
     }
-}
-
-/// A secret replaced by a rotation, still signing until `expires_at_ms` (unix ms).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct RetiredSecret {
-    pub secret: String,
-    pub expires_at_ms: i64,
 }
 
 /// A stored endpoint.
@@ -416,240 +410,7 @@ impl Endpoint {
             .as_ref()
             .map(|r| r.as_ref().map_err(String::as_str))
     }
-
-    /// Every secret that signs at `now_ms`: the current one first, then those in their grace.
-    pub fn signing_keys(&self, now_ms: i64) -> Vec<SigningKey> {
-        std::iter::once(self.secret.as_str())
-            .chain(
-                self.retired_secrets
-                    .iter()
-                    .filter(|r| r.expires_at_ms > now_ms)
-                    .map(|r| r.secret.as_str()),
-            )
-            .filter_map(|s| SigningKey::parse(s).ok())
-            .collect()
-    }
-
-    /// Replaces the secret; the old one keeps signing for `grace_ms`. Expired ones are dropped.
-    pub fn rotate(&mut self, new_secret: String, now_ms: i64, grace_ms: i64) {
-        self.retired_secrets.retain(|r| r.expires_at_ms > now_ms);
-        let old = std::mem::replace(&mut self.secret, new_secret);
-        if grace_ms > 0 {
-            self.retired_secrets.push(RetiredSecret {
-                secret: old,
-                expires_at_ms: now_ms + grace_ms,
-            });
-        }
-    }
-
-    /// `GET /v1/endpoints/{id}/secret`: the current secret and those still in their grace
-    /// period at `now_ms`.
-    pub fn secrets_view(&self, now_ms: i64) -> Secrets {
-        Secrets {
-            secret: self.secret.clone(),
-            previous_secrets: self
-                .retired_secrets
-                .iter()
-                .filter(|r| r.expires_at_ms > now_ms)
-                .map(|r| PreviousSecret {
-                    secret: r.secret.clone(),
-                    valid_until: chrono::DateTime::from_timestamp_millis(r.expires_at_ms)
-                        .map(crate::delivery::rfc3339)
-                        .unwrap_or_default(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// A rotated-out secret that still signs.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PreviousSecret {
-    pub secret: String,
-    pub valid_until: String,
-}
-
-/// `GET /v1/endpoints/{id}/secret`: the only read that carries secrets.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Secrets {
-    pub secret: String,
-    /// Rotated-out secrets that still sign, until `validUntil`.
-    pub previous_secrets: Vec<PreviousSecret>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn defaults_are_the_contracts() {
-        let (spec, _) =
-            EndpointSpec::from_json(&json!({"url": "https://crm.example.com/hooks"})).unwrap();
-        assert_eq!(spec.ordering, Ordering::Strict);
-        assert_eq!(spec.max_in_flight, 1);
-        assert_eq!(spec.retry, RetryPolicy::default());
-        assert_eq!(spec.timeout_ms, 15_000);
-        assert!(spec.enabled && spec.rate_limit.is_none());
-    }
-
-    #[test]
-    fn the_default_schedule_is_10_20_40_80_seconds() {
-        let p = RetryPolicy::default();
-        let secs: Vec<u64> = (1..5).map(|n| p.delay_after(n).as_secs()).collect();
-        assert_eq!(secs, vec![10, 20, 40, 80]);
-        for n in 1..5 {
-            let j = p.jittered_delay_after(n).as_secs_f64();
-            let base = p.delay_after(n).as_secs_f64();
-            assert!(j >= base * 0.9 - 1e-9 && j <= base * 1.1 + 1e-9);
-        }
-        let capped = RetryPolicy {
-            max_delay_ms: 30_000,
-            ..p
-        };
-        assert_eq!(capped.delay_after(4).as_secs(), 30);
-    }
-
-    #[test]
-    fn bad_specs_name_the_field() {
-        let field = |v: Value| EndpointSpec::from_json(&v).unwrap_err().field;
-        assert_eq!(field(json!({})), "url");
-        assert_eq!(field(json!({"url": "not a url"})), "url");
-        assert_eq!(
-            field(json!({"url": "https://x.io", "retry": {"maxAttempts": 0}})),
-            "retry.maxAttempts"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "rateLimit": {"perSecond": 0}})),
-            "rateLimit.perSecond"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "ordering": "random"})),
-            "ordering"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "headers": {"Webhook-Id": "x"}})),
-            "headers.Webhook-Id"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "maxInFlight": 4})),
-            "maxInFlight"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "orderingKey": "member..id"})),
-            "orderingKey"
-        );
-        assert!(
-            EndpointSpec::from_json(
-                &json!({"url": "https://x.io", "orderingKey": "member.id", "maxInFlight": 50})
-            )
-            .is_ok(),
-            "strict per key takes up to maxInFlight key values"
-        );
-        assert_eq!(
-            field(json!({"url": "https://x.io", "colour": "red"})),
-            "colour"
-        );
-    }
-
-    #[test]
-    fn custom_headers_are_bounded_unique_and_never_hop_by_hop() {
-        let spec = |headers: Value| {
-            EndpointSpec::from_json(&json!({"url": "https://x.io", "headers": headers}))
-        };
-        for name in [
-            "Keep-Alive",
-            "Proxy-Authorization",
-            "Proxy-Connection",
-            "TE",
-            "Trailer",
-            "Upgrade",
-            "Expect",
-            "Content-Encoding",
-            "Connection",
-            "Transfer-Encoding",
-        ] {
-            let e = spec(json!({name: "x"})).unwrap_err();
-            assert_eq!(e.field, format!("headers.{name}"), "{name}");
-        }
-        assert!(spec(json!({"Authorization": "Bearer t", "X-Team": "growth"})).is_ok());
-        let twice = spec(json!({"X-A": "1", "x-a": "2"})).unwrap_err();
-        assert!(
-            twice.field == "headers.x-a" || twice.field == "headers.X-A",
-            "{twice:?}"
-        );
-        let many: serde_json::Map<String, Value> =
-            (0..33).map(|i| (format!("X-H{i}"), json!("v"))).collect();
-        assert_eq!(spec(Value::Object(many)).unwrap_err().field, "headers");
-        let big = "v".repeat(MAX_HEADER_VALUE + 1);
-        assert_eq!(
-            spec(json!({"X-Big": big})).unwrap_err().field,
-            "headers.X-Big"
-        );
-        let total: serde_json::Map<String, Value> = (0..5)
-            .map(|i| (format!("X-H{i}"), json!("v".repeat(4000))))
-            .collect();
-        assert_eq!(spec(Value::Object(total)).unwrap_err().field, "headers");
-    }
-
-    #[test]
-    fn urls_are_trimmed_and_inner_blanks_refused() {
-        let (spec, _) = EndpointSpec::from_json(&json!({"url": "  https://x.io/h \n"})).unwrap();
-        assert_eq!(spec.url, "https://x.io/h");
-        for bad in [
-            "https://x.io/a b",
-            "https://ex\tample.com/",
-            "https://x.io/\u{7f}",
-        ] {
-            assert_eq!(
-                EndpointSpec::from_json(&json!({"url": bad}))
-                    .unwrap_err()
-                    .field,
-                "url",
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn rotation_keeps_the_old_secret_signing_for_its_grace_only() {
-        let (spec, _) = EndpointSpec::from_json(&json!({"url": "https://x.io"})).unwrap();
-        let first = crate::signing::generate_secret();
-        let mut ep = Endpoint {
-            id: "ep".into(),
-            spec,
-            secret: first.clone(),
-            retired_secrets: vec![],
-            created_at: String::new(),
-            updated_at: String::new(),
-            compiled: Default::default(),
-        };
-        ep.rotate(crate::signing::generate_secret(), 1_000, 500);
-        assert_eq!(ep.signing_keys(1_000).len(), 2);
-        assert_eq!(ep.signing_keys(1_500).len(), 1);
-        assert_ne!(ep.secret, first);
-        let shown = ep.secrets_view(1_000);
-        assert_eq!(shown.previous_secrets[0].secret, first);
-        assert!(ep.secrets_view(1_500).previous_secrets.is_empty());
-    }
-
-    #[test]
-    fn a_patch_merges_and_revalidates() {
-        let (spec, _) =
-            EndpointSpec::from_json(&json!({"url": "https://x.io", "rateLimit": {"perSecond": 5}}))
-                .unwrap();
-        let (p, _) = spec
-            .patched(&json!({"rateLimit": null, "ordering": "unordered", "maxInFlight": 8}))
-            .unwrap();
-        assert_eq!(
-            (p.rate_limit, p.max_in_flight, p.url.as_str()),
-            (None, 8, "https://x.io")
-        );
-        assert_eq!(
-            spec.patched(&json!({"timeoutMs": 0})).unwrap_err().field,
-            "timeoutMs"
-        );
-    }
-}
+mod tests;

@@ -61,6 +61,7 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleSpec {
+    #[schemars(length(min = 1, max = 200))]
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<Vec<String>>,
@@ -89,7 +90,7 @@ pub struct Rule {
 
 /// Validates a spec (everything except whether the endpoints exist, which needs the store).
 pub fn validate(spec: &RuleSpec) -> Result<(), Invalid> {
-    if spec.name.trim().is_empty() || spec.name.len() > 200 {
+    if spec.name.trim().is_empty() || spec.name.chars().count() > 200 {
         return Err(Invalid::field("name", "must be 1 to 200 characters"));
     }
     match (&spec.events, &spec.schedule) {

@@ -87,7 +87,7 @@ pub fn key_owner(stored: &str) -> (&str, &str) {
 impl NewWorkspace {
     pub fn validate(&self) -> Result<(), Invalid> {
         let n = self.name.trim();
-        if n.is_empty() || n.len() > 200 {
+        if n.is_empty() || n.chars().count() > 200 {
             return Err(Invalid::field("name", "must be 1 to 200 characters"));
         }
         Ok(())
