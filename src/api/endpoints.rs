@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use url::Url;
 
-use super::views::{CreatedEndpoint, EndpointView, Replayed, Rotated, endpoint_health};
+use super::views::{
+    CreatedEndpoint, EndpointHealth, EndpointView, Replayed, Rotated, endpoint_health,
+};
 use super::{
     ApiError, AppState, ListParams, ListQuery, Query, Tenant, created, paginate, read_body,
     read_json,
@@ -75,18 +77,12 @@ pub async fn list(
     let params = ListParams::from_query(&q)?;
     let eps = state.store.endpoints(&ws.uuid).await?;
     let page = paginate("endpoints", eps, |e| e.id.clone(), &params)?;
-    let policy = DispatchPolicy::from_config(&state.config);
     // One page's health and counts: bounded by `limit`, read concurrently.
-    let healths = futures::future::try_join_all(page.data.iter().map(|ep| {
-        let store = &state.store;
-        let ws = &ws.uuid;
-        async move {
-            let (h, c) =
-                futures::future::try_join(store.health(ws, &ep.id), store.counts(ws, &ep.id))
-                    .await?;
-            Ok::<_, crate::store::StoreError>(endpoint_health(&h, c, &policy.breaker))
-        }
-    }))
+    let healths = futures::future::try_join_all(
+        page.data
+            .iter()
+            .map(|ep| health_of(&state, &ws.uuid, &ep.id)),
+    )
     .await?;
     let data = page
         .data
@@ -126,16 +122,18 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<EndpointView>, ApiError> {
     let ep = load(&state, &ws.uuid, &id).await?;
-    let (health, counts) = futures::future::try_join(
-        state.store.health(&ws.uuid, &id),
-        state.store.counts(&ws.uuid, &id),
-    )
-    .await?;
-    let policy = DispatchPolicy::from_config(&state.config);
     Ok(Json(EndpointView::of(
         &ep,
-        Some(endpoint_health(&health, counts, &policy.breaker)),
+        Some(health_of(&state, &ws.uuid, &id).await?),
     )))
+}
+
+/// An endpoint's health block: its owner's saved health and its counts, read together.
+async fn health_of(state: &AppState, ws: &str, id: &str) -> Result<EndpointHealth, ApiError> {
+    let (health, counts) =
+        futures::future::try_join(state.store.health(ws, id), state.store.counts(ws, id)).await?;
+    let policy = DispatchPolicy::from_config(&state.config);
+    Ok(endpoint_health(&health, counts, &policy.breaker))
 }
 
 pub async fn update(

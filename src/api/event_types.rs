@@ -94,19 +94,15 @@ pub async fn test_send(
         event_type: event_type.to_string(),
         body: example,
     };
-    // Bounded with the other ingests, and planned before anything is written: an endpoint
+    // Bounded and shed like any ingest, and planned before anything is written: an endpoint
     // disabled or deleted meanwhile makes no delivery, and then nothing is written.
-    let _permit = state
-        .ingests
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Internal("the ingest semaphore closed".into()))?;
+    let _permit = super::events::ingest_permit(&state).await?;
     let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
     let fired = vec![Fired {
         event,
         rules: vec![&rule],
     }];
-    let planned = crate::ingest::plan(&state.store, &state.rules, &snapshot, &ws, fired).await?;
+    let planned = super::events::plan_checked(&state, &ws, &snapshot, fired).await?;
     if planned.first().is_none_or(|e| e.deliveries.is_empty()) {
         return Err(disabled());
     }

@@ -79,13 +79,7 @@ async fn write(
         ttl_secs: state.config.idempotency_ttl_secs,
     });
     let n = events.len();
-    // Bounded: beyond `max_concurrent_ingests` requests wait here, before any work, so a
-    // burst of producers cannot take every core from delivery.
-    let _permit = state
-        .ingests
-        .acquire()
-        .await
-        .map_err(|_| ApiError::Internal("the ingest semaphore closed".into()))?;
+    let _permit = ingest_permit(state).await?;
     let written = plan_and_ingest(state, ws, events, idem.as_ref()).await?;
     match written {
         Ingested::Written(answer) => {
@@ -198,7 +192,31 @@ async fn plan_and_ingest(
             Fired { event, rules }
         })
         .collect();
-    let planned = crate::ingest::plan(&state.store, &state.rules, &snapshot, ws, fired).await?;
+    let planned = plan_checked(state, ws, &snapshot, fired).await?;
+    Ok(state.store.ingest(&ws.uuid, &planned, idem).await?)
+}
+
+/// An ingest's turn: beyond `max_concurrent_ingests` requests wait here, before any work, so
+/// a burst of producers cannot take every core from delivery.
+pub(super) async fn ingest_permit(
+    state: &AppState,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    state
+        .ingests
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Internal("the ingest semaphore closed".into()))
+}
+
+/// Plans fired events into deliveries, and refuses them (429, nothing written) when
+/// `overload = "shed"` and a partition they write to is over its backlog bound.
+pub(super) async fn plan_checked(
+    state: &AppState,
+    ws: &Workspace,
+    snapshot: &crate::ingest::cache::Snapshot,
+    fired: Vec<Fired<'_>>,
+) -> Result<Vec<crate::store::NewEvent>, ApiError> {
+    let planned = crate::ingest::plan(&state.store, &state.rules, snapshot, ws, fired).await?;
     if state.config.overload == Overload::Shed {
         let now = chrono::Utc::now().timestamp_millis();
         let touched = planned
@@ -213,7 +231,7 @@ async fn plan_and_ingest(
             )));
         }
     }
-    Ok(state.store.ingest(&ws.uuid, &planned, idem).await?)
+    Ok(planned)
 }
 
 /// `GET /v1/events` query.
@@ -279,24 +297,19 @@ pub async fn show(
         .find_event(&ws.uuid, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("event"))?;
-    let ids = event.record.deliveries();
-    let (jobs, states) =
-        futures::future::try_join(state.store.jobs(&ids), state.store.states(&ids)).await?;
-    let mut deliveries = Vec::with_capacity(ids.len());
-    for (job, stored) in jobs.into_iter().zip(states) {
-        let Some(job) = job else { continue };
-        let status = match stored {
-            Some(s) => crate::store::record::decode_progress(&s)?.status,
-            None => crate::delivery::Status::Pending,
-        };
-        deliveries.push(EventDelivery {
-            id: job.id.to_string(),
-            endpoint_id: job.endpoint_id.clone(),
-            rule_id: job.rule_id,
-            status,
-            test: job.rule_id == crate::delivery::TEST_RULE,
-        });
-    }
+    let deliveries = state
+        .store
+        .deliveries_of(&event.record.deliveries())
+        .await?
+        .into_iter()
+        .map(|d| EventDelivery {
+            id: d.id,
+            endpoint_id: d.endpoint_id,
+            rule_id: d.rule_id,
+            status: d.status,
+            test: d.test,
+        })
+        .collect();
     let payload = state.store.event_payload(&event).await?;
     Ok(Json(EventDetail {
         id: event.record.v.clone(),

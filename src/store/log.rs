@@ -79,8 +79,7 @@ impl Store {
         };
         let mut delivery = Delivery::of(&job, &progress);
         if let Some(last) = attempts.last() {
-            delivery.last_response_status = last.st;
-            delivery.last_duration_ms = Some(last.d);
+            with_last(&mut delivery, last);
         }
         let id = delivery.id.clone();
         Ok(Some(DeliveryView {
@@ -99,6 +98,12 @@ impl Store {
         }))
     }
 
+    /// The deliveries of these ids that still exist, with their progress, in order.
+    pub async fn deliveries_of(&self, ids: &[DeliveryId]) -> Result<Vec<Delivery>> {
+        let jobs = self.jobs(ids).await?.into_iter().flatten().collect();
+        self.with_progress(jobs).await
+    }
+
     /// The deliveries of these jobs with their progress, in order.
     async fn with_progress(&self, jobs: Vec<Job>) -> Result<Vec<Delivery>> {
         let ids: Vec<DeliveryId> = jobs.iter().map(|j| j.id).collect();
@@ -111,8 +116,7 @@ impl Store {
                 };
                 let mut d = Delivery::of(job, &decode_progress(&s)?);
                 if let Some(last) = last_attempt(&s) {
-                    d.last_response_status = last.st;
-                    d.last_duration_ms = Some(last.d);
+                    with_last(&mut d, &last);
                 }
                 Ok(d)
             })
@@ -445,6 +449,12 @@ impl Store {
         };
         Ok(Counts::from_stored(&stored))
     }
+}
+
+/// A delivery's last response status and duration, from its last attempt.
+fn with_last(d: &mut Delivery, last: &super::record::AttemptRecord) {
+    d.last_response_status = last.st;
+    d.last_duration_ms = Some(last.d);
 }
 
 /// The unix-ms time of an event id (`evt_` + the UUIDv7's simple form).

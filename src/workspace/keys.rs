@@ -103,14 +103,18 @@ impl KeyCache {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_valid_key_is_remembered_and_only_that_key() {
-        let cache = KeyCache::default();
-        let ws = Workspace {
+    fn workspace() -> Workspace {
+        Workspace {
             uuid: "w".into(),
             name: "W".into(),
             created_at: String::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_valid_key_is_remembered_and_only_that_key() {
+        let cache = KeyCache::default();
+        let ws = workspace();
         assert!(cache.get("sy_a").is_none());
         cache.put("sy_a", &ws, cache.generation());
         assert_eq!(cache.get("sy_a"), Some(ws.clone()));
@@ -126,11 +130,7 @@ mod tests {
     #[test]
     fn a_lookup_that_raced_a_revocation_or_a_deaf_cache_caches_nothing() {
         let cache = KeyCache::default();
-        let ws = Workspace {
-            uuid: "w".into(),
-            name: "W".into(),
-            created_at: String::new(),
-        };
+        let ws = workspace();
         let before = cache.generation();
         cache.evict(&[hash_api_key("sy_a")], None);
         cache.put("sy_a", &ws, before);
