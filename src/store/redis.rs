@@ -18,6 +18,7 @@ mod conn;
 mod health;
 mod jobs;
 mod log;
+mod packed;
 mod reader;
 mod scripts;
 mod tenants;

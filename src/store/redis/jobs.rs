@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use redis::streams::StreamRangeReply;
 
 use super::RedisStore;
+use super::packed::{Packing, pack};
 use super::reader::field;
 use super::scripts::{
     CLAIM_SCRIPT, COMMIT_SCRIPT, EVENTS_SCRIPT, INGEST_SCRIPT, PART_SCRIPT, REQUEUE_SCRIPT,
@@ -158,11 +159,15 @@ impl RedisStore {
                 .arg(parts.join(" "))
                 .arg(e.deliveries.len());
             for d in &e.deliveries {
-                inv.arg(slot[&d.partition])
-                    .arg(&d.endpoint_id)
-                    .arg(d.rule_id)
-                    .arg(&d.key)
-                    .arg(d.body.as_bytes());
+                inv.arg(slot[&d.partition]).arg(pack(&Packing {
+                    workspace: ws,
+                    endpoint: &d.endpoint_id,
+                    rule: d.rule_id,
+                    event_id: &e.id,
+                    event_type: &e.event_type,
+                    key: &d.key,
+                    body: &d.body,
+                }));
             }
         }
         for ((counts, ep), n) in &created {
@@ -245,12 +250,15 @@ impl RedisStore {
                     .arg(chunk.len())
                     .arg(created.len());
                 for (e, d) in chunk {
-                    inv.arg(&ids_ref[*e])
-                        .arg(&events[*e].event_type)
-                        .arg(&d.endpoint_id)
-                        .arg(d.rule_id)
-                        .arg(&d.key)
-                        .arg(d.body.as_bytes());
+                    inv.arg(pack(&Packing {
+                        workspace: ws,
+                        endpoint: &d.endpoint_id,
+                        rule: d.rule_id,
+                        event_id: &ids_ref[*e],
+                        event_type: &events[*e].event_type,
+                        key: &d.key,
+                        body: &d.body,
+                    }));
                 }
                 for (ep, n) in &created {
                     inv.arg(format!("{ws}|{ep}|c")).arg(*n);

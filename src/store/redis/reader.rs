@@ -20,13 +20,17 @@ pub(crate) fn field(map: &std::collections::HashMap<String, Value>, k: &str) -> 
     }
 }
 
-/// A job from its stream entry, `None` for an entry that is not a job.
+/// A job from its stream entry (packed, or of the older layout of a field per part), `None`
+/// for an entry that is not a job.
 pub(crate) fn job_of(
     partition: u32,
     id: &str,
     map: &std::collections::HashMap<String, Value>,
 ) -> Option<RawJob> {
     let entry: EntryId = id.parse().ok()?;
+    if let Some(Value::BulkString(packed)) = map.get("j") {
+        return super::packed::unpack(partition, entry, packed.clone());
+    }
     let first = field(map, "d").and_then(|d| d.parse::<EntryId>().ok());
     let job = Job {
         id: DeliveryId {
@@ -51,7 +55,8 @@ pub(crate) fn job_of(
 }
 
 /// A job from a stream entry's field list as Redis sent it, taking its strings (the reader's
-/// path: no map, no copies); `None` for an entry that is not a job.
+/// path: no map, no copies); packed, or of the older layout; `None` for an entry that is not a
+/// job.
 fn job_of_fields(partition: u32, id: &[u8], fields: Vec<Value>) -> Option<RawJob> {
     let entry: EntryId = std::str::from_utf8(id).ok()?.parse().ok()?;
     let text = |v: Value| -> Option<String> {
@@ -71,6 +76,12 @@ fn job_of_fields(partition: u32, id: &[u8], fields: Vec<Value>) -> Option<RawJob
             _ => continue,
         };
         match name {
+            super::packed::FIELD => {
+                let Value::BulkString(packed) = value else {
+                    return None;
+                };
+                return super::packed::unpack(partition, entry, packed);
+            }
             b"w" => w = text(value),
             b"e" => e = text(value),
             b"r" => r = text(value).and_then(|s| s.parse::<u64>().ok()),

@@ -13,8 +13,8 @@
 /// touched. ARGV: workspace, `1` with an idempotency key, its fingerprint, its TTL, the event
 /// log's MINID bound and cap, the number of events, the number of count moves; per event: id,
 /// unix ms of the id, type, body (when no delivery carries it as it is), its deliveries' partitions
-/// (space-separated), number of deliveries; per delivery: KEYS index of its stream, endpoint,
-/// rule, ordering key, body; per count move: KEYS index, field, increment.
+/// (space-separated), number of deliveries; per delivery: KEYS index of its stream, the packed
+/// job (`super::packed`); per count move: KEYS index, field, increment.
 /// Returns `{'=', record}` (the key was used with these events), `{'!'}` (with others), or
 /// `{'+', entries of event 1, entries of event 2, ...}`.
 const INGEST: &str = r#"
@@ -41,9 +41,8 @@ for e = 1, tonumber(ARGV[7]) do
   a = a + 6
   local jids = {}
   for i = 1, n do
-    jids[i] = redis.call('XADD', KEYS[tonumber(ARGV[a])], '*', 'w', ws, 'e', ARGV[a + 1],
-      'r', ARGV[a + 2], 'v', id, 't', etype, 'k', ARGV[a + 3], 'b', ARGV[a + 4])
-    a = a + 5
+    jids[i] = redis.call('XADD', KEYS[tonumber(ARGV[a])], '*', 'j', ARGV[a + 1])
+    a = a + 2
   end
   if ems > last then last = ems end
   local d = table.concat(jids, ' ')
@@ -90,20 +89,17 @@ return '=' .. prev
 /// Redis Cluster, step 2 (one partition's slot): the partition's jobs and counts; with a key,
 /// only once (a marker holds the entries written, for a retry). KEYS: jobs stream, counts,
 /// marker. ARGV: workspace, `1` with a key, TTL, the number of jobs, the number of count
-/// moves; per job: event id, type, endpoint, rule, ordering key, body; per count move: field,
-/// increment. Returns the jobs' entries, space-separated.
+/// moves; per job: the packed job (`super::packed`); per count move: field, increment. Returns the jobs' entries, space-separated.
 const PART: &str = r#"
 if ARGV[2] == '1' then
   local done = redis.call('GET', KEYS[3])
   if done then return done end
 end
-local ws = ARGV[1]
 local ids = {}
 local a = 6
 for i = 1, tonumber(ARGV[4]) do
-  ids[i] = redis.call('XADD', KEYS[1], '*', 'w', ws, 'e', ARGV[a + 2], 'r', ARGV[a + 3],
-    'v', ARGV[a], 't', ARGV[a + 1], 'k', ARGV[a + 4], 'b', ARGV[a + 5])
-  a = a + 6
+  ids[i] = redis.call('XADD', KEYS[1], '*', 'j', ARGV[a])
+  a = a + 1
 end
 for i = 1, tonumber(ARGV[5]) do
   redis.call('HINCRBY', KEYS[2], ARGV[a], ARGV[a + 1])
@@ -203,18 +199,43 @@ end
 return out
 "#;
 
+/// Lua's reading of a job entry's fields, packed (`super::packed`) or of the older layout of
+/// a field per part, into a table of `d` (empty for a delivery's first job), `m`, `w`, `e`,
+/// `r`, `v`, `t`, `k`, `b`; `nil` for an entry that is not a job.
+macro_rules! job_of_lua {
+    () => {
+        r#"
+local function job_of(fields)
+  local f = {}
+  for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
+  if f['j'] then
+    local d, m, w, e, r, v, t, kl, tail = string.match(f['j'],
+      '^([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d+)\t(.*)$')
+    if not d then return nil end
+    kl = tonumber(kl)
+    return {d = d, m = m, w = w, e = e, r = r, v = v, t = t,
+      k = string.sub(tail, 1, kl), b = string.sub(tail, kl + 1)}
+  end
+  if not f['w'] then return nil end
+  return {d = f['d'] or '', m = f['m'] or '', w = f['w'], e = f['e'], r = f['r'], v = f['v'] or '',
+    t = f['t'] or '', k = f['k'] or '', b = f['b'] or ''}
+end
+"#
+    };
+}
+
 /// Puts a finished delivery back in its partition's log (a manual retry, a replay), only if
 /// its status is one of those given, so two replays of one window send it once. Its state
 /// becomes pending (its attempts are kept) and a copy of its job is appended, naming the
 /// delivery (`d`) and, for a manual retry, `m`. KEYS: jobs stream, states, counts. ARGV:
 /// entry, workspace, allowed statuses (space-separated), `1` for a manual retry.
-const REQUEUE: &str = r#"
+const REQUEUE: &str = concat!(
+    job_of_lua!(),
+    r#"
 local job = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
 if #job == 0 then return 0 end
-local fields = job[1][2]
-local f = {}
-for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-if f['w'] ~= ARGV[2] or f['d'] then return 0 end
+local f = job_of(job[1][2])
+if not f or f['w'] ~= ARGV[2] or f['d'] ~= '' then return 0 end
 local state = redis.call('HGET', KEYS[2], ARGV[1])
 if not state then return 0 end
 local nl = string.find(state, '\n', 1, true)
@@ -226,10 +247,11 @@ local fresh = '{"s":"pending","n":' .. tostring(p['n'] or 0) .. ',"f":' .. tostr
 redis.call('HSET', KEYS[2], ARGV[1], fresh .. rest)
 local counter = ({succeeded = 's', failed = 'f', retrying = 'r'})[p['s']]
 if counter then redis.call('HINCRBY', KEYS[3], f['w'] .. '|' .. f['e'] .. '|' .. counter, -1) end
-redis.call('XADD', KEYS[1], '*', 'w', f['w'], 'e', f['e'], 'r', f['r'], 'v', f['v'], 't', f['t'],
-  'k', f['k'] or '', 'b', f['b'], 'd', ARGV[1], 'm', ARGV[4])
+redis.call('XADD', KEYS[1], '*', 'j', table.concat({ARGV[1], ARGV[4], f['w'], f['e'], f['r'],
+  f['v'], f['t'], tostring(#f['k'])}, '\t') .. '\t' .. f['k'] .. f['b'])
 return 1
-"#;
+"#
+);
 
 /// Retention of one partition: of the jobs in `XRANGE start end COUNT count` (the caller
 /// bounds it to the candidates: older than the retention, or the oldest beyond the cap),
@@ -238,15 +260,15 @@ return 1
 /// checked here, in one step, so a requeue between a read and the drop cannot lose its
 /// delivery's state, and no job's body travels to the caller. KEYS: jobs stream, states.
 /// ARGV: start, end, count. Returns {dropped, jobs looked at, the last one's entry}.
-const TRIM: &str = r#"
+const TRIM: &str = concat!(
+    job_of_lua!(),
+    r#"
 local jobs = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2], 'COUNT', ARGV[3])
 local dels = {}
 for _, job in ipairs(jobs) do
   local entry, key = job[1], job[1]
-  local fields = job[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'd' then key = fields[i + 1] end
-  end
+  local f = job_of(job[2])
+  if f and f['d'] ~= '' then key = f['d'] end
   local state = redis.call('HGET', KEYS[2], key)
   local final = state and (string.find(state, '^{"s":"succeeded"') or string.find(state, '^{"s":"failed"'))
   if final or (not state and entry ~= key) then
@@ -258,7 +280,8 @@ if #dels > 0 then redis.call('XDEL', KEYS[1], unpack(dels)) end
 local last = ''
 if #jobs > 0 then last = jobs[#jobs][1] end
 return {#dels, #jobs, last}
-"#;
+"#
+);
 
 macro_rules! script {
     ($name:ident, $src:ident) => {

@@ -1,0 +1,168 @@
+//! A job's stream entry on Redis: one field, `j`, holding every part of the job.
+//!
+//! Why one field: Redis parses, stores, copies into the AOF and into each `XREAD` reply every
+//! field name and value as a string of its own, and the node's client parses each again. A job
+//! of seven fields was fifteen bulk strings per entry; one field is two. Measured on the
+//! development VM, a pipelined `XADD` of a 220-byte body costs Redis ~9.5 µs of CPU with seven
+//! fields and ~6.5 µs with one (`docs/benchmarks.md`).
+//!
+//! The value is `{d}\t{m}\t{w}\t{e}\t{r}\t{v}\t{t}\t{len(k)}\t{k}{b}`: the delivery a copy
+//! names (`d`, empty in a delivery's first job), `1` for a manual retry, the workspace,
+//! endpoint, rule, event id and type (ids and catalogue names: no tab in any), then the
+//! ordering key and the body, which may hold anything, so the key's length says where the body
+//! starts. The copy and manual marks come first so a requeue rewrites only them. Entries of the
+//! older layout (one field per part) are still read: see [`super::reader`].
+
+use crate::delivery::{DeliveryId, EntryId, Job, Progress};
+use crate::store::jobs::RawJob;
+
+/// The field that holds the packed job.
+pub(super) const FIELD: &[u8] = b"j";
+
+/// The parts of a job as ingest writes them.
+pub(super) struct Packing<'a> {
+    pub workspace: &'a str,
+    pub endpoint: &'a str,
+    pub rule: u64,
+    pub event_id: &'a str,
+    pub event_type: &'a str,
+    pub key: &'a str,
+    pub body: &'a str,
+}
+
+/// A delivery's first job, packed.
+pub(super) fn pack(p: &Packing<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(
+        48 + p.workspace.len()
+            + p.endpoint.len()
+            + p.event_id.len()
+            + p.event_type.len()
+            + p.key.len()
+            + p.body.len(),
+    );
+    for part in [
+        "",
+        "",
+        p.workspace,
+        p.endpoint,
+        &p.rule.to_string(),
+        p.event_id,
+        p.event_type,
+        &p.key.len().to_string(),
+    ] {
+        out.extend_from_slice(part.as_bytes());
+        out.push(b'\t');
+    }
+    out.extend_from_slice(p.key.as_bytes());
+    out.extend_from_slice(p.body.as_bytes());
+    out
+}
+
+/// The job packed in `value` of entry `entry`, `None` when it is not a packed job.
+pub(super) fn unpack(partition: u32, entry: EntryId, value: Vec<u8>) -> Option<RawJob> {
+    let mut parts: [&[u8]; 8] = [&[]; 8];
+    let mut rest = value.as_slice();
+    for part in &mut parts {
+        let tab = rest.iter().position(|&c| c == b'\t')?;
+        *part = &rest[..tab];
+        rest = &rest[tab + 1..];
+    }
+    let text = |b: &[u8]| std::str::from_utf8(b).ok().map(str::to_owned);
+    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    let [d, m, w, e, r, v, t, key_len] = parts;
+    let key_len = usize::try_from(number(key_len)?).ok()?;
+    if key_len > rest.len() {
+        return None;
+    }
+    let (key, body) = rest.split_at(key_len);
+    let first = if d.is_empty() {
+        None
+    } else {
+        Some(std::str::from_utf8(d).ok()?.parse::<EntryId>().ok()?)
+    };
+    let job = Job {
+        id: DeliveryId {
+            partition,
+            entry: first.unwrap_or(entry),
+        },
+        entry,
+        workspace: text(w)?,
+        endpoint_id: text(e)?,
+        rule_id: number(r)?,
+        event_id: text(v)?,
+        event_type: text(t)?,
+        key: text(key)?,
+        body: std::str::from_utf8(body).ok()?.into(),
+        manual: m == b"1",
+        progress: Progress::NEW,
+    };
+    Some(RawJob {
+        job,
+        requeued: first.is_some(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_job_reads_back_whatever_its_key_and_body_hold() {
+        let packed = pack(&Packing {
+            workspace: "ws_1",
+            endpoint: "ep_1",
+            rule: 7,
+            event_id: "evt_1",
+            event_type: "member:created",
+            key: "a\tkey\n",
+            body: "{\"x\":\"\t1\"}",
+        });
+        let entry: EntryId = "5-1".parse().unwrap();
+        let raw = unpack(3, entry, packed).expect("a job");
+        let j = &raw.job;
+        assert_eq!(
+            (
+                j.workspace.as_str(),
+                j.endpoint_id.as_str(),
+                j.rule_id,
+                j.event_id.as_str(),
+                j.event_type.as_str(),
+                j.key.as_str(),
+                &*j.body,
+            ),
+            (
+                "ws_1",
+                "ep_1",
+                7,
+                "evt_1",
+                "member:created",
+                "a\tkey\n",
+                "{\"x\":\"\t1\"}"
+            )
+        );
+        assert_eq!(
+            j.id,
+            DeliveryId {
+                partition: 3,
+                entry
+            }
+        );
+        assert!(!raw.requeued && !j.manual);
+    }
+
+    #[test]
+    fn a_copy_names_its_delivery_and_a_damaged_value_is_no_job() {
+        let copy = b"4-0\t1\tws\tep\t2\tevt\tmember:created\t0\t{}".to_vec();
+        let raw = unpack(1, "9-0".parse().unwrap(), copy).expect("a copy");
+        assert!(raw.requeued && raw.job.manual);
+        assert_eq!(raw.job.id.entry.to_string(), "4-0");
+        assert_eq!(raw.job.entry.to_string(), "9-0");
+        for bad in [
+            &b"\t\tws\tep\tx\tevt\tt\t0\t{}"[..],
+            b"\t\tws\tep\t2\tevt\tt\t9\t{}",
+            b"\t\tws\tep\t2",
+        ] {
+            assert!(unpack(1, "9-0".parse().unwrap(), bad.to_vec()).is_none());
+        }
+    }
+}
