@@ -42,7 +42,13 @@ impl Invalid {
 }
 
 /// Deserialises `value` into `T`, naming the failing field on error.
+///
+/// Valid input, the common case, is deserialised without tracking the path (which costs an
+/// allocation per field); the path is tracked only to explain a failure, by deserialising again.
 pub fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> Result<T, Invalid> {
+    if let Ok(t) = T::deserialize(value) {
+        return Ok(t);
+    }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let parent = if path == "." { String::new() } else { path };
@@ -59,7 +65,13 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> 
 }
 
 /// Parses a request body, naming the field at fault (or the whole body when it is not JSON).
+/// Valid input is parsed once, straight into `T`; only a failure is parsed again, into a value
+/// and then with the path tracked, to name the field (and to accept what only that reading
+/// accepts, such as a repeated key, whose last value wins, as it always has).
 pub fn from_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Invalid> {
+    if let Ok(t) = serde_json::from_slice::<T>(body) {
+        return Ok(t);
+    }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
         Invalid::new(
             "invalid_json",

@@ -135,23 +135,27 @@ pub async fn ingest_batch(
     let key = idempotency_key(&headers)?;
     let limit = state.config.max_payload_bytes.saturating_mul(64);
     let body = read_body(&state, body, limit).await?;
+    // Parsed once when valid; a failure is parsed again with the path tracked, to name it.
+    let parsed = serde_json::from_slice::<Batch>(&body);
     let mut de = serde_json::Deserializer::from_slice(&body);
-    let batch: Batch = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_data() {
-            Invalid::field(
-                if path == "." { String::new() } else { path },
-                inner.to_string(),
-            )
-        } else {
-            Invalid::new(
-                "invalid_json",
-                "",
-                format!("the body is not valid JSON: {inner}"),
-            )
-        }
-    })?;
+    let batch: Batch = parsed
+        .or_else(|_| serde_path_to_error::deserialize(&mut de))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_data() {
+                Invalid::field(
+                    if path == "." { String::new() } else { path },
+                    inner.to_string(),
+                )
+            } else {
+                Invalid::new(
+                    "invalid_json",
+                    "",
+                    format!("the body is not valid JSON: {inner}"),
+                )
+            }
+        })?;
     if batch.events.is_empty() || batch.events.len() > MAX_BATCH {
         return Err(Invalid::field("events", format!("must hold 1 to {MAX_BATCH} events")).into());
     }
