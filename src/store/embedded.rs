@@ -33,11 +33,12 @@ mod config;
 mod jobs;
 mod log;
 mod tenants;
+mod writer;
 
 use std::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
@@ -367,7 +368,7 @@ impl EmbeddedStore {
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("embedded-store-writer".into())
-            .spawn(move || writer_loop(weak, rx, ids))
+            .spawn(move || writer::writer_loop(weak, rx, ids))
             .map_err(backend)?;
         Ok(EmbeddedStore { inner })
     }
@@ -448,110 +449,6 @@ impl EmbeddedStore {
             .db
             .persist(PersistMode::Buffer)
             .map_err(fjall_error)?;
-        check_space(&self.inner)
+        writer::check_space(&self.inner)
     }
-}
-
-/// Refuses writes while the disk's free space is below the margin, logging the cause once and
-/// the recovery once.
-fn check_space(inner: &Inner) -> Result<()> {
-    let free = fs4::available_space(&inner.dir).unwrap_or(u64::MAX);
-    let mut full = inner.full.lock().expect("full lock");
-    if free < inner.settings.min_free_bytes {
-        let why = format!(
-            "the disk of {} has {free} bytes free, below min_free_disk_bytes ({}): nothing is \
-             written until there is room",
-            inner.dir.display(),
-            inner.settings.min_free_bytes
-        );
-        if full.is_none() {
-            tracing::error!(dir = %inner.dir.display(), free, min = inner.settings.min_free_bytes, "the embedded store's disk is full; refusing writes");
-        }
-        *full = Some(why.clone());
-        return Err(StoreError::InsufficientStorage(why));
-    }
-    if full.take().is_some() {
-        tracing::warn!(dir = %inner.dir.display(), free, "the embedded store's disk has room again; writing");
-    }
-    Ok(())
-}
-
-/// The writer thread: takes every waiting write, applies them to one batch, commits once (one
-/// `fdatasync` for the group), answers each. When the group fails, each write is re-run alone,
-/// so one bad write cannot fail its neighbours.
-fn writer_loop(
-    inner: std::sync::Weak<Inner>,
-    rx: std::sync::mpsc::Receiver<WriteOp>,
-    mut ids: Ids,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match rx.try_recv() {
-                Ok(op) => group.push(op),
-                Err(_) => break,
-            }
-        }
-        let Some(inner) = inner.upgrade() else { return };
-        if let Err(e) = check_space(&inner) {
-            for op in group {
-                let _ = op
-                    .done
-                    .send(Err(StoreError::InsufficientStorage(e.to_string())));
-            }
-            continue;
-        }
-        let mut touched = Vec::new();
-        match run(&inner, &mut ids, &group) {
-            Ok((answers, t)) => {
-                touched = t;
-                for (op, a) in group.into_iter().zip(answers) {
-                    let _ = op.done.send(Ok(a));
-                }
-            }
-            Err(_) => {
-                for op in group {
-                    match run(&inner, &mut ids, std::slice::from_ref(&op)) {
-                        Ok((mut answers, t)) => {
-                            touched.extend(t);
-                            let _ = op.done.send(Ok(answers.remove(0)));
-                        }
-                        Err(e) => {
-                            let _ = op.done.send(Err(e));
-                        }
-                    }
-                }
-            }
-        }
-        for &p in &touched {
-            inner.unread[p as usize].fetch_add(1, Ordering::Relaxed);
-            let held = &inner.held[p as usize];
-            if held.load(Ordering::Relaxed) >= 0 {
-                held.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for p in touched {
-            inner.wake[p as usize].notify_one();
-        }
-    }
-}
-
-/// Applies `ops` to one batch and commits it durably.
-fn run(inner: &Inner, ids: &mut Ids, ops: &[WriteOp]) -> Result<(Vec<Answer>, Vec<u32>)> {
-    let mut tx = Tx {
-        inner,
-        batch: inner.db.batch().durability(Some(PersistMode::SyncData)),
-        overlay: HashMap::new(),
-        ids,
-        touched: Vec::new(),
-    };
-    let mut out = Vec::with_capacity(ops.len());
-    for op in ops {
-        out.push((op.f)(&mut tx)?);
-    }
-    let touched = std::mem::take(&mut tx.touched);
-    tx.batch.commit().map_err(fjall_error)?;
-    Ok((out, touched))
 }
