@@ -22,5 +22,6 @@ mod overload;
 mod receiver;
 mod routines;
 mod store_conformance;
+mod store_upgrade;
 mod support;
 mod transforms;
