@@ -3,8 +3,8 @@
 //! Why one field: Redis parses, stores, copies into the AOF and into each `XREAD` reply every
 //! field name and value as a string of its own, and the node's client parses each again. A job
 //! of seven fields was fifteen bulk strings per entry; one field is two. Measured on the
-//! development VM, a pipelined `XADD` of a 220-byte body costs Redis ~9.5 µs of CPU with seven
-//! fields and ~6.5 µs with one (`docs/benchmarks.md`).
+//! development VM by `benches/scripts/redis_write_cost.py`, a pipelined `XADD` of a 220-byte
+//! body costs Redis ~11 µs of CPU with seven fields and ~7 µs with one (`docs/benchmarks.md`).
 //!
 //! The value is `{d}\t{m}\t{w}\t{e}\t{r}\t{v}\t{t}\t{len(k)}\t{k}{b}`: the delivery a copy
 //! names (`d`, empty in a delivery's first job), `1` for a manual retry, the workspace,
