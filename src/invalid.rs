@@ -65,6 +65,7 @@ pub fn from_value<T: serde::de::DeserializeOwned>(value: &serde_json::Value) -> 
 }
 
 /// Parses a request body, naming the field at fault (or the whole body when it is not JSON).
+///
 /// Valid input is parsed once, straight into `T`; only a failure is parsed again, into a value
 /// and then with the path tracked, to name the field (and to accept what only that reading
 /// accepts, such as a repeated key, whose last value wins, as it always has).

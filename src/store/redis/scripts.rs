@@ -89,7 +89,8 @@ return '=' .. prev
 /// Redis Cluster, step 2 (one partition's slot): the partition's jobs and counts; with a key,
 /// only once (a marker holds the entries written, for a retry). KEYS: jobs stream, counts,
 /// marker. ARGV: workspace, `1` with a key, TTL, the number of jobs, the number of count
-/// moves; per job: the packed job (`super::packed`); per count move: field, increment. Returns the jobs' entries, space-separated.
+/// moves; per job: the packed job (`super::packed`); per count move: field, increment.
+/// Returns the jobs' entries, space-separated.
 const PART: &str = r#"
 if ARGV[2] == '1' then
   local done = redis.call('GET', KEYS[3])
