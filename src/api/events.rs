@@ -136,10 +136,10 @@ pub async fn ingest_batch(
     let limit = state.config.max_payload_bytes.saturating_mul(64);
     let body = read_body(&state, body, limit).await?;
     // Parsed once when valid; a failure is parsed again with the path tracked, to name it.
-    let parsed = serde_json::from_slice::<Batch>(&body);
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let batch: Batch = parsed
-        .or_else(|_| serde_path_to_error::deserialize(&mut de))
+    let batch: Batch = serde_json::from_slice::<Batch>(&body)
+        .or_else(|_| {
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+        })
         .map_err(|e| {
             let path = e.path().to_string();
             let inner = e.into_inner();

@@ -13,6 +13,8 @@
 //! starts. The copy and manual marks come first so a requeue rewrites only them. Entries of the
 //! older layout (one field per part) are still read: see [`super::reader`].
 
+use std::io::Write;
+
 use crate::delivery::{DeliveryId, EntryId, Job, Progress};
 use crate::store::jobs::RawJob;
 
@@ -40,19 +42,18 @@ pub(super) fn pack(p: &Packing<'_>) -> Vec<u8> {
             + p.key.len()
             + p.body.len(),
     );
-    for part in [
-        "",
-        "",
+    // Written straight into the value: no string per number.
+    write!(
+        out,
+        "\t\t{}\t{}\t{}\t{}\t{}\t{}\t",
         p.workspace,
         p.endpoint,
-        &p.rule.to_string(),
+        p.rule,
         p.event_id,
         p.event_type,
-        &p.key.len().to_string(),
-    ] {
-        out.extend_from_slice(part.as_bytes());
-        out.push(b'\t');
-    }
+        p.key.len()
+    )
+    .expect("writing to a Vec cannot fail");
     out.extend_from_slice(p.key.as_bytes());
     out.extend_from_slice(p.body.as_bytes());
     out
