@@ -123,7 +123,7 @@ async fn main() {
             body: std::sync::Arc::from(""),
             deliveries,
         };
-        store.ingest(&ws.uuid, &[event], None).await.unwrap();
+        store.ingest(&ws.uuid, &[event], None, None).await.unwrap();
         n += take;
     }
     let fill_secs = fill.elapsed().as_secs_f64();

@@ -24,7 +24,7 @@ use crate::workspace::Workspace;
 
 /// An event and the rules it fired.
 pub struct Fired<'a> {
-    pub event: Event,
+    pub event: &'a Event,
     pub rules: Vec<&'a CompiledRule>,
 }
 
@@ -64,7 +64,7 @@ pub async fn plan(
             if targets.is_empty() {
                 continue;
             }
-            let body = payload(&event, &mut event_json, &rule.block, &workspace_block)?;
+            let body = payload(event, &mut event_json, &rule.block, &workspace_block)?;
             // The payload as a map, for the endpoints that transform it: made once per rule.
             let mut fields: Option<serde_json::Map<String, serde_json::Value>> = None;
             for ep in targets {
@@ -101,7 +101,7 @@ pub async fn plan(
         };
         out.push(NewEvent {
             id: new_event_id(),
-            event_type: event.event_type,
+            event_type: event.event_type.clone(),
             body,
             deliveries,
         });
@@ -139,7 +139,7 @@ pub async fn ingest(
     idem: Option<&Idempotency>,
 ) -> Result<Ingested> {
     let planned = plan(store, cache, snapshot, ws, fired).await?;
-    store.ingest(&ws.uuid, &planned, idem).await
+    store.ingest(&ws.uuid, &planned, idem, None).await
 }
 
 #[cfg(test)]

@@ -256,7 +256,7 @@ impl Scheduler {
                     &snapshot,
                     &ws,
                     vec![Fired {
-                        event,
+                        event: &event,
                         rules: vec![&compiled_rule],
                     }],
                     None,

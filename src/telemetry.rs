@@ -68,6 +68,10 @@ fn describe() {
         "switchyard_ingest_shed_total",
         "Ingest requests refused with 429 under a backlog (overload = shed)."
     );
+    describe_counter!(
+        "switchyard_ingest_replanned_total",
+        "Ingest requests planned with cached rule or endpoint versions that had moved, planned again."
+    );
     describe_gauge!(
         "switchyard_backlog_jobs",
         "Jobs not finished in the partitions this node owns (unread and in memory)."
@@ -120,6 +124,7 @@ pub fn register(node: &str) {
     gauge!("switchyard_endpoint_actors", "node" => n()).set(0.0);
     gauge!("switchyard_backlog_jobs", "node" => n()).set(0.0);
     counter!("switchyard_ingest_shed_total", "node" => n()).increment(0);
+    counter!("switchyard_ingest_replanned_total", "node" => n()).increment(0);
     gauge!("switchyard_backlog_age_seconds", "node" => n()).set(0.0);
     counter!("switchyard_retention_dropped_total").increment(0);
     gauge!("switchyard_breakers_open", "node" => n()).set(0.0);
@@ -213,6 +218,11 @@ pub fn delivery_final(node: &str, outcome: &'static str, since_ingest: Option<Du
 /// An ingest refused under a backlog (`overload = "shed"`).
 pub fn ingest_shed(node: &str) {
     counter!("switchyard_ingest_shed_total", "node" => node.to_string()).increment(1);
+}
+
+/// An ingest planned with cached rule and endpoint versions that had moved: planned again.
+pub fn ingest_replanned(node: &str) {
+    counter!("switchyard_ingest_replanned_total", "node" => node.to_string()).increment(1);
 }
 
 /// This node's backlog: jobs not finished in its partitions, and the oldest one's age.

@@ -99,14 +99,14 @@ pub async fn test_send(
     let _permit = super::events::ingest_permit(&state).await?;
     let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
     let fired = vec![Fired {
-        event,
+        event: &event,
         rules: vec![&rule],
     }];
     let planned = super::events::plan_checked(&state, &ws, &snapshot, fired).await?;
     if planned.first().is_none_or(|e| e.deliveries.is_empty()) {
         return Err(disabled());
     }
-    let written = state.store.ingest(&ws.uuid, &planned, None).await?;
+    let written = state.store.ingest(&ws.uuid, &planned, None, None).await?;
     let Ingested::Written(answer) = written else {
         return Err(ApiError::Internal("a test send without its answer".into()));
     };

@@ -87,6 +87,9 @@ async fn write(
             Ok(answer)
         }
         Ingested::Answered(answer) => Ok(answer),
+        Ingested::Stale => Err(ApiError::Internal(
+            "an ingest planned from fresh versions was answered stale".into(),
+        )),
         Ingested::Reused => Err(ApiError::field(
             StatusCode::CONFLICT,
             "idempotency_key_reused",
@@ -188,16 +191,32 @@ async fn plan_and_ingest(
     events: Vec<Event>,
     idem: Option<&Idempotency>,
 ) -> Result<Ingested, ApiError> {
+    // Where the store checks the versions in the write itself, plan with the cached ones and
+    // plan again from freshly read versions only when the write answers that one moved.
+    if state.store.checks_versions()
+        && let Some(snapshot) = state.rules.cached(&ws.uuid)
+    {
+        let planned = plan_checked(state, ws, &snapshot, fire(&snapshot, &events)).await?;
+        let expect = Some(snapshot.versions());
+        match state.store.ingest(&ws.uuid, &planned, idem, expect).await? {
+            Ingested::Stale => crate::telemetry::ingest_replanned(&state.config.node_id),
+            written => return Ok(written),
+        }
+    }
     let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
-    let fired: Vec<Fired> = events
-        .into_iter()
-        .map(|event| {
-            let rules = snapshot.rules.matching(&event.event_type, &event.body);
-            Fired { event, rules }
+    let planned = plan_checked(state, ws, &snapshot, fire(&snapshot, &events)).await?;
+    Ok(state.store.ingest(&ws.uuid, &planned, idem, None).await?)
+}
+
+/// Each event with the rules of `snapshot` it fires.
+fn fire<'a>(snapshot: &'a crate::ingest::cache::Snapshot, events: &'a [Event]) -> Vec<Fired<'a>> {
+    events
+        .iter()
+        .map(|event| Fired {
+            event,
+            rules: snapshot.rules.matching(&event.event_type, &event.body),
         })
-        .collect();
-    let planned = plan_checked(state, ws, &snapshot, fired).await?;
-    Ok(state.store.ingest(&ws.uuid, &planned, idem).await?)
+        .collect()
 }
 
 /// An ingest's turn: beyond `max_concurrent_ingests` requests wait here, before any work, so

@@ -7,7 +7,9 @@
 //! round trip (bumped with every rule change and every endpoint change, on any node) and
 //! compares them with the snapshots', so a change saved on node A applies to the next event
 //! posted on node B. Endpoints are loaded lazily, by id, and forgotten together when their
-//! version moves.
+//! version moves. Where the store checks the versions inside the ingest's own write (one
+//! Redis), the API skips that round trip: it plans with [`WorkspaceCache::cached`] and plans
+//! again through [`WorkspaceCache::get`] only when the write answers that a version moved.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -28,7 +30,16 @@ pub struct WorkspaceCache {
 /// What one ingest of a workspace works with.
 pub struct Snapshot {
     pub rules: Arc<RuleSet>,
+    rules_version: u64,
     endpoints_version: u64,
+}
+
+impl Snapshot {
+    /// The rule and endpoint versions this snapshot holds, for a write that checks them
+    /// ([`Store::ingest`] with `expect`).
+    pub fn versions(&self) -> (u64, u64) {
+        (self.rules_version, self.endpoints_version)
+    }
 }
 
 impl WorkspaceCache {
@@ -42,8 +53,8 @@ impl WorkspaceCache {
             .get(ws)
             .filter(|(v, _)| *v == rules_version)
             .map(|(_, set)| set.clone());
-        let rules = match cached {
-            Some(set) => set,
+        let (rules_version, rules) = match cached {
+            Some(set) => (rules_version, set),
             None => {
                 let (version, rules) = store.rules(ws).await?;
                 let set = Arc::new(RuleSet::build(&rules));
@@ -51,11 +62,25 @@ impl WorkspaceCache {
                     .write()
                     .expect("cache lock")
                     .insert(ws.to_string(), (version, set.clone()));
-                set
+                (version, set)
             }
         };
         Ok(Snapshot {
             rules,
+            rules_version,
+            endpoints_version,
+        })
+    }
+
+    /// The cached rule set and endpoint version of a workspace as they are, without reading
+    /// the versions: for a write that checks them itself and is retried through [`Self::get`]
+    /// when they moved. `None` until both were loaded once.
+    pub fn cached(&self, ws: &str) -> Option<Snapshot> {
+        let (rules_version, rules) = self.rules.read().expect("cache lock").get(ws)?.clone();
+        let endpoints_version = self.endpoints.read().expect("cache lock").get(ws)?.0;
+        Some(Snapshot {
+            rules,
+            rules_version,
             endpoints_version,
         })
     }

@@ -53,6 +53,9 @@ pub enum Ingested {
     Answered(Vec<(String, Vec<String>)>),
     /// The `Idempotency-Key` was used before with other events: nothing was written.
     Reused,
+    /// The rule or endpoint version the events were planned with moved (`expect` of
+    /// [`Store::ingest`]): nothing was written; plan them again.
+    Stale,
 }
 
 /// One delivery's outcome to record.
@@ -205,17 +208,34 @@ pub struct CommitBatch {
 impl Store {
     /// Writes events, their deliveries' jobs and the event log; returns once all of it is
     /// durable. With `idem`, a request seen before is answered as it was (or refused when its
-    /// events differ) and nothing is written.
+    /// events differ) and nothing is written. With `expect` (the workspace's rule and endpoint
+    /// versions the events were planned with), nothing is written when either moved
+    /// ([`Ingested::Stale`]); one Redis checks them in the same script as the write, so the
+    /// ingest needs no round trip of its own to read them (see [`Self::checks_versions`]).
     pub async fn ingest(
         &self,
         ws: &str,
         events: &[NewEvent],
         idem: Option<&Idempotency>,
+        expect: Option<(u64, u64)>,
     ) -> Result<Ingested> {
         match self {
-            Store::Redis(s) => s.ingest(ws, events, idem).await,
-            Store::Embedded(s) => s.ingest(ws, events, idem).await,
+            Store::Redis(s) => s.ingest(ws, events, idem, expect).await,
+            Store::Embedded(s) => {
+                if let Some(expect) = expect
+                    && s.versions(ws).await? != expect
+                {
+                    return Ok(Ingested::Stale);
+                }
+                s.ingest(ws, events, idem).await
+            }
         }
+    }
+
+    /// Whether [`Self::ingest`] checks `expect` inside its write at no extra cost (one
+    /// Redis), so planning with cached versions saves a round trip.
+    pub fn checks_versions(&self) -> bool {
+        matches!(self, Store::Redis(s) if !s.is_cluster())
     }
 
     /// Where a new owner of `partition` starts: just before the first job that may not be

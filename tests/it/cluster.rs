@@ -275,6 +275,10 @@ async fn rule_change_scenario(redis_url: &str) {
             "actions": [{"type": "webhook", "endpointId": ep["id"]}]}),
         )
         .await;
+    // Node B caches the rule and, with a delivery, the endpoint: on one Redis it then plans
+    // with both as cached and the write itself checks their versions.
+    let (_, warm) = api_b.post("/v1/events", record_event(0, "high")).await;
+    assert_eq!(warm["deliveries"].as_array().unwrap().len(), 1, "{warm}");
     let (_, before) = api_b.post("/v1/events", record_event(1, "low")).await;
     assert_eq!(
         before["deliveries"],
@@ -290,6 +294,19 @@ async fn rule_change_scenario(redis_url: &str) {
         after["deliveries"].as_array().unwrap().len(),
         1,
         "node B applied node A's change: {after}"
+    );
+    let (status, _) = api_a
+        .patch(
+            &format!("/v1/endpoints/{}", ep["id"].as_str().unwrap()),
+            json!({"enabled": false}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, disabled) = api_b.post("/v1/events", record_event(3, "low")).await;
+    assert_eq!(
+        disabled["deliveries"],
+        json!([]),
+        "node B applied node A's endpoint change: {disabled}"
     );
     a.stop().await;
     b.stop().await;

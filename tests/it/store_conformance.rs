@@ -132,7 +132,7 @@ fn event(n: usize) -> NewEvent {
 
 /// The delivery ids a successful ingest wrote.
 async fn ingest(store: &Store, events: &[NewEvent]) -> Vec<String> {
-    match store.ingest(WS, events, None).await.unwrap() {
+    match store.ingest(WS, events, None, None).await.unwrap() {
         Ingested::Written(answer) => answer.into_iter().flat_map(|(_, d)| d).collect(),
         other => panic!("{other:?}"),
     }
@@ -236,6 +236,30 @@ conformance!(
 );
 
 conformance!(
+    an_ingest_planned_with_moved_versions_writes_nothing,
+    |store: Store| async move {
+        let (rules, endpoints) = store.versions(WS).await.unwrap();
+        for moved in [(rules + 1, endpoints), (rules, endpoints + 1)] {
+            let stale = store
+                .ingest(WS, &[event(2)], None, Some(moved))
+                .await
+                .unwrap();
+            assert_eq!(stale, Ingested::Stale, "planned with {moved:?}");
+        }
+        let all = DeliveryFilter::default();
+        let listed = || store.list_deliveries(WS, &all, 10, None);
+        assert!(listed().await.unwrap().data.is_empty(), "nothing written");
+        let written = store
+            .ingest(WS, &[event(2)], None, Some((rules, endpoints)))
+            .await
+            .unwrap();
+        assert!(matches!(written, Ingested::Written(_)), "{written:?}");
+        assert_eq!(read_all(&store, 2).await.len(), 2);
+        assert_eq!(listed().await.unwrap().data.len(), 2, "written once");
+    }
+);
+
+conformance!(
     an_idempotency_key_writes_once_and_refuses_other_events,
     |store: Store| async move {
         let idem = |fp: &str| Idempotency {
@@ -244,20 +268,23 @@ conformance!(
             ttl_secs: 60,
         };
         let events = [event(3)];
-        let first = store.ingest(WS, &events, Some(&idem("fp1"))).await.unwrap();
+        let first = store
+            .ingest(WS, &events, Some(&idem("fp1")), None)
+            .await
+            .unwrap();
         let Ingested::Written(answer) = first else {
             panic!("{first:?}")
         };
         assert_eq!(answer[0].1.len(), 3);
         // The same request again (another node, later): its first answer, nothing written.
         let again = store
-            .ingest(WS, &[event(3)], Some(&idem("fp1")))
+            .ingest(WS, &[event(3)], Some(&idem("fp1")), None)
             .await
             .unwrap();
         assert_eq!(again, Ingested::Answered(answer.clone()));
         // The key with other events: refused, nothing written.
         let other = store
-            .ingest(WS, &[event(1)], Some(&idem("fp2")))
+            .ingest(WS, &[event(1)], Some(&idem("fp2")), None)
             .await
             .unwrap();
         assert_eq!(other, Ingested::Reused);

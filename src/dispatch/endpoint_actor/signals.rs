@@ -68,7 +68,7 @@ impl EndpointState {
                     &snapshot,
                     &ws,
                     vec![crate::ingest::Fired {
-                        event,
+                        event: &event,
                         rules: fired,
                     }],
                     None,

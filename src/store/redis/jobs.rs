@@ -71,8 +71,17 @@ impl RedisStore {
         ws: &str,
         events: &[NewEvent],
         idem: Option<&Idempotency>,
+        expect: Option<(u64, u64)>,
     ) -> Result<Ingested> {
         let total: usize = events.iter().map(|e| e.deliveries.len()).sum();
+        if self.is_cluster() || total > MAX_PER_CALL {
+            // Written in several calls: the versions are checked once, before the first.
+            if let Some(expect) = expect
+                && self.versions(ws).await? != expect
+            {
+                return Ok(Ingested::Stale);
+            }
+        }
         if self.is_cluster() || (total > MAX_PER_CALL && idem.is_some()) {
             // A cluster's slots, or a keyed request too large for one call: the steps of the
             // cluster protocol (claim, partitions, events), each once for the key.
@@ -91,7 +100,10 @@ impl RedisStore {
                     n += events[end].deliveries.len();
                     end += 1;
                 }
-                match self.ingest_one_call(ws, &events[start..end], None).await? {
+                match self
+                    .ingest_one_call(ws, &events[start..end], None, None)
+                    .await?
+                {
                     Ingested::Written(a) => answer.extend(a),
                     other => return Ok(other),
                 }
@@ -99,15 +111,17 @@ impl RedisStore {
             }
             return Ok(Ingested::Written(answer));
         }
-        self.ingest_one_call(ws, events, idem).await
+        self.ingest_one_call(ws, events, idem, expect).await
     }
 
-    /// One call of the ingest script for `events`.
+    /// One call of the ingest script for `events`, checking the versions when `expect` names
+    /// them.
     async fn ingest_one_call(
         &self,
         ws: &str,
         events: &[NewEvent],
         idem: Option<&Idempotency>,
+        expect: Option<(u64, u64)>,
     ) -> Result<Ingested> {
         debug_assert!(events.len() <= super::log::EVENTS_PER_ENTRY);
         let mut inv = INGEST_SCRIPT.prepare_invoke();
@@ -116,10 +130,12 @@ impl RedisStore {
             Some(i) => self.idem_key(ws, &i.key),
             None => self.ws_key(ws, "idem:"),
         });
+        inv.key(self.ws_key(ws, "rules:ver"));
+        inv.key(self.ws_key(ws, "ep:ver"));
         // KEYS indexes (1-based, as Lua sees them) of each partition's stream; its counts key
         // follows it.
         let mut slot: BTreeMap<u32, usize> = BTreeMap::new();
-        let mut next_key = 3;
+        let mut next_key = 5;
         for e in events {
             for d in &e.deliveries {
                 slot.entry(d.partition).or_insert_with(|| {
@@ -145,7 +161,9 @@ impl RedisStore {
             .arg(self.cutoff())
             .arg(self.retention.max_per_partition)
             .arg(events.len())
-            .arg(created.len());
+            .arg(created.len())
+            .arg(expect.map_or(String::new(), |(r, _)| r.to_string()))
+            .arg(expect.map_or(String::new(), |(_, e)| e.to_string()));
         for e in events {
             let parts: Vec<String> = e
                 .deliveries
@@ -175,6 +193,7 @@ impl RedisStore {
         }
         let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
         Ok(match reply.first().map(String::as_str) {
+            Some("?") => Ingested::Stale,
             Some("!") => Ingested::Reused,
             Some("=") => {
                 Ingested::Answered(Answered::decode(reply.get(1).map_or("", String::as_str)).events)

@@ -9,16 +9,22 @@
 /// The script only moves arguments into commands: ids, fields and counts are built by the
 /// caller, so its cost is the commands it makes.
 ///
-/// KEYS: event log, idempotency record, then the jobs streams and counts of the partitions
-/// touched. ARGV: workspace, `1` with an idempotency key, its fingerprint, its TTL, the event
-/// log's MINID bound and cap, the number of events, the number of count moves; per event: id,
+/// KEYS: event log, idempotency record, the workspace's rule and endpoint versions, then the
+/// jobs streams and counts of the partitions touched. ARGV: workspace, `1` with an idempotency
+/// key, its fingerprint, its TTL, the event log's MINID bound and cap, the number of events,
+/// the number of count moves, the rule and endpoint versions the events were planned with
+/// (empty: not checked); per event: id,
 /// unix ms of the id, type, body (when no delivery carries it as it is), its deliveries' partitions
 /// (space-separated), number of deliveries; per delivery: KEYS index of its stream, the packed
 /// job (`super::packed`); per count move: KEYS index, field, increment.
-/// Returns `{'=', record}` (the key was used with these events), `{'!'}` (with others), or
-/// `{'+', entries of event 1, entries of event 2, ...}`.
+/// Returns `{'?'}` (a version moved: nothing written), `{'=', record}` (the key was used with
+/// these events), `{'!'}` (with others), or `{'+', entries of event 1, entries of event 2, ...}`.
 const INGEST: &str = r#"
 local ws = ARGV[1]
+if ARGV[9] ~= '' then
+  local v = redis.call('MGET', KEYS[3], KEYS[4])
+  if (v[1] or '0') ~= ARGV[9] or (v[2] or '0') ~= ARGV[10] then return {'?'} end
+end
 if ARGV[2] == '1' then
   local prev = redis.call('GET', KEYS[2])
   if prev then
@@ -35,7 +41,7 @@ if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
 local out = {'+'}
 local lines = {}
 local logged = {}
-local a = 9
+local a = 11
 for e = 1, tonumber(ARGV[7]) do
   local id, ems, etype, ebody, parts, n = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
   a = a + 6
