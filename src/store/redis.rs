@@ -16,6 +16,7 @@
 mod cluster;
 mod conn;
 mod health;
+mod ingest;
 mod jobs;
 mod log;
 mod packed;
