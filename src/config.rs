@@ -125,8 +125,9 @@ pub struct Config {
     pub overload: Overload,
     /// Unfinished jobs in one partition beyond which `overload = "shed"` refuses ingest.
     pub overload_backlog_jobs: u64,
-    /// Ingest requests planned and written at once; more wait their turn before any work, so
-    /// a burst of producers leaves delivery its share of the cores.
+    /// Ingest requests parsed and planned at once; more wait their turn before any work, so
+    /// a burst of producers leaves delivery its share of the cores. The write that follows
+    /// only waits (and is grouped with other requests'), so it is outside this bound.
     pub max_concurrent_ingests: usize,
     /// `text` (for people) or `json` (one object per line, for log pipelines).
     pub log_format: LogFormat,

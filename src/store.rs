@@ -45,7 +45,7 @@ pub use redis::RedisStore;
 pub use tenants::Change;
 
 /// Why a store operation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The backend could not be reached or did not answer in time: retry later.
     #[error("the store is unavailable: {0}")]

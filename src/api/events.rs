@@ -79,8 +79,8 @@ async fn write(
         ttl_secs: state.config.idempotency_ttl_secs,
     });
     let n = events.len();
-    let _permit = ingest_permit(state).await?;
-    let written = plan_and_ingest(state, ws, events, idem.as_ref()).await?;
+    let permit = ingest_permit(state).await?;
+    let written = plan_and_ingest(state, ws, events, idem.as_ref(), permit).await?;
     match written {
         Ingested::Written(answer) => {
             crate::telemetry::events_accepted(&state.config.node_id, n);
@@ -190,13 +190,19 @@ async fn plan_and_ingest(
     ws: &Workspace,
     events: Vec<Event>,
     idem: Option<&Idempotency>,
+    permit: tokio::sync::SemaphorePermit<'_>,
 ) -> Result<Ingested, ApiError> {
+    // The permit bounds the CPU of parsing and planning; the write only waits, and requests
+    // waiting together are written in one call (`store::redis::ingest`), so it is let go
+    // before the write.
+    let mut permit = Some(permit);
     // Where the store checks the versions in the write itself, plan with the cached ones and
     // plan again from freshly read versions only when the write answers that one moved.
     if state.store.checks_versions()
         && let Some(snapshot) = state.rules.cached(&ws.uuid)
     {
         let planned = plan_checked(state, ws, &snapshot, fire(&snapshot, &events)).await?;
+        drop(permit.take());
         let expect = Some(snapshot.versions());
         match state.store.ingest(&ws.uuid, &planned, idem, expect).await? {
             Ingested::Stale => crate::telemetry::ingest_replanned(&state.config.node_id),
@@ -205,6 +211,7 @@ async fn plan_and_ingest(
     }
     let snapshot = state.rules.get(&state.store, &ws.uuid).await?;
     let planned = plan_checked(state, ws, &snapshot, fire(&snapshot, &events)).await?;
+    drop(permit);
     Ok(state.store.ingest(&ws.uuid, &planned, idem, None).await?)
 }
 

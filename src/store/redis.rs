@@ -72,6 +72,8 @@ pub struct RedisStore {
     partitions: u32,
     /// How long and how many finished deliveries are kept.
     retention: Retention,
+    /// The ingest requests waiting for the next grouped call (`ingest`).
+    group: std::sync::Arc<ingest::Group>,
 }
 
 impl RedisStore {
@@ -86,6 +88,7 @@ impl RedisStore {
             prefix: prefix.to_string(),
             partitions,
             retention: Retention::default(),
+            group: Default::default(),
         })
     }
 

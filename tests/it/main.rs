@@ -22,6 +22,7 @@ mod overload;
 mod receiver;
 mod routines;
 mod store_conformance;
+mod store_grouping;
 mod store_upgrade;
 mod support;
 mod transforms;

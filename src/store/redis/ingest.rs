@@ -5,8 +5,11 @@
 //! hash is written), plus `HINCRBY` of the endpoint's created count once per endpoint and
 //! request. Per request, one `XADD` logs all its events in one entry of the workspace's event
 //! log, and an `MGET` checks the rule and endpoint versions the request was planned with. On
-//! one Redis that is one script call per request; on a Redis Cluster it is the steps of
-//! [`super::scripts`]' cluster protocol, each in one slot.
+//! one Redis the requests that arrive while a call runs go together in the next one (a group
+//! commit, like the outcomes': no timer, a call starts as soon as the previous one returned,
+//! with whatever gathered meanwhile, so groups grow with load and a lone request waits one
+//! round trip); each is written, checked and answered as it would be alone. On a Redis Cluster
+//! it is the steps of [`super::scripts`]' cluster protocol, each in one slot.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +20,135 @@ use crate::delivery::{DeliveryId, EntryId};
 use crate::store::jobs::{Idempotency, Ingested, NewEvent};
 use crate::store::record::Answered;
 use crate::store::{Result, StoreError};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::oneshot;
 
 /// Deliveries written per script call at most (a call holds the Redis thread while it runs,
 /// and every other command waits behind it); a request that makes more is split in calls made
 /// in order.
 const MAX_PER_CALL: usize = 500;
+/// Grouped calls in flight at most. A second one starts only when a whole call's worth is
+/// waiting, so Redis is not left idle during a round trip under heavy batch ingest, and small
+/// requests still gather behind the one running call.
+const MAX_CALLS: usize = 2;
+
+/// One request's part of a grouped `INGEST` call: its KEYS and ARGV, in the script's order.
+#[derive(Default)]
+struct Section {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+    deliveries: usize,
+}
+
+impl Section {
+    fn key(&mut self, key: String) -> &mut Self {
+        self.keys.push(key);
+        self
+    }
+
+    fn arg<T: redis::ToRedisArgs>(&mut self, value: T) -> &mut Self {
+        value.write_redis_args(&mut self.args);
+        self
+    }
+}
+
+/// The requests waiting for the next grouped call, and whether a call is running.
+#[derive(Default)]
+pub(crate) struct Group {
+    state: Mutex<GroupState>,
+}
+
+#[derive(Default)]
+struct GroupState {
+    waiting: VecDeque<Waiting>,
+    /// Deliveries of the waiting requests.
+    deliveries: usize,
+    /// Tasks making grouped calls.
+    running: usize,
+}
+
+struct Waiting {
+    section: Section,
+    reply: oneshot::Sender<Result<Vec<String>>>,
+}
 
 impl RedisStore {
+    /// Writes `section` in the next grouped call and returns its reply. The calls run in a task
+    /// of their own, so a request that goes away (its client hung up) never stalls the others.
+    async fn grouped(&self, section: Section) -> Result<Vec<String>> {
+        let (reply, answer) = oneshot::channel();
+        let start = {
+            let mut state = self.group.state.lock().expect("ingest group");
+            state.deliveries += section.deliveries;
+            state.waiting.push_back(Waiting { section, reply });
+            let start = state.running == 0
+                || (state.running < MAX_CALLS && state.deliveries >= MAX_PER_CALL);
+            state.running += usize::from(start);
+            start
+        };
+        if start {
+            let store = self.clone();
+            tokio::spawn(async move { store.run_group().await });
+        }
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the ingest group call was lost".into()))?
+    }
+
+    /// Grouped calls, one after the other, until nobody waits: each takes the waiting requests
+    /// in arrival order, up to [`MAX_PER_CALL`] deliveries (at least one request). At most
+    /// [`MAX_CALLS`] of these loops run at once.
+    async fn run_group(&self) {
+        loop {
+            let group: Vec<Waiting> = {
+                let mut state = self.group.state.lock().expect("ingest group");
+                if state.waiting.is_empty() {
+                    state.running -= 1;
+                    return;
+                }
+                let mut n = 0;
+                let mut take = 0;
+                for w in &state.waiting {
+                    if take > 0 && n + w.section.deliveries > MAX_PER_CALL {
+                        break;
+                    }
+                    n += w.section.deliveries;
+                    take += 1;
+                }
+                state.deliveries -= n;
+                state.waiting.drain(..take).collect()
+            };
+            let mut inv = INGEST_SCRIPT.prepare_invoke();
+            inv.arg(group.len());
+            for w in &group {
+                for k in &w.section.keys {
+                    inv.key(k);
+                }
+                inv.arg(w.section.keys.len()).arg(w.section.args.len() + 2);
+                for a in &w.section.args {
+                    inv.arg(a.as_slice());
+                }
+            }
+            let replies: Result<Vec<Vec<String>>> = inv
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(StoreError::from);
+            match replies {
+                Ok(replies) => {
+                    for (w, r) in group.into_iter().zip(replies) {
+                        let _ = w.reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    for w in group {
+                        let _ = w.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
     pub async fn ingest(
         &self,
         ws: &str,
@@ -72,8 +197,8 @@ impl RedisStore {
         self.ingest_one_call(ws, events, idem, expect).await
     }
 
-    /// One call of the ingest script for `events`, checking the versions when `expect` names
-    /// them.
+    /// `events` in one section of the next grouped ingest call, checking the versions when
+    /// `expect` names them.
     async fn ingest_one_call(
         &self,
         ws: &str,
@@ -82,7 +207,7 @@ impl RedisStore {
         expect: Option<(u64, u64)>,
     ) -> Result<Ingested> {
         debug_assert!(events.len() <= super::log::EVENTS_PER_ENTRY);
-        let mut inv = INGEST_SCRIPT.prepare_invoke();
+        let mut inv = Section::default();
         inv.key(self.events_key(ws));
         inv.key(match idem {
             Some(i) => self.idem_key(ws, &i.key),
@@ -112,6 +237,7 @@ impl RedisStore {
                     .or_default() += 1;
             }
         }
+        inv.deliveries = events.iter().map(|e| e.deliveries.len()).sum();
         inv.arg(ws)
             .arg(if idem.is_some() { "1" } else { "0" })
             .arg(idem.map_or("", |i| i.fingerprint.as_str()))
@@ -149,7 +275,7 @@ impl RedisStore {
         for ((counts, ep), n) in &created {
             inv.arg(*counts).arg(format!("{ws}|{ep}|c")).arg(*n);
         }
-        let reply: Vec<String> = inv.invoke_async(&mut self.conn()).await?;
+        let reply = self.grouped(inv).await?;
         Ok(match reply.first().map(String::as_str) {
             Some("?") => Ingested::Stale,
             Some("!") => Ingested::Reused,

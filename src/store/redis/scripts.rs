@@ -2,76 +2,95 @@
 //! fields and counts are built by the caller, so a script costs the commands it makes and
 //! holds the Redis thread no longer than they take.
 
-/// Ingest on one Redis, one call per request: the idempotency check, every job, the events
-/// (in one entry of the workspace's log, after its newest entry and at the events' ids' time
-/// or later, so an id finds its event from its time), the endpoints' created counts and the
-/// idempotency record.
+/// Ingest on one Redis: one call for the requests that gathered while the previous call ran
+/// (`super::ingest`), each one as it would be alone. Per request: the versions check, the
+/// idempotency check, every job, the events (in one entry of the workspace's log, after its
+/// newest entry and at the events' ids' time or later, so an id finds its event from its time),
+/// the endpoints' created counts and the idempotency record.
 /// The script only moves arguments into commands: ids, fields and counts are built by the
 /// caller, so its cost is the commands it makes.
 ///
-/// KEYS: event log, idempotency record, the workspace's rule and endpoint versions, then the
-/// jobs streams and counts of the partitions touched. ARGV: workspace, `1` with an idempotency
-/// key, its fingerprint, its TTL, the event log's MINID bound and cap, the number of events,
-/// the number of count moves, the rule and endpoint versions the events were planned with
-/// (empty: not checked); per event: id,
-/// unix ms of the id, type, body (when no delivery carries it as it is), its deliveries' partitions
-/// (space-separated), number of deliveries; per delivery: KEYS index of its stream, the packed
-/// job (`super::packed`); per count move: KEYS index, field, increment.
-/// Returns `{'?'}` (a version moved: nothing written), `{'=', record}` (the key was used with
-/// these events), `{'!'}` (with others), or `{'+', entries of event 1, entries of event 2, ...}`.
+/// ARGV[1] is the number of requests; then each request's section: the number of its KEYS and
+/// of its ARGV (these two included), then its own fields. A section's KEYS: event log,
+/// idempotency record, the workspace's rule and endpoint versions, then the jobs streams and
+/// counts of the partitions touched. Its ARGV: workspace, `1` with an idempotency key, its
+/// fingerprint, its TTL, the event log's MINID bound and cap, the number of events, the number
+/// of count moves, the rule and endpoint versions the events were planned with (empty: not
+/// checked); per event: id, unix ms of the id, type, body (when no delivery carries it as it
+/// is), its deliveries' partitions (space-separated), number of deliveries; per delivery: the
+/// index among the section's KEYS of its stream, the packed job (`super::packed`); per count
+/// move: KEYS index, field, increment.
+/// Returns one reply per request: `{'?'}` (a version moved: nothing written), `{'=', record}`
+/// (the key was used with these events), `{'!'}` (with others), or `{'+', entries of event 1,
+/// entries of event 2, ...}`.
 const INGEST: &str = r#"
-local ws = ARGV[1]
-if ARGV[9] ~= '' then
-  local v = redis.call('MGET', KEYS[3], KEYS[4])
-  if (v[1] or '0') ~= ARGV[9] or (v[2] or '0') ~= ARGV[10] then return {'?'} end
-end
-if ARGV[2] == '1' then
-  local prev = redis.call('GET', KEYS[2])
-  if prev then
-    local nl = string.find(prev, '\n', 1, true)
-    local fp = prev
-    if nl then fp = string.sub(prev, 1, nl - 1) end
-    if fp == ARGV[3] then return {'=', prev} end
-    return {'!'}
+local function request(k, b)
+  -- The section's KEYS are KEYS[k + 1 ...], its fields ARGV[b ...] (indexed directly in the
+  -- loops: a Lua call per field would cost more than the commands).
+  local keyed = ARGV[b + 1] == '1'
+  local fpr, ttl, minid, cap = ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], tonumber(ARGV[b + 5])
+  local nev, nmoves = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
+  local log, idem = KEYS[k + 1], KEYS[k + 2]
+  if ARGV[b + 8] ~= '' then
+    local v = redis.call('MGET', KEYS[k + 3], KEYS[k + 4])
+    if (v[1] or '0') ~= ARGV[b + 8] or (v[2] or '0') ~= ARGV[b + 9] then return {'?'} end
   end
-end
-local head = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local last = 0
-if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
-local out = {'+'}
-local lines = {}
-local logged = {}
-local a = 11
-for e = 1, tonumber(ARGV[7]) do
-  local id, ems, etype, ebody, parts, n = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
-  a = a + 6
-  local jids = {}
-  for i = 1, n do
-    jids[i] = redis.call('XADD', KEYS[tonumber(ARGV[a])], '*', 'j', ARGV[a + 1])
-    a = a + 2
+  if keyed then
+    local prev = redis.call('GET', idem)
+    if prev then
+      local nl = string.find(prev, '\n', 1, true)
+      local fp = prev
+      if nl then fp = string.sub(prev, 1, nl - 1) end
+      if fp == fpr then return {'=', prev} end
+      return {'!'}
+    end
   end
-  if ems > last then last = ems end
-  local d = table.concat(jids, ' ')
-  if ebody ~= '' then
-    logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d .. '\t' .. ebody
-  else
-    logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d
+  local head = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+  local last = 0
+  if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
+  local out = {'+'}
+  local lines = {}
+  local logged = {}
+  local a = b + 10
+  for e = 1, nev do
+    local id, ems, etype, ebody, parts, n = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], ARGV[a + 3], ARGV[a + 4], tonumber(ARGV[a + 5])
+    a = a + 6
+    local jids = {}
+    for i = 1, n do
+      jids[i] = redis.call('XADD', KEYS[k + tonumber(ARGV[a])], '*', 'j', ARGV[a + 1])
+      a = a + 2
+    end
+    if ems > last then last = ems end
+    local d = table.concat(jids, ' ')
+    if ebody ~= '' then
+      logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d .. '\t' .. ebody
+    else
+      logged[e] = id .. '\t' .. etype .. '\t' .. parts .. '\t' .. d
+    end
+    out[#out + 1] = d
+    if keyed then lines[#lines + 1] = id .. '|' .. parts .. '|' .. d end
   end
-  out[#out + 1] = d
-  if ARGV[2] == '1' then lines[#lines + 1] = id .. '|' .. parts .. '|' .. d end
+  redis.call('XADD', log, 'MINID', '~', minid, string.format('%.0f', last) .. '-*', 'e', table.concat(logged, '\n'))
+  for i = 1, nmoves do
+    redis.call('HINCRBY', KEYS[k + tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2])
+    a = a + 3
+  end
+  if last % 64 == 0 and cap > 0 then
+    redis.call('XTRIM', log, 'MAXLEN', '~', cap)
+  end
+  if keyed then
+    redis.call('SET', idem, fpr .. '\n' .. table.concat(lines, '\n'), 'EX', ttl)
+  end
+  return out
 end
-redis.call('XADD', KEYS[1], 'MINID', '~', ARGV[5], string.format('%.0f', last) .. '-*', 'e', table.concat(logged, '\n'))
-for i = 1, tonumber(ARGV[8]) do
-  redis.call('HINCRBY', KEYS[tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2])
-  a = a + 3
+local replies = {}
+local k, b = 0, 2
+for r = 1, tonumber(ARGV[1]) do
+  replies[r] = request(k, b + 2)
+  k = k + tonumber(ARGV[b])
+  b = b + tonumber(ARGV[b + 1])
 end
-if last % 64 == 0 and tonumber(ARGV[6]) > 0 then
-  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[6])
-end
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[2], ARGV[3] .. '\n' .. table.concat(lines, '\n'), 'EX', ARGV[4])
-end
-return out
+return replies
 "#;
 
 /// Redis Cluster, step 1 of an idempotent ingest (the workspace's slot): claims the key for
