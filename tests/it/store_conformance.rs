@@ -246,6 +246,18 @@ conformance!(
                 .unwrap();
             assert_eq!(stale, Ingested::Stale, "planned with {moved:?}");
         }
+        // A request too large for one call (written in several on one Redis) is checked
+        // before any of it is written.
+        let large = store
+            .ingest(
+                WS,
+                &[event(300), event(300)],
+                None,
+                Some((rules + 1, endpoints)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(large, Ingested::Stale, "a split request planned stale");
         let all = DeliveryFilter::default();
         let listed = || store.list_deliveries(WS, &all, 10, None);
         assert!(listed().await.unwrap().data.is_empty(), "nothing written");

@@ -157,21 +157,21 @@ impl RedisStore {
         expect: Option<(u64, u64)>,
     ) -> Result<Ingested> {
         let total: usize = events.iter().map(|e| e.deliveries.len()).sum();
-        if self.is_cluster() || total > MAX_PER_CALL {
-            // Written in several calls: the versions are checked once, before the first.
+        if self.is_cluster() || (total > MAX_PER_CALL && idem.is_some()) {
+            // A cluster's slots, or a keyed request too large for one call: the steps of the
+            // cluster protocol (claim, partitions, events), each once for the key. Its scripts
+            // do not check versions, so they are read before the first.
             if let Some(expect) = expect
                 && self.versions(ws).await? != expect
             {
                 return Ok(Ingested::Stale);
             }
-        }
-        if self.is_cluster() || (total > MAX_PER_CALL && idem.is_some()) {
-            // A cluster's slots, or a keyed request too large for one call: the steps of the
-            // cluster protocol (claim, partitions, events), each once for the key.
             return self.ingest_on_cluster(ws, events, idem).await;
         }
         if total > MAX_PER_CALL {
-            // One call at a time, in order, so a long request never holds Redis for long.
+            // One call at a time, in order, so a long request never holds Redis for long; the
+            // first call checks the versions (a stale answer then has written nothing).
+            let mut expect = expect;
             let mut answer = Vec::with_capacity(events.len());
             let mut start = 0;
             while start < events.len() {
@@ -184,7 +184,7 @@ impl RedisStore {
                     end += 1;
                 }
                 match self
-                    .ingest_one_call(ws, &events[start..end], None, None)
+                    .ingest_one_call(ws, &events[start..end], None, expect.take())
                     .await?
                 {
                     Ingested::Written(a) => answer.extend(a),
