@@ -8,7 +8,11 @@
 /// newest entry and at the events' ids' time or later, so an id finds its event from its time),
 /// the endpoints' created counts and the idempotency record.
 /// The script only moves arguments into commands: ids, fields and counts are built by the
-/// caller, so its cost is the commands it makes.
+/// caller, so its cost is the commands it makes. What the requests of one call share is done
+/// once per call: the versions are read once per workspace, the log's newest entry once per
+/// log (then known from the entry just added), and the count moves are summed and applied
+/// after the last request, one `HINCRBY` per counter (eight one-event requests of one
+/// workspace make 14 to 21 of their 56 commands fewer).
 ///
 /// ARGV[1] is the number of requests; then each request's section: the number of its KEYS and
 /// of its ARGV (these two included), then its own fields. A section's KEYS: event log,
@@ -24,6 +28,9 @@
 /// (the key was used with these events), `{'!'}` (with others), or `{'+', entries of event 1,
 /// entries of event 2, ...}`.
 const INGEST: &str = r#"
+-- Shared by the requests of the call: versions by key pair, the newest entry's ms by log,
+-- the count moves by key (each a list of its fields, in order, and their sums).
+local versions, heads, moves, moved = {}, {}, {}, {}
 local function request(k, b)
   -- The section's KEYS are KEYS[k + 1 ...], its fields ARGV[b ...] (indexed directly in the
   -- loops: a Lua call per field would cost more than the commands).
@@ -32,7 +39,12 @@ local function request(k, b)
   local nev, nmoves = tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
   local log, idem = KEYS[k + 1], KEYS[k + 2]
   if ARGV[b + 8] ~= '' then
-    local v = redis.call('MGET', KEYS[k + 3], KEYS[k + 4])
+    local vk = KEYS[k + 3] .. ' ' .. KEYS[k + 4]
+    local v = versions[vk]
+    if not v then
+      v = redis.call('MGET', KEYS[k + 3], KEYS[k + 4])
+      versions[vk] = v
+    end
     if (v[1] or '0') ~= ARGV[b + 8] or (v[2] or '0') ~= ARGV[b + 9] then return {'?'} end
   end
   if keyed then
@@ -45,9 +57,12 @@ local function request(k, b)
       return {'!'}
     end
   end
-  local head = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
-  local last = 0
-  if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
+  local last = heads[log]
+  if not last then
+    local head = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)
+    last = 0
+    if #head > 0 then last = tonumber(string.match(head[1][1], '^(%d+)')) end
+  end
   local out = {'+'}
   local lines = {}
   local logged = {}
@@ -71,8 +86,20 @@ local function request(k, b)
     if keyed then lines[#lines + 1] = id .. '|' .. parts .. '|' .. d end
   end
   redis.call('XADD', log, 'MINID', '~', minid, string.format('%.0f', last) .. '-*', 'e', table.concat(logged, '\n'))
+  heads[log] = last
   for i = 1, nmoves do
-    redis.call('HINCRBY', KEYS[k + tonumber(ARGV[a])], ARGV[a + 1], ARGV[a + 2])
+    local key, field = KEYS[k + tonumber(ARGV[a])], ARGV[a + 1]
+    local by = moves[key]
+    if not by then
+      by = {}
+      moves[key] = by
+      moved[#moved + 1] = key
+    end
+    if not by[field] then
+      by[field] = 0
+      by[#by + 1] = field
+    end
+    by[field] = by[field] + tonumber(ARGV[a + 2])
     a = a + 3
   end
   if last % 64 == 0 and cap > 0 then
@@ -89,6 +116,12 @@ for r = 1, tonumber(ARGV[1]) do
   replies[r] = request(k, b + 2)
   k = k + tonumber(ARGV[b])
   b = b + tonumber(ARGV[b + 1])
+end
+for _, key in ipairs(moved) do
+  local by = moves[key]
+  for _, field in ipairs(by) do
+    if by[field] ~= 0 then redis.call('HINCRBY', key, field, by[field]) end
+  end
 end
 return replies
 "#;
