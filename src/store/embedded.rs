@@ -30,8 +30,10 @@
 //! (checkpoints).
 
 mod config;
+mod counts;
 mod jobs;
 mod log;
+mod retention;
 mod tenants;
 mod writer;
 
@@ -208,12 +210,13 @@ pub(crate) fn now_ms() -> u64 {
     chrono::Utc::now().timestamp_millis().max(0) as u64
 }
 
-/// The writer's running ids: the last job of each partition, the last event of each
-/// workspace (found in the keyspace the first time one is needed).
+/// The writer's running state: the last job of each partition, the last event of each
+/// workspace (found in the keyspace the first time one is needed), the endpoints' counts.
 struct Ids {
     jobs: Vec<EntryId>,
     events: HashMap<String, EntryId>,
     dead: Vec<EntryId>,
+    counts: counts::CountCache,
 }
 
 /// One group commit in the making: the batch, what it has written so far (so later writes in
@@ -224,6 +227,10 @@ pub(crate) struct Tx<'a> {
     overlay: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
     ids: &'a mut Ids,
     touched: Vec<u32>,
+    /// The counts this group moved, written once each at its commit.
+    counts: HashMap<String, counts::Counts>,
+    /// The counts keys this group removed.
+    uncounted: Vec<String>,
 }
 
 impl Tx<'_> {
@@ -247,6 +254,9 @@ impl Tx<'_> {
     }
 
     pub(crate) fn remove(&mut self, ks: Ks, key: &[u8]) {
+        if ks == Ks::Cfg && counts::is_counts_key(key) {
+            self.uncount(key);
+        }
         self.batch.remove(self.inner.ks.get(ks), key.to_vec());
         self.overlay.insert((ks, key.to_vec()), None);
     }
@@ -351,6 +361,7 @@ impl EmbeddedStore {
             jobs: (0..partitions).map(|p| last_of(&ks.q, p)).collect(),
             dead: (0..partitions).map(|p| last_of(&ks.dead, p)).collect(),
             events: HashMap::new(),
+            counts: counts::CountCache::default(),
         };
         let (tx, rx) = std::sync::mpsc::channel::<WriteOp>();
         let inner = Arc::new(Inner {

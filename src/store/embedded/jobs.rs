@@ -1,5 +1,5 @@
-//! The jobs role on the embedded store: ingest, a partition's reader, outcome batches,
-//! requeues and retention, each a single write of the group commit.
+//! The jobs role on the embedded store: ingest, a partition's reader, outcome batches and
+//! requeues, each a single write of the group commit (retention is `super::retention`).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -13,9 +13,6 @@ use crate::store::record::{
     state_attempts,
 };
 use crate::store::{Counts, Result};
-
-/// Jobs a retention pass looks at.
-const TRIM_BATCH: usize = 2000;
 
 /// A dead letter.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -60,24 +57,18 @@ pub(crate) fn read_job(store: &EmbeddedStore, id: DeliveryId) -> Result<Option<R
     }
 }
 
-fn count(tx: &mut Tx, ws: &str, ep: &str, moves: &[(&str, i64)]) -> Result<()> {
-    if moves.is_empty() {
-        return Ok(());
-    }
-    let key = format!("n/{ws}/{ep}");
-    let mut counts: HashMap<String, i64> = tx.get_json(&key)?.unwrap_or_default();
-    for (c, d) in moves {
-        *counts.entry(c.to_string()).or_default() += d;
-    }
-    tx.put_json(&key, &counts)
-}
-
 /// Writes one outcome: the delivery's state with its attempt, the counts, the dead letter.
 fn record(tx: &mut Tx, o: &Outcome) -> Result<()> {
     let key = entry_key(o.id.partition, o.id.entry);
-    let mut attempts = match tx.get(Ks::S, &key)? {
-        Some(v) => state_attempts(&String::from_utf8_lossy(&v)).to_string(),
-        None => String::new(),
+    // A pending delivery's first attempt has no earlier attempts to keep: its state is written
+    // whole, without reading the one ingest wrote (as the Redis commit does).
+    let first = o.attempt.as_ref().is_some_and(|a| a.n == 1) && o.from == Status::Pending;
+    let mut attempts = match first {
+        true => String::new(),
+        false => tx
+            .get(Ks::S, &key)?
+            .map(|v| state_attempts(&String::from_utf8_lossy(&v)).to_string())
+            .unwrap_or_default(),
     };
     if let Some(a) = &o.attempt {
         if !attempts.is_empty() {
@@ -87,8 +78,7 @@ fn record(tx: &mut Tx, o: &Outcome) -> Result<()> {
     }
     let state = encode_state(&o.progress, &attempts)?;
     tx.put(Ks::S, &key, state.into_bytes());
-    count(
-        tx,
+    tx.count(
         &o.workspace,
         &o.endpoint_id,
         // A delivery whose endpoint is gone (no attempt) moves no count: its endpoint's
@@ -193,7 +183,7 @@ impl EmbeddedStore {
                 answer.push((ev.id.clone(), ids.iter().map(|i| i.to_string()).collect()));
             }
             for ((_, ep), n) in created {
-                count(tx, &ws, &ep, &[("c", n)])?;
+                tx.count(&ws, &ep, &[("c", n)])?;
             }
             if let (Some(i), Some(k)) = (&idem, &idem_key) {
                 let record = Answered {
@@ -312,8 +302,7 @@ impl EmbeddedStore {
                 &key,
                 encode_state(&fresh, state_attempts(&state))?.into_bytes(),
             );
-            count(
-                tx,
+            tx.count(
                 &ws,
                 &record.e,
                 &Counts::moves(progress.status, Status::Pending),
@@ -365,129 +354,6 @@ impl EmbeddedStore {
             }
         }
         Ok(out)
-    }
-
-    /// One retention pass over a partition's oldest jobs from `from` on (and its dead letters
-    /// older than the retention).
-    pub async fn trim_partition(&self, partition: u32, from: EntryId) -> Result<(u64, EntryId)> {
-        let retention = self.settings().retention;
-        let cutoff = (chrono::Utc::now().timestamp_millis() - retention.time.as_millis() as i64)
-            .max(0) as u64;
-        let start = entry_key(partition, from.next());
-        let end = entry_key(
-            partition,
-            EntryId {
-                ms: u64::MAX,
-                seq: u64::MAX,
-            },
-        );
-        let held = self.jobs_held(partition);
-        let over = held.saturating_sub(retention.max_per_partition);
-        let mut candidates: Vec<(EntryId, Option<EntryId>)> = Vec::new();
-        let mut next = EntryId::ZERO;
-        let mut young = false;
-        let mut seen = 0;
-        for g in self.ks(Ks::Q).range(start..=end) {
-            let (k, v) = g.into_inner().map_err(fjall_error)?;
-            let Some((_, entry)) = key_entry(&k) else {
-                continue;
-            };
-            if entry.ms >= cutoff && (seen as u64) >= over {
-                young = true;
-                break;
-            }
-            seen += 1;
-            let record: JobRecord = serde_json::from_slice(&v)?;
-            candidates.push((entry, record.d.and_then(|d| d.parse().ok())));
-            next = entry;
-            if seen == TRIM_BATCH {
-                break;
-            }
-        }
-        if young || seen < TRIM_BATCH {
-            next = EntryId::ZERO;
-        }
-        let dead_end = entry_key(partition, EntryId { ms: cutoff, seq: 0 });
-        let dead: Vec<Vec<u8>> = self
-            .ks(Ks::Dead)
-            .range(entry_key(partition, EntryId::ZERO)..dead_end)
-            .take(TRIM_BATCH)
-            .filter_map(|g| g.key().ok().map(|k| k.to_vec()))
-            .collect();
-        let events = if partition == 0 {
-            self.old_events(cutoff)?
-        } else {
-            Vec::new()
-        };
-        if candidates.is_empty() && dead.is_empty() && events.is_empty() {
-            return Ok((0, next));
-        }
-        let removed = self
-            .write(move |tx| {
-                let mut removed = 0u64;
-                for (entry, first) in &candidates {
-                    let state_key = entry_key(partition, first.unwrap_or(*entry));
-                    let state = tx.get(Ks::S, &state_key)?;
-                    let final_ = match &state {
-                        Some(s) => decode_progress(&String::from_utf8_lossy(s))?
-                            .status
-                            .is_final(),
-                        None => first.is_some(),
-                    };
-                    if final_ {
-                        tx.remove(Ks::Q, &entry_key(partition, *entry));
-                        if first.is_none() {
-                            tx.remove(Ks::S, &state_key);
-                        }
-                        removed += 1;
-                    }
-                }
-                for k in &dead {
-                    tx.remove(Ks::Dead, k);
-                }
-                for k in &events {
-                    tx.remove(Ks::Ev, k);
-                }
-                Ok(removed)
-            })
-            .await?;
-        self.held(partition)
-            .fetch_sub(removed as i64, Ordering::Relaxed);
-        Ok((removed, next))
-    }
-
-    /// Keys of events older than `cutoff_ms` (up to a batch), over every workspace: the event
-    /// log's retention, run with partition 0's.
-    fn old_events(&self, cutoff_ms: u64) -> Result<Vec<Vec<u8>>> {
-        let mut out = Vec::new();
-        for key in self.scan_keys("ws/")? {
-            let ws = &key["ws/".len()..];
-            let from = event_key(ws, EntryId::ZERO);
-            let to = event_key(
-                ws,
-                EntryId {
-                    ms: cutoff_ms,
-                    seq: 0,
-                },
-            );
-            for g in self.ks(Ks::Ev).range(from..to).take(TRIM_BATCH - out.len()) {
-                out.push(g.key().map_err(fjall_error)?.to_vec());
-            }
-            if out.len() >= TRIM_BATCH {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Jobs of a partition still in the log (for the cap).
-    fn jobs_held(&self, partition: u32) -> u64 {
-        let held = self.held(partition);
-        if held.load(Ordering::Relaxed) < 0 {
-            let n = self.ks(Ks::Q).prefix(partition.to_be_bytes()).count() as i64;
-            held.store(n, Ordering::Relaxed);
-        }
-        held.load(Ordering::Relaxed).max(0) as u64
     }
 }
 

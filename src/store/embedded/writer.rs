@@ -105,12 +105,16 @@ fn run(inner: &Inner, ids: &mut Ids, ops: &[WriteOp]) -> Result<(Vec<Answer>, Ve
         overlay: HashMap::new(),
         ids,
         touched: Vec::new(),
+        counts: HashMap::new(),
+        uncounted: Vec::new(),
     };
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         out.push((op.f)(&mut tx)?);
     }
     let touched = std::mem::take(&mut tx.touched);
+    let (counts, uncounted) = tx.write_counts()?;
     tx.batch.commit().map_err(fjall_error)?;
+    tx.ids.counts.committed(counts, uncounted);
     Ok((out, touched))
 }
