@@ -107,15 +107,7 @@ async fn replay_scenario(config: switchyard::config::Config) {
     let node = Node::start(config).await;
     let api = node.workspace("Replay").await;
     let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let receiver = Receiver::start(move |_, _| {
-        Reply::status(if flag.load(Ordering::SeqCst) {
-            200
-        } else {
-            500
-        })
-    })
-    .await;
+    let receiver = crate::support::receivers::failing_until(up.clone()).await;
     let ep = api
         .endpoint(json!({"url": receiver.url, "retry": {"maxAttempts": 1}}))
         .await;

@@ -1,6 +1,7 @@
 //! Test fixtures: a real `redis-server`, real HTTPS receivers, a node on port 0, an API client.
 
 pub mod process;
+pub mod receivers;
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};

@@ -107,15 +107,7 @@ async fn a_manual_retry_is_sent_at_once_whatever_the_breaker_says() {
     .await;
     let api = node.workspace("Manual").await;
     let healthy = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let h = healthy.clone();
-    let receiver = Receiver::start(move |_, _| {
-        Reply::status(if h.load(std::sync::atomic::Ordering::SeqCst) {
-            200
-        } else {
-            500
-        })
-    })
-    .await;
+    let receiver = crate::support::receivers::failing_until(healthy.clone()).await;
     let ep = api
         .endpoint(json!({"url": receiver.url, "retry": {"maxAttempts": 1}}))
         .await;
