@@ -71,6 +71,14 @@ pub struct Outcome {
     pub attempt: Option<AttemptRecord>,
 }
 
+impl Outcome {
+    /// The first attempt of a pending delivery: there are no earlier attempts to keep, so
+    /// both backends write its state whole instead of reading the stored one to append to it.
+    pub fn is_first_attempt(&self) -> bool {
+        self.from == Status::Pending && self.attempt.as_ref().is_some_and(|a| a.n <= 1)
+    }
+}
+
 /// How long and how many finished deliveries are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {

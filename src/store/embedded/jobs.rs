@@ -60,10 +60,7 @@ pub(crate) fn read_job(store: &EmbeddedStore, id: DeliveryId) -> Result<Option<R
 /// Writes one outcome: the delivery's state with its attempt, the counts, the dead letter.
 fn record(tx: &mut Tx, o: &Outcome) -> Result<()> {
     let key = entry_key(o.id.partition, o.id.entry);
-    // A pending delivery's first attempt has no earlier attempts to keep: its state is written
-    // whole, without reading the one ingest wrote (as the Redis commit does).
-    let first = o.attempt.as_ref().is_some_and(|a| a.n == 1) && o.from == Status::Pending;
-    let mut attempts = match first {
+    let mut attempts = match o.is_first_attempt() {
         true => String::new(),
         false => tx
             .get(Ks::S, &key)?

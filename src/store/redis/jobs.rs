@@ -134,8 +134,7 @@ impl RedisStore {
                     Some(a) => serde_json::to_string(a)?,
                     None => String::new(),
                 };
-                let append =
-                    o.attempt.as_ref().is_none_or(|a| a.n > 1) || o.from != Status::Pending;
+                let append = !o.is_first_attempt();
                 let dead = o.progress.status == Status::Failed && o.from != Status::Failed;
                 let (state, line) = match (append, line.is_empty()) {
                     (true, _) => (progress, line),
