@@ -60,7 +60,7 @@ pub struct Outcome {
 impl Outcome {
     /// A 2xx answer.
     pub fn succeeded(&self) -> bool {
-        self.record.e.is_none() && self.record.st.is_some_and(|s| (200..300).contains(&s))
+        self.record.succeeded()
     }
 
     pub fn status(&self) -> Option<u16> {
@@ -69,10 +69,7 @@ impl Outcome {
 
     /// The error's kind and message (`status` for a non-2xx answer).
     pub fn error(&self) -> Option<(&str, &str)> {
-        self.record
-            .e
-            .as_ref()
-            .map(|(k, m)| (k.as_str(), m.as_str()))
+        self.record.error()
     }
 
     /// An attempt that ended in an error of `kind` before any answer.

@@ -72,6 +72,13 @@ pub enum EndpointMsg {
         entry: EntryId,
         result: Result<(), StoreError>,
     },
+    /// A `strict` endpoint's attempt succeeded and wrote its outcome itself (no `AttemptDone`
+    /// first: a success's progress needs nothing the actor keeps); what the commit did.
+    AttemptCommitted {
+        entry: EntryId,
+        result: Result<(), StoreError>,
+        commit: Arc<crate::store::Outcome>,
+    },
     /// Send a held outcome to the committer again.
     Recommit(EntryId),
     /// The idle timer fired.
@@ -82,7 +89,7 @@ pub enum EndpointMsg {
 
 /// An outcome on its way to the store, kept until it is durable.
 struct Held {
-    commit: crate::store::Outcome,
+    commit: Arc<crate::store::Outcome>,
     /// The wait before the next try, after a failed commit.
     retry: Duration,
     /// The delivery's creation (unix ms) and whether the attempt was a manual retry, for the
@@ -255,14 +262,14 @@ impl EndpointState {
                 next_attempt_ms: None,
                 ..job.progress
             };
-            let commit = crate::store::Outcome {
+            let commit = Arc::new(crate::store::Outcome {
                 id: job.id,
                 workspace: job.workspace.clone(),
                 endpoint_id: job.endpoint_id.clone(),
                 from: job.progress.status,
                 progress,
                 attempt: None,
-            };
+            });
             self.in_flight.insert(job.entry);
             self.held.insert(
                 job.entry,
@@ -347,6 +354,14 @@ impl Actor for EndpointActor {
                 Some(after) => Box::pin(state.after_attempt(after)).await,
                 None => Ok(()),
             },
+            EndpointMsg::AttemptCommitted {
+                entry,
+                result,
+                commit,
+            } => match state.attempt_committed(&myself, entry, result, commit) {
+                Some(after) => Box::pin(state.after_attempt(after)).await,
+                None => Ok(()),
+            },
             msg => Box::pin(state.on_message(myself, msg)).await,
         }
     }
@@ -394,6 +409,15 @@ impl EndpointState {
                 }
             },
             EndpointMsg::Committed { entry, result } => state.committed(&myself, entry, result),
+            EndpointMsg::AttemptCommitted {
+                entry,
+                result,
+                commit,
+            } => {
+                if let Some(after) = state.attempt_committed(&myself, entry, result, commit) {
+                    state.after_attempt(after).await?;
+                }
+            }
             EndpointMsg::Recommit(entry) => state.recommit(&myself, entry),
             EndpointMsg::Drain(done) => {
                 if state.in_flight.is_empty() {

@@ -82,11 +82,14 @@ impl Lease {
 
 /// One outcome on its way to the committer, and the actor to tell.
 pub struct Commit {
-    pub outcome: Outcome,
+    pub outcome: Arc<Outcome>,
     /// The job's own entry (for the open set; a requeued job's entry is not its delivery's).
     pub entry: EntryId,
     pub reply: ActorRef<EndpointMsg>,
     pub partition: Arc<PartitionHandle>,
+    /// Written by the attempt itself, not by its actor: the reply is
+    /// [`EndpointMsg::AttemptCommitted`], which carries the outcome back to the actor.
+    pub direct: bool,
 }
 
 /// The jobs read and not final yet, and how far the reader has read.
@@ -135,9 +138,32 @@ impl PartitionHandle {
     /// Hands an outcome to the committer; `false` when the node is stopping.
     pub fn commit(
         self: &Arc<Self>,
-        outcome: Outcome,
+        outcome: Arc<Outcome>,
         entry: EntryId,
         reply: ActorRef<EndpointMsg>,
+    ) -> bool {
+        self.send_commit(outcome, entry, reply, false)
+    }
+
+    /// Sends an attempt's outcome to the committer without its actor deciding it first (a
+    /// success of a `strict` endpoint, see [`crate::dispatch::endpoint_actor`]); the actor
+    /// learns of the attempt and its commit in one message. `false` when the partition is no
+    /// longer owned here.
+    pub fn commit_attempt(
+        self: &Arc<Self>,
+        outcome: Arc<Outcome>,
+        entry: EntryId,
+        reply: ActorRef<EndpointMsg>,
+    ) -> bool {
+        self.send_commit(outcome, entry, reply, true)
+    }
+
+    fn send_commit(
+        self: &Arc<Self>,
+        outcome: Arc<Outcome>,
+        entry: EntryId,
+        reply: ActorRef<EndpointMsg>,
+        direct: bool,
     ) -> bool {
         self.commits
             .send(Commit {
@@ -145,6 +171,7 @@ impl PartitionHandle {
                 entry,
                 reply,
                 partition: self.clone(),
+                direct,
             })
             .is_ok()
     }

@@ -77,6 +77,29 @@ fn throttles(outcome: &Outcome) -> bool {
     }
 }
 
+/// The progress of a delivery whose attempt succeeded: it depends on nothing but `before`,
+/// so the attempt of a `strict` endpoint can write it without asking the actor first (see
+/// [`crate::dispatch::endpoint_actor`]).
+pub fn succeeded(before: &Progress) -> Progress {
+    Progress {
+        attempts: before.attempts + 1,
+        next_attempt_ms: None,
+        status: Status::Succeeded,
+        throttled_since_ms: None,
+        ..*before
+    }
+}
+
+/// What a successful attempt does to the endpoint's health.
+pub fn record_success(policy: &DispatchPolicy, health: &mut Health, now_ms: i64) {
+    health.count_attempt(now_ms, true);
+    health
+        .breaker
+        .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms))
+        .success(&policy.breaker, now_ms);
+    health.failing_since_ms = None;
+}
+
 /// Applies an outcome to the endpoint's health and decides the delivery's fate. `before` is
 /// the delivery's progress before this attempt.
 pub fn decide(
@@ -87,6 +110,10 @@ pub fn decide(
     before: &Progress,
     now_ms: i64,
 ) -> Decision {
+    if outcome.succeeded() {
+        record_success(policy, health, now_ms);
+        return Decision::settled(succeeded(before));
+    }
     let mut progress = Progress {
         attempts: before.attempts + 1,
         next_attempt_ms: None,
@@ -96,18 +123,11 @@ pub fn decide(
         .error()
         .is_some_and(|(kind, _)| kind == crate::deliverer::TEMPLATE_ERROR);
     if !template_failed {
-        health.count_attempt(now_ms, outcome.succeeded());
+        health.count_attempt(now_ms, false);
     }
     let breaker = health
         .breaker
         .get_or_insert_with(|| Breaker::new(&policy.breaker, now_ms));
-    if outcome.succeeded() {
-        breaker.success(&policy.breaker, now_ms);
-        health.failing_since_ms = None;
-        progress.status = Status::Succeeded;
-        progress.throttled_since_ms = None;
-        return Decision::settled(progress);
-    }
     if template_failed {
         // The event did not fit the endpoint's template: nothing was sent, the endpoint is not
         // at fault (no breaker move) and another attempt would render the same.

@@ -206,7 +206,8 @@ pub struct CommitBatch {
     pub partition: u32,
     /// The lease holder that fences the write (Redis; `None` on a single embedded node).
     pub fence: Option<String>,
-    pub outcomes: Vec<Outcome>,
+    /// Shared with the endpoint actors that hold them until durable (no copy per batch).
+    pub outcomes: Vec<std::sync::Arc<Outcome>>,
     /// The partition's checkpoint, when it must move with this batch (see
     /// [`crate::dispatch::partition`]: it is written when an outcome passes the last one
     /// written, and otherwise at most once a second).
@@ -304,7 +305,7 @@ impl Store {
         let batch = CommitBatch {
             partition,
             fence: fence.map(str::to_string),
-            outcomes: outcomes.to_vec(),
+            outcomes: outcomes.iter().cloned().map(std::sync::Arc::new).collect(),
             checkpoint: Some(checkpoint),
         };
         self.commit_many(vec![batch]).await.pop().unwrap_or(Ok(()))

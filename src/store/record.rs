@@ -87,6 +87,16 @@ fn parse_ms(rfc: &str) -> i64 {
 }
 
 impl AttemptRecord {
+    /// A 2xx answer.
+    pub fn succeeded(&self) -> bool {
+        self.e.is_none() && self.st.is_some_and(|s| (200..300).contains(&s))
+    }
+
+    /// The error's kind and message (`status` for a non-2xx answer).
+    pub fn error(&self) -> Option<(&str, &str)> {
+        self.e.as_ref().map(|(k, m)| (k.as_str(), m.as_str()))
+    }
+
     pub fn of(a: &Attempt) -> AttemptRecord {
         let mut h = a.request.headers.clone();
         let sig = h.remove("webhook-signature").unwrap_or_default();

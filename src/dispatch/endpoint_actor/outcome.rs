@@ -6,6 +6,7 @@
 //! delivery is not sent again meanwhile (a resend happens only if the process dies first), and
 //! in `strict` mode the endpoint's next delivery waits for it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorProcessingErr, ActorRef};
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 use super::{EndpointMsg, EndpointState, Held, now_ms};
 use crate::deliverer::Outcome;
 use crate::delivery::EntryId;
-use crate::dispatch::policy::decide;
+use crate::dispatch::policy::{decide, record_success};
 use crate::endpoint::health::BreakerState;
 use crate::store::StoreError;
 
@@ -29,7 +30,7 @@ pub(super) fn panicked_attempt(number: u32, message: String) -> Outcome {
 
 /// What an attempt's outcome still needs once the actor has decided it: a store write.
 pub(super) struct AfterAttempt {
-    ep: std::sync::Arc<crate::endpoint::Endpoint>,
+    ep: Arc<crate::endpoint::Endpoint>,
     /// The endpoint's health moved: persist it.
     health: Option<crate::endpoint::health::Health>,
     disable: Option<String>,
@@ -63,16 +64,16 @@ impl EndpointState {
             let until = Instant::now() + wait;
             self.throttled_until = Some(self.throttled_until.map_or(until, |t| t.max(until)));
         }
-        self.observe(&outcome, decision.progress.status);
+        self.observe(&outcome.record, decision.progress.status);
         let health = self.health_moved(&ep, health);
-        let commit = crate::store::Outcome {
+        let commit = Arc::new(crate::store::Outcome {
             id: job.id,
             workspace: job.workspace.clone(),
             endpoint_id: job.endpoint_id.clone(),
             from: job.progress.status,
             progress: decision.progress,
             attempt: Some(outcome.record),
-        };
+        });
         self.held.insert(
             entry,
             Held {
@@ -166,6 +167,41 @@ impl EndpointState {
         self.health_saved = Some(Instant::now());
         self.health_dirty = false;
         Some(health)
+    }
+
+    /// A success the attempt committed itself ([`EndpointMsg::AttemptCommitted`]): its
+    /// effect on the endpoint's health, as [`Self::attempt_done`] would have applied it, then
+    /// the commit's result, held and retried like any other.
+    pub(super) fn attempt_committed(
+        &mut self,
+        myself: &ActorRef<EndpointMsg>,
+        entry: EntryId,
+        result: Result<(), StoreError>,
+        commit: Arc<crate::store::Outcome>,
+    ) -> Option<AfterAttempt> {
+        let after = match (self.endpoint.clone(), commit.attempt.as_ref()) {
+            (Some(ep), Some(record)) => {
+                let mut health = self.health.clone().unwrap_or_default();
+                record_success(&self.ctx.policy, &mut health, now_ms());
+                self.observe(record, commit.progress.status);
+                self.health_moved(&ep, health).map(|health| AfterAttempt {
+                    ep,
+                    health: Some(health),
+                    disable: None,
+                })
+            }
+            _ => None,
+        };
+        self.held.insert(
+            entry,
+            Held {
+                created_ms: commit.id.entry.ms,
+                commit,
+                retry: Duration::from_millis(100),
+            },
+        );
+        self.committed(myself, entry, result);
+        after
     }
 
     /// Drops a job this node can no longer finish (its partition has moved on).

@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::EndpointState;
-use crate::deliverer::Outcome;
 use crate::delivery::{Status, now_rfc3339};
 use crate::endpoint::Endpoint;
+use crate::store::record::AttemptRecord;
 
 impl EndpointState {
     /// Emits an operational event into the endpoint's workspace, where a rule may forward it
@@ -85,10 +85,9 @@ impl EndpointState {
     /// Counts an attempt (and a final outcome) in the node's metrics, and logs a failed one at
     /// `warn` with the ids an operator searches by (a TLS or connect error names the endpoint
     /// here, not only inside the attempt's span).
-    pub(super) fn observe(&self, outcome: &Outcome, status: Status) {
-        let a = &outcome.record;
-        if !outcome.succeeded() {
-            let (kind, message) = outcome.error().unwrap_or(("status", ""));
+    pub(super) fn observe(&self, a: &AttemptRecord, status: Status) {
+        if !a.succeeded() {
+            let (kind, message) = a.error().unwrap_or(("status", ""));
             tracing::warn!(
                 workspace = %self.key.0,
                 endpoint = %self.key.1,
@@ -100,7 +99,7 @@ impl EndpointState {
                 "attempt failed"
             );
         }
-        let kind = outcome.error().map(|(k, _)| k);
+        let kind = a.error().map(|(k, _)| k);
         let class = crate::telemetry::status_class(a.st, kind);
         let node = &self.ctx.node;
         crate::telemetry::attempt(node, status.as_str(), class, Duration::from_millis(a.d));

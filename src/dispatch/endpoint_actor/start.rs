@@ -15,6 +15,7 @@ use crate::delivery::EntryId;
 use crate::dispatch::QueuedJob;
 use crate::endpoint::health::{BreakerState, Permit};
 use crate::endpoint::{Endpoint, Ordering};
+use crate::store::StoreError;
 
 impl EndpointState {
     /// The rate limit allows an attempt now; otherwise the time to look again.
@@ -181,6 +182,11 @@ impl EndpointState {
         let (ctx, ep, me) = (self.ctx.clone(), ep.clone(), myself.clone());
         let number = job.progress.attempts + 1;
         let entry = job.entry;
+        // One sequence per endpoint: nothing else is sent before this outcome is durable, so a
+        // success (whose progress needs nothing the actor keeps) goes from the attempt to the
+        // committer at once, and the actor hears of attempt and commit in one message.
+        let direct = ep.spec.ordering == Ordering::Strict && ep.spec.ordering_key.is_none();
+        let (owned, sent_on) = (job.clone(), partition.clone());
         // One span per attempt, so every log line of it carries the ids an operator searches by.
         // The response status or error kind is recorded on it when the attempt ends.
         let span = tracing::info_span!("attempt", delivery = %job.id, endpoint = %ep.id, workspace = %job.workspace, attempt = number, status = tracing::field::Empty, error = tracing::field::Empty);
@@ -224,6 +230,27 @@ impl EndpointState {
                         .unwrap_or_else(|| "the attempt panicked".into());
                     Some(outcome::panicked_attempt(number, message))
                 }
+            };
+            let outcome = match outcome {
+                Some(o) if direct && o.succeeded() => {
+                    let commit = Arc::new(crate::store::Outcome {
+                        id: owned.id,
+                        workspace: owned.workspace.clone(),
+                        endpoint_id: owned.endpoint_id.clone(),
+                        from: owned.progress.status,
+                        progress: crate::dispatch::policy::succeeded(&owned.progress),
+                        attempt: Some(o.record),
+                    });
+                    if !sent_on.commit_attempt(commit.clone(), entry, me.clone()) {
+                        let _ = me.cast(EndpointMsg::AttemptCommitted {
+                            entry,
+                            result: Err(StoreError::StaleLease(sent_on.partition)),
+                            commit,
+                        });
+                    }
+                    return;
+                }
+                o => o,
             };
             let _ = me.cast(EndpointMsg::AttemptDone {
                 entry,

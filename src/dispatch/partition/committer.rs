@@ -84,9 +84,17 @@ pub async fn run(
                     Err(StoreError::StaleLease(p)) => Err(StoreError::StaleLease(*p)),
                     Err(e) => Err(StoreError::Unavailable(e.to_string())),
                 };
-                let _ = c.reply.cast(EndpointMsg::Committed {
-                    entry: c.entry,
-                    result,
+                let _ = c.reply.cast(if c.direct {
+                    EndpointMsg::AttemptCommitted {
+                        entry: c.entry,
+                        result,
+                        commit: c.outcome,
+                    }
+                } else {
+                    EndpointMsg::Committed {
+                        entry: c.entry,
+                        result,
+                    }
                 });
             }
         }
