@@ -29,6 +29,11 @@ use crate::store::record::AttemptRecord;
 
 /// The `User-Agent` of every webhook.
 pub const USER_AGENT: &str = concat!("Switchyard/", env!("CARGO_PKG_VERSION"));
+// The signature headers as constants: a name given as a `&str` is copied into a new
+// allocation on every insert.
+const WEBHOOK_ID: HeaderName = HeaderName::from_static("webhook-id");
+const WEBHOOK_TIMESTAMP: HeaderName = HeaderName::from_static("webhook-timestamp");
+const WEBHOOK_SIGNATURE: HeaderName = HeaderName::from_static("webhook-signature");
 /// The error kind of an attempt whose body the endpoint's transform could not make.
 pub const TEMPLATE_ERROR: &str = "template";
 
@@ -246,10 +251,10 @@ impl Deliverer {
         let timestamp = started_ms.div_euclid(1000);
         let sig = signature_header(keys, &id, timestamp, job.body.as_bytes());
         let mut headers = target.headers.clone();
-        let value = |v: &str| HeaderValue::from_str(v).expect("ids, digits and base64 are valid");
-        headers.insert("webhook-id", value(&id));
-        headers.insert("webhook-timestamp", value(&timestamp.to_string()));
-        headers.insert("webhook-signature", value(&sig));
+        let valid = "ids and base64 are valid header values";
+        headers.insert(WEBHOOK_SIGNATURE, HeaderValue::from_str(&sig).expect(valid));
+        headers.insert(WEBHOOK_ID, HeaderValue::try_from(id).expect(valid));
+        headers.insert(WEBHOOK_TIMESTAMP, HeaderValue::from(timestamp));
         if !may_send() {
             return None;
         }
