@@ -72,6 +72,16 @@ pub struct LoadArgs {
     /// stored and queued but not sent; the run ends at the last 202.
     #[arg(long)]
     ingest_only: bool,
+    /// The started node's log filter (`RUST_LOG` syntax). `warn` by default, so a run measures
+    /// the dispatcher rather than its log lines; `info` is what `switchyard serve` runs with,
+    /// and costs the attempt span of every delivery.
+    #[arg(
+        long,
+        default_value = "warn",
+        value_name = "FILTER",
+        conflicts_with = "target"
+    )]
+    node_log: String,
     /// Write the report as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -102,11 +112,15 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         (1..=1000).contains(&args.max_in_flight),
         "--max-in-flight must be 1 to 1000"
     );
+    // The node falls back to `info` on a filter it cannot parse, which would measure the wrong
+    // thing silently.
+    tracing_subscriber::EnvFilter::try_new(&args.node_log)
+        .map_err(|e| anyhow::anyhow!("--node-log {:?} is not a log filter: {e}", args.node_log))?;
     let data = tempfile::tempdir()?;
     let node = match (args.target, args.admin_token) {
         (Some(base), Some(admin_token)) => NodeSpec::Target { base, admin_token },
         _ => {
-            let (env, label) = match &args.redis_url {
+            let (mut env, label) = match &args.redis_url {
                 Some(url) => (
                     vec![
                         ("SWITCHYARD_REDIS_URL".to_string(), url.clone()),
@@ -125,6 +139,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
                     "embedded",
                 ),
             };
+            env.push(("RUST_LOG".to_string(), args.node_log.clone()));
             NodeSpec::Spawn {
                 binary: std::env::current_exe()?,
                 env,

@@ -18,7 +18,8 @@ use super::send::{Accepted, send_all};
 pub enum NodeSpec {
     /// A running node (e.g. a cluster behind a balancer) and its admin token.
     Target { base: String, admin_token: String },
-    /// `binary serve` started here as a child, with these `SWITCHYARD_*` settings added.
+    /// `binary serve` started here as a child, with these settings added (`SWITCHYARD_*`, and
+    /// `RUST_LOG`, `warn` unless given).
     Spawn {
         binary: PathBuf,
         env: Vec<(String, String)>,
@@ -166,12 +167,12 @@ async fn start_node(
             let token = format!("load-{}", crate::workspace::generate_api_key());
             let child = Command::new(binary)
                 .arg("serve")
+                .env("RUST_LOG", "warn")
                 .envs(env.iter().cloned())
                 .env("SWITCHYARD_LISTEN", format!("127.0.0.1:{port}"))
                 .env("SWITCHYARD_ADMIN_TOKEN", &token)
                 .env("SWITCHYARD_ALLOW_PRIVATE_CIDRS", "127.0.0.1/32")
                 .env("SWITCHYARD_EXTRA_ROOT_CERTS", ca_pem_path())
-                .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .spawn()
                 .map_err(|e| LoadError::Node(format!("{}: {e}", binary.display())))?;

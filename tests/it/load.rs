@@ -65,3 +65,27 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
     let json = serde_json::to_value(&report).unwrap();
     assert!(json["acceptLatencyMs"]["p99"].is_number(), "{json}");
 }
+
+#[test]
+fn bad_node_log_filters_are_refused_with_the_option_named() {
+    for args in [
+        &["--node-log", "switchyard=loud"][..],
+        &[
+            "--target",
+            "http://127.0.0.1:1",
+            "--admin-token",
+            "t",
+            "--node-log",
+            "info",
+        ],
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .arg("load")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains("--node-log"), "{args:?}: {err}");
+    }
+}
