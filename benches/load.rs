@@ -49,6 +49,7 @@ fn config(
         baseline,
         warmup: true,
         ingest_only: false,
+        http1: false,
         timeout: Duration::from_secs(600),
         redis_url,
         progress: false,

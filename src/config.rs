@@ -60,6 +60,11 @@ pub struct Config {
     pub dev: bool,
     /// PEM file of extra trusted roots for deliveries.
     pub extra_root_certs: Option<PathBuf>,
+    /// Offer HTTP/2 to receivers (ALPN; the receiver chooses): the requests to an origin that
+    /// takes it share a few connections. `false` speaks HTTP/1.1 to every receiver.
+    pub deliver_http2: bool,
+    /// Requests in flight at once on one HTTP/2 connection; past it another is opened.
+    pub http2_streams_per_connection: usize,
     /// This node's name in the cluster.
     pub node_id: String,
     /// Largest event body accepted, in bytes.
@@ -173,6 +178,8 @@ impl Default for Config {
             allow_http: false,
             dev: false,
             extra_root_certs: None,
+            deliver_http2: true,
+            http2_streams_per_connection: 100,
             node_id: default_node_id(),
             max_payload_bytes: 256 * 1024,
             response_body_limit: 64 * 1024,
@@ -349,6 +356,11 @@ mod tests {
         );
         assert!(msg(&[("SWITCHYARD_LISTEN", "here")]).contains("SWITCHYARD_LISTEN"));
         assert!(msg(&[("SWITCHYARD_ADMIN_TOKEN", "short")]).contains("admin_token"));
+        assert!(
+            msg(&[("SWITCHYARD_HTTP2_STREAMS_PER_CONNECTION", "0")])
+                .contains("http2_streams_per_connection")
+        );
+        assert!(msg(&[("SWITCHYARD_DELIVER_HTTP2", "maybe")]).contains("DELIVER_HTTP2"));
     }
 
     #[test]

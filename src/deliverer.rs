@@ -111,6 +111,8 @@ pub struct Target {
     /// The TLS name (`https`), `None` for `http` (tests and development only).
     server_name: Option<rustls::pki_types::ServerName<'static>>,
     path: http::Uri,
+    /// `scheme://authority/path?query`: what an HTTP/2 request names (`:scheme`, `:authority`).
+    absolute: http::Uri,
     /// `host`, `content-type`, `user-agent` and the endpoint's custom headers.
     headers: HeaderMap,
     /// The custom headers, as each attempt's record keeps them.
@@ -142,6 +144,9 @@ impl Target {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_string(),
         };
+        let absolute: http::Uri = format!("{}://{authority}{path}", url.scheme())
+            .parse()
+            .map_err(|e| err("request", format!("{e}")))?;
         let path: http::Uri = path.parse().map_err(|e| err("request", format!("{e}")))?;
         let mut headers = HeaderMap::with_capacity(endpoint.spec.headers.len() + 6);
         let value = |v: &str| {
@@ -169,6 +174,7 @@ impl Target {
             host,
             port,
             path,
+            absolute,
             headers,
             custom: endpoint.spec.headers.clone(),
             timeout: Duration::from_millis(endpoint.spec.timeout_ms),
@@ -212,7 +218,13 @@ impl Deliverer {
             config.allow_http,
         ));
         Ok(Deliverer {
-            pool: pool::Pool::new(guard.clone(), config.extra_root_certs.as_deref())?,
+            pool: pool::Pool::new(
+                guard.clone(),
+                config.extra_root_certs.as_deref(),
+                config
+                    .deliver_http2
+                    .then_some(config.http2_streams_per_connection),
+            )?,
             guard,
             response_limit: config.response_body_limit,
             in_flight: tokio::sync::Semaphore::new(config.max_concurrent_attempts),
@@ -338,7 +350,11 @@ impl Deliverer {
         }
         let mut request = http::Request::new(Full::new(body));
         *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = target.path.clone();
+        *request.uri_mut() = if conn.sender.is_h2() {
+            target.absolute.clone()
+        } else {
+            target.path.clone()
+        };
         *request.headers_mut() = headers;
         let response = conn
             .sender

@@ -32,6 +32,9 @@ pub struct ReceiverArgs {
     /// `allow_http`).
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "ca_out"])]
     plain: bool,
+    /// Offer only HTTP/1.1 over TLS (by default HTTP/2 too, and the client chooses).
+    #[arg(long, conflicts_with = "plain")]
+    http1: bool,
     /// PEM certificate chain to serve instead of a generated certificate (with --tls-key).
     #[arg(
         long,
@@ -88,6 +91,15 @@ fn behaviour(args: &ReceiverArgs) -> anyhow::Result<Behaviour> {
 }
 
 fn transport(args: &ReceiverArgs) -> anyhow::Result<Transport> {
+    let transport = tls_transport(args)?;
+    Ok(if args.http1 {
+        transport.http1_only()
+    } else {
+        transport
+    })
+}
+
+fn tls_transport(args: &ReceiverArgs) -> anyhow::Result<Transport> {
     if args.plain {
         return Ok(Transport::Plain);
     }

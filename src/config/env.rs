@@ -46,6 +46,9 @@ impl Config {
         if let Some(v) = var("dev") {
             self.dev = parse("dev", &v)?;
         }
+        if let Some(v) = var("deliver_http2") {
+            self.deliver_http2 = parse("deliver_http2", &v)?;
+        }
         if let Some(v) = var("extra_root_certs") {
             self.extra_root_certs = Some(v.into());
         }
@@ -120,6 +123,10 @@ impl Config {
             ("max_payload_bytes", &mut self.max_payload_bytes),
             ("partition_buffer", &mut self.partition_buffer),
             ("max_concurrent_attempts", &mut self.max_concurrent_attempts),
+            (
+                "http2_streams_per_connection",
+                &mut self.http2_streams_per_connection,
+            ),
             ("max_connections", &mut self.max_connections),
             ("max_concurrent_ingests", &mut self.max_concurrent_ingests),
             ("response_body_limit", &mut self.response_body_limit),

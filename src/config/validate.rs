@@ -84,6 +84,12 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
         }
+        if !(1..=10_000).contains(&self.http2_streams_per_connection) {
+            return Err(invalid(
+                "http2_streams_per_connection",
+                "must be 1 to 10000",
+            ));
+        }
         if self.max_concurrent_attempts == 0 {
             return Err(invalid("max_concurrent_attempts", "must be at least 1"));
         }

@@ -72,6 +72,10 @@ pub struct LoadArgs {
     /// stored and queued but not sent; the run ends at the last 202.
     #[arg(long)]
     ingest_only: bool,
+    /// The built-in receiver offers only HTTP/1.1, so the node speaks it to every endpoint
+    /// (by default the receiver offers HTTP/2 too and the node multiplexes over it).
+    #[arg(long, conflicts_with = "receivers")]
+    http1: bool,
     /// The started node's log filter (`RUST_LOG` syntax). `warn` by default, so a run measures
     /// the dispatcher rather than its log lines; `info` is what `switchyard serve` runs with,
     /// and costs the attempt span of every delivery.
@@ -164,6 +168,7 @@ pub fn load(args: LoadArgs) -> anyhow::Result<()> {
         baseline: !args.no_baseline,
         warmup: !args.no_warmup,
         ingest_only: args.ingest_only,
+        http1: args.http1,
         timeout: std::time::Duration::from_secs(args.timeout_secs),
         redis_url: args.redis_url.clone(),
         progress: true,

@@ -77,6 +77,8 @@ pub struct Received {
     /// The body's `member.seq` and `member.key` (the load engine's sequence and ordering key).
     pub seq: Option<u64>,
     pub key: Option<u64>,
+    /// HTTP/1.1 or HTTP/2.
+    pub version: http::Version,
 }
 
 impl Received {
@@ -305,6 +307,14 @@ async fn accept_loop(listener: tokio::net::TcpListener, transport: Transport, sh
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let mut h2 = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        h2.max_concurrent_streams(None);
+                        let _ = h2.serve_connection(TokioIo::new(tls), service).await;
+                        return;
+                    }
                     http.serve_connection(TokioIo::new(tls), service).await
                 }
                 Transport::Plain => http.serve_connection(TokioIo::new(tcp), service).await,
@@ -381,6 +391,7 @@ fn received(
         signature_ok,
         seq: member.as_ref().and_then(|m| m.seq),
         key: member.as_ref().and_then(|m| m.key),
+        version: parts.version,
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::arrivals::{Collected, ReceiverUnreachable, Source};
 use super::measure::{measure, now_ms};
-use super::receiver::{Behaviour, Keep, Receiver, StatusMix, ca_pem_path};
+use super::receiver::{Behaviour, Keep, Options, Receiver, StatusMix, Transport, ca_pem_path};
 use super::report::Report;
 use super::send::{Accepted, send_all};
 
@@ -55,6 +55,9 @@ pub struct LoadConfig {
     /// endpoint's first attempt its deliveries are stored and queued but not sent, and the run
     /// ends when the last batch is accepted (no warm-up, no baseline, no delivery figures).
     pub ingest_only: bool,
+    /// The built-in receiver offers only HTTP/1.1 (otherwise HTTP/2 too, which the node takes
+    /// unless `deliver_http2 = false`; the raw-client baseline speaks HTTP/1.1 either way).
+    pub http1: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,
     /// Base URLs of receivers running elsewhere (`switchyard receiver`), the endpoints spread
@@ -214,7 +217,15 @@ async fn receivers(cfg: &LoadConfig) -> Result<Source, LoadError> {
         },
         statuses: StatusMix::error_rate(cfg.error_rate),
     };
-    let receiver = Receiver::start_keeping(Keep::Arrivals, move |_, _| behaviour.reply()).await;
+    let transport = if cfg.http1 {
+        Transport::issued().http1_only()
+    } else {
+        Transport::issued()
+    };
+    let options = Options::local(Keep::Arrivals, transport);
+    let receiver = Receiver::serve(options, move |_, _| behaviour.reply())
+        .await
+        .expect("a receiver on 127.0.0.1");
     Ok(Source::local(receiver))
 }
 

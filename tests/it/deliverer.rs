@@ -1,6 +1,7 @@
-//! The deliverer against real HTTPS receivers: connections are reused, redirects are not
-//! followed, long answers are cut at the limit, slow ones time out, and nothing is sent once
-//! the lease check says no.
+//! The deliverer against real HTTPS receivers: connections are reused (HTTP/2 shared by the
+//! endpoints of an origin, up to its stream cap; HTTP/1.1 one request at a time), redirects are
+//! not followed, long answers are cut at the limit, slow ones time out, and nothing is sent
+//! once the lease check says no.
 
 use std::time::Duration;
 
@@ -9,17 +10,34 @@ use switchyard::config::Config;
 use switchyard::deliverer::{Deliverer, Target};
 use switchyard::delivery::{DeliveryId, EntryId, Job, Progress};
 use switchyard::endpoint::{Endpoint, EndpointSpec};
-use switchyard::load::receiver::{self, Receiver, Reply};
+use switchyard::load::receiver::{self, Keep, Options, Receiver, Reply, Transport};
 use switchyard::signing::SigningKey;
 
 fn deliverer(response_limit: usize) -> Deliverer {
-    Deliverer::new(&Config {
-        allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
-        extra_root_certs: Some(receiver::ca_pem_path().into()),
+    deliverer_with(Config {
         response_body_limit: response_limit,
         ..Config::default()
     })
+}
+
+fn deliverer_with(config: Config) -> Deliverer {
+    Deliverer::new(&Config {
+        allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
+        extra_root_certs: Some(receiver::ca_pem_path().into()),
+        ..config
+    })
     .unwrap()
+}
+
+/// A receiver that offers only HTTP/1.1, answering `body`.
+async fn http1_receiver(body: Vec<u8>) -> Receiver {
+    let options = Options {
+        body: body.into(),
+        ..Options::local(Keep::Everything, Transport::issued().http1_only())
+    };
+    Receiver::serve(options, |_, _| Reply::status(200))
+        .await
+        .unwrap()
 }
 
 fn endpoint(url: &str, timeout_ms: u64) -> Endpoint {
@@ -121,25 +139,107 @@ async fn a_redirect_is_an_answer_not_an_order() {
 }
 
 #[tokio::test]
-async fn a_long_answer_is_cut_at_the_limit_and_its_connection_not_reused() {
-    let receiver = Receiver::start_answering(vec![b'a'; 200_000], |_, _| Reply::status(200)).await;
+async fn a_long_answer_is_cut_at_the_limit_and_only_its_http1_connection_dropped() {
+    let long = vec![b'a'; 200_000];
+    let h2 = Receiver::start_answering(long.clone(), |_, _| Reply::status(200)).await;
+    let h1 = http1_receiver(long).await;
     let d = deliverer(1024);
-    let ep = endpoint(&receiver.url, 5_000);
-    let target = Target::of(&ep, d.guard());
-    for seq in 0..2 {
-        let o = d
-            .attempt(&target, &keys(&ep), &job(seq), 1, || true)
-            .await
-            .unwrap();
-        assert!(o.succeeded());
-        assert!(o.record.tr, "truncated");
-        assert_eq!(o.record.rb.len(), 1024);
+    for receiver in [&h2, &h1] {
+        let ep = endpoint(&receiver.url, 5_000);
+        let target = Target::of(&ep, d.guard());
+        for seq in 0..2 {
+            let o = d
+                .attempt(&target, &keys(&ep), &job(seq), 1, || true)
+                .await
+                .unwrap();
+            assert!(o.succeeded());
+            assert!(o.record.tr, "truncated");
+            assert_eq!(o.record.rb.len(), 1024);
+        }
     }
+    assert_eq!(
+        h1.connections(),
+        2,
+        "an HTTP/1.1 connection with an unread body is closed, not pooled"
+    );
+    assert_eq!(
+        h2.connections(),
+        1,
+        "on HTTP/2 only the stream is reset; the connection carries the next request"
+    );
+}
+
+#[tokio::test]
+async fn the_endpoints_of_an_http2_origin_share_connections_up_to_the_stream_cap() {
+    const STREAMS: usize = 10;
+    let receiver = Receiver::start(|_, i| Reply {
+        status: 200,
+        headers: vec![],
+        // The first request opens the connection; the others are all in flight at once.
+        delay: if i == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(1_000)
+        },
+    })
+    .await;
+    let d = deliverer_with(Config {
+        http2_streams_per_connection: STREAMS,
+        ..Config::default()
+    });
+    let endpoints: Vec<Endpoint> = (0..=STREAMS + STREAMS / 2)
+        .map(|i| endpoint(&format!("{}/{i}", receiver.url), 10_000))
+        .collect();
+    let targets: Vec<_> = endpoints
+        .iter()
+        .map(|ep| Target::of(ep, d.guard()))
+        .collect();
+    let first = d
+        .attempt(&targets[0], &keys(&endpoints[0]), &job(0), 1, || true)
+        .await
+        .unwrap();
+    assert!(first.succeeded(), "{:?}", first.record);
+    let rest = futures::future::join_all(
+        endpoints
+            .iter()
+            .zip(&targets)
+            .skip(1)
+            .map(|(ep, target)| async { d.attempt(target, &keys(ep), &job(1), 1, || true).await }),
+    )
+    .await;
+    assert!(rest.iter().all(|o| o.as_ref().unwrap().succeeded()));
+    let got = receiver.received();
+    assert_eq!(got.len(), endpoints.len());
+    assert!(got.iter().all(|r| r.version == http::Version::HTTP_2));
+    assert!(receiver.max_concurrent() > STREAMS);
     assert_eq!(
         receiver.connections(),
         2,
-        "a connection with an unread body is closed, not pooled"
+        "{} requests in flight at once fill one connection and half of a second",
+        endpoints.len() - 1
     );
+}
+
+#[tokio::test]
+async fn http1_is_spoken_where_http2_is_not_offered_or_not_wanted() {
+    let h1 = http1_receiver(b"{}".to_vec()).await;
+    let h2 = Receiver::ok().await;
+    let plain = deliverer(1024);
+    let no_h2 = deliverer_with(Config {
+        deliver_http2: false,
+        ..Config::default()
+    });
+    for (d, receiver) in [(&plain, &h1), (&no_h2, &h2)] {
+        let ep = endpoint(&receiver.url, 5_000);
+        let target = Target::of(&ep, d.guard());
+        for seq in 0..2 {
+            let o = d.attempt(&target, &keys(&ep), &job(seq), 1, || true).await;
+            assert!(o.unwrap().succeeded());
+        }
+        assert_eq!(receiver.connections(), 1, "kept alive");
+        let got = receiver.received();
+        assert!(got.iter().all(|r| r.version == http::Version::HTTP_11));
+    }
 }
 
 #[tokio::test]

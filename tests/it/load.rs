@@ -32,6 +32,7 @@ async fn a_small_load_run_counts_every_delivery_and_reports_accept_to_arrival() 
         baseline: false,
         warmup: true,
         ingest_only: false,
+        http1: false,
         timeout: Duration::from_secs(60),
         redis_url: Some(redis.url.clone()),
         progress: false,

@@ -304,6 +304,10 @@ fn bad_receiver_options_are_refused_with_the_option_named() {
             ],
             "--ca-out",
         ),
+        (
+            &["--listen", "127.0.0.1:0", "--plain", "--http1"],
+            "--http1",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .arg("receiver")

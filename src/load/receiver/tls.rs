@@ -1,6 +1,7 @@
 //! The receiver's transport: TLS with a certificate issued by a CA made at run time (so a node
 //! that trusts the CA's PEM keeps its TLS checks on), TLS with a certificate given as PEM
-//! files, a self-signed certificate nobody trusts (tests of TLS errors), or plain HTTP.
+//! files, a self-signed certificate nobody trusts (tests of TLS errors), or plain HTTP. TLS
+//! offers HTTP/2 and HTTP/1.1 (the client chooses), or HTTP/1.1 alone ([`Transport::http1_only`]).
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -52,10 +53,24 @@ impl Transport {
             return Err(bad("--tls-cert", cert, &"no CERTIFICATE in the file"));
         }
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("--tls-key", key, &e))?;
-        let tls = server_config()
+        let mut tls = server_config()
             .with_single_cert(chain, key_der)
             .map_err(|e| ReceiverError::Tls(format!("--tls-cert / --tls-key: {e}")))?;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Transport::Tls(TlsAcceptor::from(Arc::new(tls))))
+    }
+
+    /// The same transport offering only HTTP/1.1 (TLS offers HTTP/2 first otherwise; the
+    /// client chooses by ALPN, plain HTTP is always HTTP/1.1).
+    pub fn http1_only(self) -> Transport {
+        match self {
+            Transport::Tls(acceptor) => {
+                let mut config = rustls::ServerConfig::clone(acceptor.config());
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Transport::Tls(TlsAcceptor::from(Arc::new(config)))
+            }
+            Transport::Plain => Transport::Plain,
+        }
     }
 
     pub fn scheme(&self) -> &'static str {
@@ -119,8 +134,9 @@ fn server_config() -> rustls::ConfigBuilder<rustls::ServerConfig, rustls::server
 }
 
 fn acceptor(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> TlsAcceptor {
-    let tls = server_config()
+    let mut tls = server_config()
         .with_single_cert(chain, key)
         .expect("server config");
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     TlsAcceptor::from(Arc::new(tls))
 }
