@@ -1,8 +1,8 @@
 //! The end-to-end load benchmark: `cargo bench --bench load`.
 //!
 //! Starts its own `redis-server`, then runs the load engine (`switchyard::load`) against node
-//! processes: throughput with 1,000 endpoints as fast as possible on Redis and on the embedded
-//! store, each with its raw-client baseline; the batch API alone (deliveries stored, not
+//! processes: throughput with 1,000 endpoints as fast as possible on Redis (HTTP/1.1, then
+//! with `deliver_http2`) and on the embedded store, each with its raw-client baseline; the batch API alone (deliveries stored, not
 //! sent); then a latency sweep at fixed offered rates.
 //! Writes `target/load-report.json` and the chart `docs/latency.svg`.
 //! Every run first sends one event per endpoint and waits for it (warm-up, not counted).
@@ -190,8 +190,17 @@ async fn main() {
         data.path().display().to_string(),
     )];
 
+    // The same Redis run with `deliver_http2`: the endpoints all on one origin share a few
+    // HTTP/2 connections.
+    let mut http2_env = redis_env("tput-h2");
+    http2_env.push(("SWITCHYARD_DELIVER_HTTP2".to_string(), "true".to_string()));
+
     let mut all = Vec::new();
-    for (label, env) in [("redis", redis_env("tput")), ("embedded", embedded_env)] {
+    for (label, env) in [
+        ("redis", redis_env("tput")),
+        ("redis, deliver_http2", http2_env),
+        ("embedded", embedded_env),
+    ] {
         let report = run(config(env, label, endpoints, events, None, true))
             .await
             .expect("a load run");

@@ -61,7 +61,8 @@ pub struct Config {
     /// PEM file of extra trusted roots for deliveries.
     pub extra_root_certs: Option<PathBuf>,
     /// Offer HTTP/2 to receivers (ALPN; the receiver chooses): the requests to an origin that
-    /// takes it share a few connections. `false` speaks HTTP/1.1 to every receiver.
+    /// takes it share a few connections. Off by default: it pays where hundreds of endpoints
+    /// share an origin and costs where each has its own (docs/benchmarks.md).
     pub deliver_http2: bool,
     /// Requests in flight at once on one HTTP/2 connection; past it another is opened.
     pub http2_streams_per_connection: usize,
@@ -178,7 +179,7 @@ impl Default for Config {
             allow_http: false,
             dev: false,
             extra_root_certs: None,
-            deliver_http2: true,
+            deliver_http2: false,
             http2_streams_per_connection: 100,
             node_id: default_node_id(),
             max_payload_bytes: 256 * 1024,

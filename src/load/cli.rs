@@ -72,8 +72,8 @@ pub struct LoadArgs {
     /// stored and queued but not sent; the run ends at the last 202.
     #[arg(long)]
     ingest_only: bool,
-    /// The built-in receiver offers only HTTP/1.1, so the node speaks it to every endpoint
-    /// (by default the receiver offers HTTP/2 too and the node multiplexes over it).
+    /// The built-in receiver offers only HTTP/1.1 (by default it offers HTTP/2 too, which a
+    /// node with `deliver_http2` takes).
     #[arg(long, conflicts_with = "receivers")]
     http1: bool,
     /// The started node's log filter (`RUST_LOG` syntax). `warn` by default, so a run measures

@@ -56,7 +56,7 @@ pub struct LoadConfig {
     /// ends when the last batch is accepted (no warm-up, no baseline, no delivery figures).
     pub ingest_only: bool,
     /// The built-in receiver offers only HTTP/1.1 (otherwise HTTP/2 too, which the node takes
-    /// unless `deliver_http2 = false`; the raw-client baseline speaks HTTP/1.1 either way).
+    /// when `deliver_http2` is on; the raw-client baseline speaks HTTP/1.1 either way).
     pub http1: bool,
     /// How long to wait for every delivery.
     pub timeout: Duration,

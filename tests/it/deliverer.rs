@@ -20,6 +20,14 @@ fn deliverer(response_limit: usize) -> Deliverer {
     })
 }
 
+/// A deliverer that offers HTTP/2 (`deliver_http2`).
+fn http2_deliverer(config: Config) -> Deliverer {
+    deliverer_with(Config {
+        deliver_http2: true,
+        ..config
+    })
+}
+
 fn deliverer_with(config: Config) -> Deliverer {
     Deliverer::new(&Config {
         allow_private_cidrs: vec!["127.0.0.1/32".parse().unwrap()],
@@ -143,7 +151,10 @@ async fn a_long_answer_is_cut_at_the_limit_and_only_its_http1_connection_dropped
     let long = vec![b'a'; 200_000];
     let h2 = Receiver::start_answering(long.clone(), |_, _| Reply::status(200)).await;
     let h1 = http1_receiver(long).await;
-    let d = deliverer(1024);
+    let d = http2_deliverer(Config {
+        response_body_limit: 1024,
+        ..Config::default()
+    });
     for receiver in [&h2, &h1] {
         let ep = endpoint(&receiver.url, 5_000);
         let target = Target::of(&ep, d.guard());
@@ -183,7 +194,7 @@ async fn the_endpoints_of_an_http2_origin_share_connections_up_to_the_stream_cap
         },
     })
     .await;
-    let d = deliverer_with(Config {
+    let d = http2_deliverer(Config {
         http2_streams_per_connection: STREAMS,
         ..Config::default()
     });
@@ -224,12 +235,9 @@ async fn the_endpoints_of_an_http2_origin_share_connections_up_to_the_stream_cap
 async fn http1_is_spoken_where_http2_is_not_offered_or_not_wanted() {
     let h1 = http1_receiver(b"{}".to_vec()).await;
     let h2 = Receiver::ok().await;
-    let plain = deliverer(1024);
-    let no_h2 = deliverer_with(Config {
-        deliver_http2: false,
-        ..Config::default()
-    });
-    for (d, receiver) in [(&plain, &h1), (&no_h2, &h2)] {
+    let wants_h2 = http2_deliverer(Config::default());
+    let by_default = deliverer(1024);
+    for (d, receiver) in [(&wants_h2, &h1), (&by_default, &h2)] {
         let ep = endpoint(&receiver.url, 5_000);
         let target = Target::of(&ep, d.guard());
         for seq in 0..2 {
