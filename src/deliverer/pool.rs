@@ -100,6 +100,9 @@ fn since_start_ms() -> u64 {
 struct Origin {
     conns: Vec<Shared>,
     connecting: Arc<tokio::sync::Mutex<()>>,
+    /// The last new connection that failed, and when: those who waited for it fail with it
+    /// rather than each trying in turn behind the lock.
+    failed: Option<(Instant, AttemptError)>,
 }
 
 /// What an origin's HTTP/2 connections have for a request.
@@ -214,11 +217,25 @@ impl Pool {
             Free::None(connecting) => {
                 // One new connection at a time per origin: those who waited for it find their
                 // streams on it.
+                let waited = Instant::now();
                 let _one = connecting.lock().await;
                 if let Free::Stream(sender) = self.stream(&target.origin) {
                     return Ok(conn(sender));
                 }
-                return self.connect(target).await;
+                if let Some(e) = self.failed_since(&target.origin, waited) {
+                    return Err(e);
+                }
+                let connected = self.connect(target).await;
+                if let Err(e) = &connected
+                    && let Some(origin) = self
+                        .shared
+                        .lock()
+                        .expect("pool lock")
+                        .get_mut(&target.origin)
+                {
+                    origin.failed = Some((Instant::now(), e.clone()));
+                }
+                return connected;
             }
             Free::NotHttp2 => {}
         }
@@ -255,6 +272,15 @@ impl Pool {
         match origin.conns.iter().find_map(|c| c.take(self.streams)) {
             Some(sender) => Free::Stream(sender),
             None => Free::None(origin.connecting.clone()),
+        }
+    }
+
+    /// The error of a new connection to `origin` that failed after `since`.
+    fn failed_since(&self, origin: &Arc<str>, since: Instant) -> Option<AttemptError> {
+        let shared = self.shared.lock().expect("pool lock");
+        match &shared.get(origin)?.failed {
+            Some((at, e)) if *at >= since => Some(e.clone()),
+            _ => None,
         }
     }
 
@@ -331,11 +357,7 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| err("connect", e.to_string()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "webhook connection closed");
-        }
-    });
+    drive(conn);
     Ok(sender)
 }
 
@@ -348,12 +370,17 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| err("connect", e.to_string()))?;
+    drive(conn);
+    Ok(sender)
+}
+
+/// Runs a connection's I/O in its own task until it closes.
+fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "webhook connection closed");
         }
     });
-    Ok(sender)
 }
 
 /// Connects to the first address that answers.
