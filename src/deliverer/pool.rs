@@ -181,8 +181,9 @@ pub struct Pool {
     idle: Mutex<HashMap<Arc<str>, Vec<Idle>>>,
     /// The HTTP/2 connections of each origin that chose it.
     shared: Mutex<HashMap<Arc<str>, Origin>>,
-    /// Streams taken at once on one HTTP/2 connection.
-    streams: usize,
+    /// Streams taken at once on one HTTP/2 connection; `None`: HTTP/2 is not offered, and a
+    /// checkout goes straight to the HTTP/1.1 connections.
+    streams: Option<usize>,
     tls: tokio_rustls::TlsConnector,
     guard: Arc<Guard>,
 }
@@ -196,7 +197,7 @@ impl Pool {
         Ok(Pool {
             idle: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
-            streams: http2.unwrap_or(1),
+            streams: http2,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls_config(
                 extra_roots,
                 http2.is_some(),
@@ -259,6 +260,9 @@ impl Pool {
     /// A free stream on one of the origin's HTTP/2 connections. Closed and stale connections
     /// are dropped here, and of those without a stream in use all but one.
     fn stream(&self, origin: &Arc<str>) -> Free {
+        let Some(cap) = self.streams else {
+            return Free::NotHttp2;
+        };
         let mut shared = self.shared.lock().expect("pool lock");
         let Some(origin) = shared.get_mut(origin) else {
             return Free::NotHttp2;
@@ -269,7 +273,7 @@ impl Pool {
                 && !c.stale()
                 && (c.in_use() || !std::mem::replace(&mut unused, true))
         });
-        match origin.conns.iter().find_map(|c| c.take(self.streams)) {
+        match origin.conns.iter().find_map(|c| c.take(cap)) {
             Some(sender) => Free::Stream(sender),
             None => Free::None(origin.connecting.clone()),
         }
@@ -321,21 +325,24 @@ impl Pool {
                     self.tls.connect(name.clone(), tcp).await.map_err(|e| {
                         err("tls", format!("TLS handshake with {}: {e}", target.host))
                     })?;
-                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                if let Some(cap) = self.streams
+                    && h2
+                {
                     let conn = Shared::new(handshake_h2(tls).await?);
-                    let sender = conn
-                        .take(self.streams)
-                        .expect("a new connection has a free stream");
+                    let sender = conn.take(cap).expect("a new connection has a free stream");
                     let mut shared = self.shared.lock().expect("pool lock");
                     let origin = shared.entry(target.origin.clone()).or_default();
                     origin.conns.push(conn);
                     sender
                 } else {
-                    // The origin no longer offers HTTP/2 (or never did).
-                    self.shared
-                        .lock()
-                        .expect("pool lock")
-                        .remove(&target.origin);
+                    if self.streams.is_some() {
+                        // The origin no longer takes HTTP/2 (or never did).
+                        self.shared
+                            .lock()
+                            .expect("pool lock")
+                            .remove(&target.origin);
+                    }
                     Sender::H1(handshake(tls).await?)
                 }
             }

@@ -185,7 +185,7 @@ impl Receiver {
     /// fails its TLS handshake (tests of TLS errors).
     pub async fn untrusted() -> Receiver {
         let options = Options::local(Keep::Everything, Transport::self_signed());
-        Self::local(options, |_, _| Reply::status(200)).await
+        Self::start_with(options, |_, _| Reply::status(200)).await
     }
 
     /// [`Receiver::start`], choosing what is kept of each request.
@@ -193,7 +193,7 @@ impl Receiver {
         keep: Keep,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {
-        Self::local(Options::local(keep, Transport::issued()), reply).await
+        Self::start_with(Options::local(keep, Transport::issued()), reply).await
     }
 
     /// [`Receiver::start`], answering `body` instead of `{"ok":true}`.
@@ -205,10 +205,11 @@ impl Receiver {
             body: Bytes::from(body),
             ..Options::local(Keep::Everything, Transport::issued())
         };
-        Self::local(options, reply).await
+        Self::start_with(options, reply).await
     }
 
-    async fn local(
+    /// A receiver on `options.listen` (127.0.0.1 in tests), which must be free.
+    pub async fn start_with(
         options: Options,
         reply: impl Fn(&Received, usize) -> Reply + Send + Sync + 'static,
     ) -> Receiver {

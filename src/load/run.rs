@@ -223,9 +223,7 @@ async fn receivers(cfg: &LoadConfig) -> Result<Source, LoadError> {
         Transport::issued()
     };
     let options = Options::local(Keep::Arrivals, transport);
-    let receiver = Receiver::serve(options, move |_, _| behaviour.reply())
-        .await
-        .expect("a receiver on 127.0.0.1");
+    let receiver = Receiver::start_with(options, move |_, _| behaviour.reply()).await;
     Ok(Source::local(receiver))
 }
 

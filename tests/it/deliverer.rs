@@ -43,9 +43,7 @@ async fn http1_receiver(body: Vec<u8>) -> Receiver {
         body: body.into(),
         ..Options::local(Keep::Everything, Transport::issued().http1_only())
     };
-    Receiver::serve(options, |_, _| Reply::status(200))
-        .await
-        .unwrap()
+    Receiver::start_with(options, |_, _| Reply::status(200)).await
 }
 
 fn endpoint(url: &str, timeout_ms: u64) -> Endpoint {
