@@ -9,6 +9,7 @@
 //! [`AttemptRecord`] the delivery log stores, built here directly.
 
 mod pool;
+mod sender;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http_body_util::{BodyExt, Full};
 use url::{Host, Url};
 
 use crate::config::Config;
@@ -348,7 +348,7 @@ impl Deliverer {
             self.pool.checkin(conn);
             return Ok(None);
         }
-        let mut request = http::Request::new(Full::new(body));
+        let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = if conn.sender.is_h2() {
             target.absolute.clone()
@@ -358,9 +358,9 @@ impl Deliverer {
         *request.headers_mut() = headers;
         let response = conn
             .sender
-            .send_request(request)
+            .send_request(request, body)
             .await
-            .map_err(|e| err("request", error_chain(&e)))?;
+            .map_err(|message| err("request", message))?;
         let status = response.status().as_u16();
         let closes = response
             .headers()
@@ -387,11 +387,8 @@ impl Deliverer {
         let mut body = response.into_body();
         let mut kept: Vec<u8> = Vec::new();
         let mut truncated = false;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| err("request", error_chain(&e)))?;
-            let Ok(chunk) = frame.into_data() else {
-                continue;
-            };
+        while let Some(chunk) = body.chunk().await {
+            let chunk = chunk.map_err(|message| err("request", message))?;
             let room = self.response_limit.saturating_sub(kept.len());
             kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
             if chunk.len() > room {

@@ -1,5 +1,5 @@
-//! The deliverer's connections: resolved through the SSRF guard, TLS by rustls, HTTP/1.1 or
-//! HTTP/2 by hyper (ALPN: the receiver chooses), kept alive per origin.
+//! The deliverer's connections: resolved through the SSRF guard, TLS by rustls, HTTP/1.1 by
+//! hyper or HTTP/2 by the `h2` crate (ALPN: the receiver chooses), kept alive per origin.
 //!
 //! Many endpoints often share a host (hook relays, automation platforms), each strict endpoint
 //! holding one request in flight, so connections are pooled per origin (`scheme://host:port`),
@@ -18,11 +18,10 @@
 //!   was read to the end and did not ask to close; one idle for [`IDLE_TIMEOUT`] is dropped
 //!   when met.
 //!
-//! HTTP/2 is offered only with `deliver_http2`: per request it costs more CPU than HTTP/1.1
-//! (hyper's HTTP/2 client spawns a task per request to await its response, and frames, HPACK
-//! and flow control are work HTTP/1.1 does not do), which only the shared writes of many requests in
-//! flight on one connection repay (docs/benchmarks.md: −11 % at 1,000 endpoints on one origin,
-//! +4 % at 100, +30 % at 10).
+//! HTTP/2 is offered only with `deliver_http2`: it pays when many requests to one origin are in
+//! flight together and costs a little when few are (frames, HPACK and flow control are work
+//! HTTP/1.1 does not do; docs/benchmarks.md: −24 % node CPU per delivery at 1,000 endpoints on
+//! one origin, −18 % at 100, +7 % at 10). Requests are sent by [`super::sender`].
 //!
 //! Names resolve through [`Guard::resolve`], which refuses a name with any forbidden address,
 //! and the connection is made to exactly the addresses it checked, so a DNS answer that
@@ -30,17 +29,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use super::sender::{Sender, Stream, Streams, since_start_ms};
 use super::{AttemptError, DelivererError, Target, err};
 use crate::ssrf::Guard;
 
@@ -56,43 +56,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Conn {
     pub sender: Sender,
     origin: Arc<str>,
-}
-
-/// An HTTP/1.1 connection (one request at a time, pooled idle) or a handle on an origin's
-/// shared HTTP/2 connection (many streams at once).
-pub enum Sender {
-    H1(http1::SendRequest<Full<Bytes>>),
-    H2 {
-        sender: http2::SendRequest<Full<Bytes>>,
-        /// Held while the request is in flight.
-        _stream: Stream,
-    },
-}
-
-/// A stream taken on a shared HTTP/2 connection, given back when dropped (the response read,
-/// or abandoned at a timeout).
-pub struct Stream(Arc<Streams>);
-
-impl Drop for Stream {
-    fn drop(&mut self) {
-        self.0
-            .released_ms
-            .store(since_start_ms(), Ordering::Release);
-        self.0.taken.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The streams taken on one HTTP/2 connection, and when the last one was given back.
-#[derive(Default)]
-struct Streams {
-    taken: AtomicUsize,
-    released_ms: AtomicU64,
-}
-
-/// Milliseconds since the pool's clock started (an `Instant` kept in an atomic).
-fn since_start_ms() -> u64 {
-    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-    START.elapsed().as_millis() as u64
 }
 
 /// An origin that speaks HTTP/2: its connections, and the lock of making a new one.
@@ -117,16 +80,13 @@ enum Free {
 
 /// An HTTP/2 connection of an origin and the streams taken on it.
 struct Shared {
-    sender: http2::SendRequest<Full<Bytes>>,
+    sender: h2::client::SendRequest<Bytes>,
     streams: Arc<Streams>,
 }
 
 impl Shared {
-    fn new(sender: http2::SendRequest<Full<Bytes>>) -> Shared {
-        Shared {
-            sender,
-            streams: Arc::default(),
-        }
+    fn is_closed(&self) -> bool {
+        self.streams.closed.load(Ordering::Acquire)
     }
 
     /// A stream on this connection, if fewer than `cap` are taken.
@@ -153,22 +113,6 @@ impl Shared {
         !self.in_use()
             && since_start_ms().saturating_sub(self.streams.released_ms.load(Ordering::Acquire))
                 >= IDLE_TIMEOUT.as_millis() as u64
-    }
-}
-
-impl Sender {
-    pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2 { .. })
-    }
-
-    pub async fn send_request(
-        &mut self,
-        request: http::Request<Full<Bytes>>,
-    ) -> hyper::Result<http::Response<hyper::body::Incoming>> {
-        match self {
-            Sender::H1(s) => s.send_request(request).await,
-            Sender::H2 { sender, .. } => sender.send_request(request).await,
-        }
     }
 }
 
@@ -269,9 +213,7 @@ impl Pool {
         };
         let mut unused = false;
         origin.conns.retain(|c| {
-            !c.sender.is_closed()
-                && !c.stale()
-                && (c.in_use() || !std::mem::replace(&mut unused, true))
+            !c.is_closed() && !c.stale() && (c.in_use() || !std::mem::replace(&mut unused, true))
         });
         match origin.conns.iter().find_map(|c| c.take(cap)) {
             Some(sender) => Free::Stream(sender),
@@ -329,7 +271,7 @@ impl Pool {
                 if let Some(cap) = self.streams
                     && h2
                 {
-                    let conn = Shared::new(handshake_h2(tls).await?);
+                    let conn = handshake_h2(tls).await?;
                     let sender = conn.take(cap).expect("a new connection has a free stream");
                     let mut shared = self.shared.lock().expect("pool lock");
                     let origin = shared.entry(target.origin.clone()).or_default();
@@ -368,17 +310,24 @@ where
     Ok(sender)
 }
 
-/// The HTTP/2 handshake; the connection runs in its own task while any handle on it lives.
-async fn handshake_h2<T>(io: T) -> Result<http2::SendRequest<Full<Bytes>>, AttemptError>
+/// The HTTP/2 handshake; the connection runs in its own task until it closes or no handle
+/// on it is left, and marks itself closed then.
+async fn handshake_h2<T>(io: T) -> Result<Shared, AttemptError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (sender, conn) = http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-        .handshake(TokioIo::new(io))
+    let (sender, conn) = h2::client::handshake(io)
         .await
         .map_err(|e| err("connect", e.to_string()))?;
-    drive(conn);
-    Ok(sender)
+    let streams = Arc::new(Streams::default());
+    let closed = streams.clone();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "webhook connection closed");
+        }
+        closed.closed.store(true, Ordering::Release);
+    });
+    Ok(Shared { sender, streams })
 }
 
 /// Runs a connection's I/O in its own task until it closes.

@@ -255,6 +255,12 @@ impl Receiver {
         })
     }
 
+    /// Stops accepting and closes its connections; its address is free once this returns.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// `scheme://address`, without a path.
     pub fn base(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
@@ -295,12 +301,17 @@ impl Drop for Receiver {
     }
 }
 
+/// Accepts and serves connections; they are closed with it (a dropped receiver closes its
+/// connections as a stopped server would).
 async fn accept_loop(listener: tokio::net::TcpListener, transport: Transport, shared: Arc<Shared>) {
+    let mut connections = tokio::task::JoinSet::new();
     while let Ok((tcp, _)) = listener.accept().await {
+        // Finished connections are reaped as new ones come.
+        while connections.try_join_next().is_some() {}
         shared.connections.fetch_add(1, Ordering::SeqCst);
         let _ = tcp.set_nodelay(true);
         let (transport, shared) = (transport.clone(), shared.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req| handle(shared.clone(), req));
             let http = hyper::server::conn::http1::Builder::new();
             let _ = match transport {

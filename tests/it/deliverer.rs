@@ -1,7 +1,7 @@
 //! The deliverer against real HTTPS receivers: connections are reused (HTTP/2 shared by the
-//! endpoints of an origin, up to its stream cap; HTTP/1.1 one request at a time), redirects are
-//! not followed, long answers are cut at the limit, slow ones time out, and nothing is sent
-//! once the lease check says no.
+//! endpoints of an origin, up to its stream cap, and left once the receiver closes them;
+//! HTTP/1.1 one request at a time), redirects are not followed, long answers are cut at the
+//! limit, slow ones time out, and nothing is sent once the lease check says no.
 
 use std::time::Duration;
 
@@ -227,6 +227,42 @@ async fn the_endpoints_of_an_http2_origin_share_connections_up_to_the_stream_cap
         "{} requests in flight at once fill one connection and half of a second",
         endpoints.len() - 1
     );
+}
+
+#[tokio::test]
+async fn an_http2_connection_the_receiver_closed_is_left_for_a_new_one() {
+    let first = Receiver::ok().await;
+    let addr = first.addr;
+    let d = http2_deliverer(Config::default());
+    let ep = endpoint(&first.url, 5_000);
+    let target = Target::of(&ep, d.guard());
+    let o = d.attempt(&target, &keys(&ep), &job(0), 1, || true).await;
+    assert!(o.unwrap().succeeded());
+    assert_eq!(first.received()[0].version, http::Version::HTTP_2);
+    // The receiver stops (closing its connection) and another takes its address.
+    first.stop().await;
+    let second = Receiver::start_with(
+        Options {
+            listen: addr,
+            ..Options::local(Keep::Everything, Transport::issued())
+        },
+        |_, _| Reply::status(200),
+    )
+    .await;
+    // A request that meets the closing connection may fail (the dispatcher retries it); the
+    // pool must not keep handing that connection out.
+    let mut outcomes = vec![];
+    for seq in 1..=3 {
+        let o = d.attempt(&target, &keys(&ep), &job(seq), 1, || true).await;
+        outcomes.push(o.unwrap());
+    }
+    assert!(
+        outcomes[1..].iter().all(|o| o.succeeded()),
+        "{:?}",
+        outcomes.iter().map(|o| &o.record).collect::<Vec<_>>()
+    );
+    assert_eq!(second.connections(), 1, "one new connection, kept");
+    assert!(second.received().len() >= 2);
 }
 
 #[tokio::test]
