@@ -306,7 +306,7 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(|e| err("connect", e.to_string()))?;
-    drive(conn);
+    drive(conn, None);
     Ok(sender)
 }
 
@@ -320,21 +320,22 @@ where
         .await
         .map_err(|e| err("connect", e.to_string()))?;
     let streams = Arc::new(Streams::default());
-    let closed = streams.clone();
+    drive(conn, Some(streams.clone()));
+    Ok(Shared { sender, streams })
+}
+
+/// Runs a connection's I/O in its own task until it closes; an HTTP/2 connection marks its
+/// streams closed then, so the pool stops handing it out.
+fn drive<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>> + Send + 'static,
+    closed: Option<Arc<Streams>>,
+) {
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "webhook connection closed");
         }
-        closed.closed.store(true, Ordering::Release);
-    });
-    Ok(Shared { sender, streams })
-}
-
-/// Runs a connection's I/O in its own task until it closes.
-fn drive(conn: impl Future<Output = hyper::Result<()>> + Send + 'static) {
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "webhook connection closed");
+        if let Some(streams) = closed {
+            streams.closed.store(true, Ordering::Release);
         }
     });
 }

@@ -115,7 +115,11 @@ impl Sender {
             }
             Sender::H2 { sender, .. } => {
                 let chain = |e: h2::Error| error_chain(&e);
-                let mut ready = sender.clone().ready().await.map_err(chain)?;
+                // The handle taken from the pool is this request's own: waited on in place
+                // (`ready()` would take another clone, a lock of the connection's state).
+                std::future::poll_fn(|cx| sender.poll_ready(cx))
+                    .await
+                    .map_err(chain)?;
                 let mut request = request;
                 let headers = request.headers_mut();
                 // `:authority` (from the absolute URI) says what `Host` does on HTTP/1.1.
@@ -124,7 +128,7 @@ impl Sender {
                     http::header::CONTENT_LENGTH,
                     http::HeaderValue::from(body.len()),
                 );
-                let (response, mut send) = ready
+                let (response, mut send) = sender
                     .send_request(request, body.is_empty())
                     .map_err(chain)?;
                 if !body.is_empty() {
