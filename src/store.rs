@@ -12,7 +12,7 @@
 //! (workspaces and their API keys);
 //! [`jobs`] (ingest, a partition's reader, group-committed outcomes, requeues, retention);
 //! [`log`] (the delivery and event log as the API reads it). [`record`] holds the stored forms
-//! both backends share.
+//! both backends share, and `packed` the one form of a job in either's partition log.
 
 /// Calls the same method on whichever backend the store is.
 macro_rules! each {
@@ -28,6 +28,7 @@ pub mod cursor;
 pub mod embedded;
 pub mod jobs;
 pub mod log;
+mod packed;
 pub mod record;
 pub mod redis;
 pub mod tenants;

@@ -9,8 +9,10 @@
 //! Every write goes through one writer thread that takes whatever writes are waiting, applies
 //! them to one batch and commits it with one `fdatasync` (group commit): a write is
 //! acknowledged only after its commit, yet under load many share one sync. Writes in a group
-//! see each other (an overlay over the batch), so two outcomes of one endpoint in one group
-//! count correctly. Reads go straight to the keyspaces on the calling task.
+//! see each other's delivery states and configuration (an overlay over the batch), so two
+//! outcomes of one endpoint in one group count correctly. Reads go straight to the keyspaces
+//! on the calling task, except a partition's reader, which takes the jobs committed since it
+//! last read from memory (`tail`).
 //!
 //! Before each commit the writer checks the disk's free space: below `min_free_disk_bytes` it
 //! writes nothing and answers [`StoreError::InsufficientStorage`] (503 with `Retry-After`,
@@ -20,7 +22,8 @@
 //!
 //! # Layout
 //!
-//! Keyspace `q` (jobs) and `s` (delivery states) are keyed by the delivery's partition and
+//! Keyspace `q` (jobs, in the packed form both backends share: `store::packed`) and `s`
+//! (delivery states) are keyed by the delivery's partition and
 //! entry (`u32 ‖ ms u64 ‖ seq u64`, big-endian, so a partition's jobs are in ingest order);
 //! `ev` (the event log) by workspace and entry (`W ‖ 0 ‖ ms ‖ seq`); `dead` by partition and
 //! entry. `cfg` holds the rest as JSON under prefixed keys: `ws/W`, `wskey/W/{key id}`,
@@ -32,8 +35,10 @@
 mod config;
 mod counts;
 mod jobs;
+mod keys;
 mod log;
 mod retention;
+mod tail;
 mod tenants;
 mod writer;
 
@@ -48,11 +53,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{Notify, oneshot};
 
-use super::jobs::Retention;
+use super::jobs::{RawJob, Retention};
 use super::{Result, StoreError};
 use crate::delivery::EntryId;
 
 pub use jobs::JobReader;
+pub(crate) use keys::{entry_key, event_key, key_entry, key_event, next_id, now_ms};
 
 /// Writes waiting at most per group commit.
 const GROUP_MAX: usize = 1024;
@@ -135,6 +141,8 @@ struct Inner {
     unread: Vec<AtomicI64>,
     /// One per partition: jobs in its log (for the retention cap); `-1` until first counted.
     held: Vec<AtomicI64>,
+    /// One per partition: the jobs committed lately, for its reader.
+    tails: Vec<Mutex<tail::Tail>>,
     /// Why writes are refused now (the disk is full), if they are.
     full: Mutex<Option<String>>,
 }
@@ -158,58 +166,6 @@ fn fjall_error(e: fjall::Error) -> StoreError {
     backend(e)
 }
 
-/// The key of partition `p`'s entry `e` in `q`, `s` and `dead`.
-pub(crate) fn entry_key(p: u32, e: EntryId) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..4].copy_from_slice(&p.to_be_bytes());
-    k[4..12].copy_from_slice(&e.ms.to_be_bytes());
-    k[12..].copy_from_slice(&e.seq.to_be_bytes());
-    k
-}
-
-/// The partition and entry of an `entry_key`.
-pub(crate) fn key_entry(k: &[u8]) -> Option<(u32, EntryId)> {
-    if k.len() != 20 {
-        return None;
-    }
-    let p = u32::from_be_bytes(k[..4].try_into().ok()?);
-    let ms = u64::from_be_bytes(k[4..12].try_into().ok()?);
-    let seq = u64::from_be_bytes(k[12..].try_into().ok()?);
-    Some((p, EntryId { ms, seq }))
-}
-
-/// The key of a workspace's event `e` in `ev`.
-pub(crate) fn event_key(ws: &str, e: EntryId) -> Vec<u8> {
-    let mut k = Vec::with_capacity(ws.len() + 17);
-    k.extend_from_slice(ws.as_bytes());
-    k.push(0);
-    k.extend_from_slice(&e.ms.to_be_bytes());
-    k.extend_from_slice(&e.seq.to_be_bytes());
-    k
-}
-
-/// The entry of an `event_key`.
-pub(crate) fn key_event(k: &[u8]) -> Option<EntryId> {
-    let tail = k.len().checked_sub(16)?;
-    Some(EntryId {
-        ms: u64::from_be_bytes(k[tail..tail + 8].try_into().ok()?),
-        seq: u64::from_be_bytes(k[tail + 8..].try_into().ok()?),
-    })
-}
-
-/// The next entry id after `last`, at `now_ms` or later.
-pub(crate) fn next_id(last: EntryId, now_ms: u64) -> EntryId {
-    if now_ms > last.ms {
-        EntryId { ms: now_ms, seq: 0 }
-    } else {
-        last.next()
-    }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    chrono::Utc::now().timestamp_millis().max(0) as u64
-}
-
 /// The writer's running state: the last job of each partition, the last event of each
 /// workspace (found in the keyspace the first time one is needed), the endpoints' counts.
 struct Ids {
@@ -219,23 +175,36 @@ struct Ids {
     counts: counts::CountCache,
 }
 
-/// One group commit in the making: the batch, what it has written so far (so later writes in
-/// the group read them), and the partitions it fed.
+/// One group commit in the making: the batch, the states and configuration it has written so
+/// far (so later writes in the group read them), and the jobs it wrote.
 pub(crate) struct Tx<'a> {
     inner: &'a Inner,
     batch: fjall::OwnedWriteBatch,
-    overlay: HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
+    overlay: foldhash::HashMap<(Ks, Vec<u8>), Option<Vec<u8>>>,
     ids: &'a mut Ids,
-    touched: Vec<u32>,
+    /// The jobs written, with their partitions, for the tails once the group is durable.
+    fresh: Vec<(u32, RawJob)>,
     /// The counts this group moved, written once each at its commit.
-    counts: HashMap<String, counts::Counts>,
+    counts: foldhash::HashMap<String, counts::Counts>,
     /// The counts keys this group removed.
     uncounted: Vec<String>,
 }
 
+/// Whether a group's writes to `ks` are read back within the group. States and configuration
+/// are (an outcome reads its delivery's state, a requeue too, a count its endpoint's counts).
+/// Jobs, events and dead letters are not: a job is written once, under a new entry, and read
+/// only once it is durable (the reader, a requeue of a delivery that has a state by then); the
+/// event log and the dead letters are written under new entries and read by the API. Their
+/// writes skip the overlay, which copied every job's value once more.
+fn overlaid(ks: Ks) -> bool {
+    matches!(ks, Ks::S | Ks::Cfg)
+}
+
 impl Tx<'_> {
     pub(crate) fn get(&self, ks: Ks, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(v) = self.overlay.get(&(ks, key.to_vec())) {
+        if overlaid(ks)
+            && let Some(v) = self.overlay.get(&(ks, key.to_vec()))
+        {
             return Ok(v.clone());
         }
         Ok(self
@@ -248,9 +217,26 @@ impl Tx<'_> {
     }
 
     pub(crate) fn put(&mut self, ks: Ks, key: &[u8], value: Vec<u8>) {
-        self.batch
-            .insert(self.inner.ks.get(ks), key.to_vec(), value.clone());
-        self.overlay.insert((ks, key.to_vec()), Some(value));
+        debug_assert!(ks != Ks::Q, "jobs are written by put_job");
+        if overlaid(ks) {
+            self.batch
+                .insert(self.inner.ks.get(ks), key.to_vec(), value.clone());
+            self.overlay.insert((ks, key.to_vec()), Some(value));
+        } else {
+            self.batch
+                .insert(self.inner.ks.get(ks), key.to_vec(), value);
+        }
+    }
+
+    /// Writes job `raw` of partition `p` (its entry numbered by [`Tx::next_job`]) as `value`;
+    /// the job goes to the partition's tail once the group is durable.
+    pub(crate) fn put_job(&mut self, p: u32, value: Vec<u8>, raw: RawJob) {
+        self.batch.insert(
+            &self.inner.ks.q,
+            entry_key(p, raw.job.entry).to_vec(),
+            value,
+        );
+        self.fresh.push((p, raw));
     }
 
     pub(crate) fn remove(&mut self, ks: Ks, key: &[u8]) {
@@ -258,7 +244,9 @@ impl Tx<'_> {
             self.uncount(key);
         }
         self.batch.remove(self.inner.ks.get(ks), key.to_vec());
-        self.overlay.insert((ks, key.to_vec()), None);
+        if overlaid(ks) {
+            self.overlay.insert((ks, key.to_vec()), None);
+        }
     }
 
     pub(crate) fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -278,7 +266,6 @@ impl Tx<'_> {
     pub(crate) fn next_job(&mut self, p: u32) -> EntryId {
         let id = next_id(self.ids.jobs[p as usize], now_ms());
         self.ids.jobs[p as usize] = id;
-        self.touched.push(p);
         id
     }
 
@@ -374,6 +361,11 @@ impl EmbeddedStore {
             wake: (0..partitions).map(|_| Notify::new()).collect(),
             unread: (0..partitions).map(|_| AtomicI64::new(0)).collect(),
             held: (0..partitions).map(|_| AtomicI64::new(-1)).collect(),
+            tails: ids
+                .jobs
+                .iter()
+                .map(|&last| Mutex::new(tail::Tail::new(last, tail::budget(partitions))))
+                .collect(),
             full: Mutex::new(None),
         });
         let weak = Arc::downgrade(&inner);
@@ -406,6 +398,20 @@ impl EmbeddedStore {
 
     pub(crate) fn held(&self, partition: u32) -> &AtomicI64 {
         &self.inner.held[partition as usize]
+    }
+
+    /// Up to `count` of `partition`'s jobs after `after` from its tail, `None` when the tail
+    /// does not reach back to `after`.
+    pub(crate) fn take_tail(
+        &self,
+        partition: u32,
+        after: EntryId,
+        count: usize,
+    ) -> Option<Vec<RawJob>> {
+        self.inner.tails[partition as usize]
+            .lock()
+            .expect("tail lock")
+            .take(after, count)
     }
 
     /// Runs `f` in the next group commit and returns its result once the commit is on disk.

@@ -1,8 +1,8 @@
 //! The stored forms both backends share: what one delivery costs in bytes is decided here.
 //!
-//! - A **job** ([`JobRecord`]) is the delivery as ingest writes it, once: ids, event type,
-//!   ordering key and the body. Field names are one letter, and every job of a partition has
-//!   the same fields, so a Redis stream stores them once per block of entries.
+//! - A **job** is the delivery as ingest writes it, once: ids, event type, ordering key and
+//!   the body, packed into one value (`store::packed`). [`JobRecord`] is the JSON form the
+//!   embedded store wrote before, still read.
 //! - A delivery's **state** is one value written with each outcome: a [`Progress`] header line,
 //!   then one line per attempt ([`AttemptRecord`]). An attempt keeps only what differs per
 //!   attempt: the signature, the endpoint's custom headers when it has any, the response and
@@ -24,7 +24,7 @@ use crate::delivery::{
 
 use super::{Result, StoreError};
 
-/// A job as stored.
+/// A job as the embedded store stored it before the packed form (still read, never written).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobRecord {
     pub w: String,

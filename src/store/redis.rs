@@ -19,7 +19,6 @@ mod health;
 mod ingest;
 mod jobs;
 mod log;
-mod packed;
 mod reader;
 mod scripts;
 mod tenants;

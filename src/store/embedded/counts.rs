@@ -9,8 +9,6 @@
 //! commits, and the cache takes them only once that commit is durable: a group that fails (and
 //! is re-run write by write) leaves the cache as it was.
 
-use std::collections::HashMap;
-
 use super::{Ks, Tx};
 use crate::store::Result;
 
@@ -19,15 +17,19 @@ use crate::store::Result;
 const CACHED_MAX: usize = 200_000;
 
 /// One endpoint's counts, by counter.
-pub(super) type Counts = HashMap<String, i64>;
+pub(super) type Counts = foldhash::HashMap<String, i64>;
 
 /// The committed counts of the endpoints the writer has touched, by key.
 #[derive(Default)]
-pub(super) struct CountCache(HashMap<String, Counts>);
+pub(super) struct CountCache(foldhash::HashMap<String, Counts>);
 
 impl CountCache {
     /// Takes what a durable group changed and removed.
-    pub(super) fn committed(&mut self, changed: HashMap<String, Counts>, removed: Vec<String>) {
+    pub(super) fn committed(
+        &mut self,
+        changed: foldhash::HashMap<String, Counts>,
+        removed: Vec<String>,
+    ) {
         for k in removed {
             self.0.remove(&k);
         }
@@ -66,8 +68,13 @@ impl Tx<'_> {
             self.counts.insert(key.clone(), current);
         }
         let counts = self.counts.get_mut(&key).expect("inserted above");
-        for (c, d) in moves {
-            *counts.entry((*c).to_string()).or_default() += d;
+        for &(c, d) in moves {
+            match counts.get_mut(c) {
+                Some(n) => *n += d,
+                None => {
+                    counts.insert(c.to_string(), d);
+                }
+            }
         }
         Ok(())
     }
@@ -81,7 +88,9 @@ impl Tx<'_> {
 
     /// Puts the group's counts in its batch, once per endpoint, and returns them with the
     /// keys it removed, for the cache once the batch is durable.
-    pub(super) fn write_counts(&mut self) -> Result<(HashMap<String, Counts>, Vec<String>)> {
+    pub(super) fn write_counts(
+        &mut self,
+    ) -> Result<(foldhash::HashMap<String, Counts>, Vec<String>)> {
         let counts = std::mem::take(&mut self.counts);
         for (k, v) in &counts {
             let bytes = serde_json::to_vec(v)?;

@@ -1,5 +1,6 @@
 //! The jobs role on the embedded store: ingest, a partition's reader, outcome batches and
-//! requeues, each a single write of the group commit (retention is `super::retention`).
+//! requeues, each a single write of the group commit (retention is `super::retention`). A job
+//! is stored packed (`store::packed`); jobs stored before as JSON records are still read.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use super::{EmbeddedStore, Ks, Tx, backend, entry_key, event_key, fjall_error, key_entry, now_ms};
 use crate::delivery::{DeliveryId, EntryId, Job, Progress, Status};
 use crate::store::jobs::{CommitBatch, Idempotency, Ingested, NewEvent, Outcome, RawJob};
+use crate::store::packed::{Packing, pack, pack_copy, unpack};
 use crate::store::record::{
     Answered, Checkpoint, EventRecord, JobRecord, decode_progress, encode_state, split_ids,
     state_attempts,
@@ -22,7 +24,16 @@ struct DeadRecord {
     w: String,
 }
 
-fn job_of(partition: u32, entry: EntryId, value: &[u8]) -> Result<RawJob> {
+/// The job stored as `value` under partition `partition`'s `entry`: packed, or a JSON record
+/// of the earlier layout (a packed value never starts with `{`).
+pub(super) fn decode_job(partition: u32, entry: EntryId, value: Vec<u8>) -> Result<RawJob> {
+    if value.first() == Some(&b'{') {
+        return json_job(partition, entry, &value);
+    }
+    unpack(partition, entry, value).ok_or_else(|| backend("a job value of another shape"))
+}
+
+fn json_job(partition: u32, entry: EntryId, value: &[u8]) -> Result<RawJob> {
     let r: JobRecord = serde_json::from_slice(value)?;
     let first = r.d.as_deref().and_then(|d| d.parse::<EntryId>().ok());
     Ok(RawJob {
@@ -52,7 +63,7 @@ pub(crate) fn read_job(store: &EmbeddedStore, id: DeliveryId) -> Result<Option<R
         .get(entry_key(id.partition, id.entry))
         .map_err(fjall_error)?
     {
-        Some(v) => Ok(Some(job_of(id.partition, id.entry, &v)?)),
+        Some(v) => Ok(Some(decode_job(id.partition, id.entry, v.to_vec())?)),
         None => Ok(None),
     }
 }
@@ -142,29 +153,41 @@ impl EmbeddedStore {
                 let mut ids = Vec::with_capacity(ev.deliveries.len());
                 for d in &ev.deliveries {
                     let entry = tx.next_job(d.partition);
-                    let record = JobRecord {
-                        w: ws.clone(),
-                        e: d.endpoint_id.clone(),
-                        r: d.rule_id,
-                        v: ev.id.clone(),
-                        t: ev.event_type.clone(),
-                        k: d.key.clone(),
-                        b: d.body.to_string(),
-                        d: None,
-                        m: false,
+                    let value = pack(&Packing {
+                        workspace: &ws,
+                        endpoint: &d.endpoint_id,
+                        rule: d.rule_id,
+                        event_id: &ev.id,
+                        event_type: &ev.event_type,
+                        key: &d.key,
+                        body: &d.body,
+                    });
+                    let id = DeliveryId {
+                        partition: d.partition,
+                        entry,
                     };
-                    tx.put(
-                        Ks::Q,
-                        &entry_key(d.partition, entry),
-                        serde_json::to_vec(&record)?,
-                    );
+                    let job = Job {
+                        id,
+                        entry,
+                        workspace: ws.clone(),
+                        endpoint_id: d.endpoint_id.clone(),
+                        rule_id: d.rule_id,
+                        event_id: ev.id.clone(),
+                        event_type: ev.event_type.clone(),
+                        key: d.key.clone(),
+                        body: d.body.clone(),
+                        manual: false,
+                        progress: Progress::NEW,
+                    };
+                    let raw = RawJob {
+                        job,
+                        requeued: false,
+                    };
+                    tx.put_job(d.partition, value, raw);
                     *created
                         .entry((d.partition, d.endpoint_id.clone()))
                         .or_default() += 1;
-                    ids.push(DeliveryId {
-                        partition: d.partition,
-                        entry,
-                    });
+                    ids.push(id);
                 }
                 let ms = crate::store::log::event_ms(&ev.id).unwrap_or_else(now_ms);
                 let entry = tx.next_event(&ws, ms);
@@ -276,8 +299,8 @@ impl EmbeddedStore {
             let Some(value) = tx.get(Ks::Q, &key)? else {
                 return Ok(false);
             };
-            let mut record: JobRecord = serde_json::from_slice(&value)?;
-            if record.w != ws || record.d.is_some() {
+            let RawJob { mut job, requeued } = decode_job(id.partition, id.entry, value)?;
+            if job.workspace != ws || requeued {
                 return Ok(false);
             }
             let Some(state) = tx.get(Ks::S, &key)? else {
@@ -301,17 +324,17 @@ impl EmbeddedStore {
             );
             tx.count(
                 &ws,
-                &record.e,
+                &job.endpoint_id,
                 &Counts::moves(progress.status, Status::Pending),
             )?;
-            record.d = Some(id.entry.to_string());
-            record.m = manual;
-            let entry = tx.next_job(id.partition);
-            tx.put(
-                Ks::Q,
-                &entry_key(id.partition, entry),
-                serde_json::to_vec(&record)?,
-            );
+            let value = pack_copy(&job, id.entry, manual);
+            job.entry = tx.next_job(id.partition);
+            job.manual = manual;
+            let raw = RawJob {
+                job,
+                requeued: true,
+            };
+            tx.put_job(id.partition, value, raw);
             Ok(true)
         })
         .await
@@ -355,7 +378,16 @@ impl EmbeddedStore {
 }
 
 impl JobReader {
+    /// Up to `count` jobs after `after`: from the partition's tail when it reaches back that
+    /// far, else from the keyspace.
     fn next_batch(&self, after: EntryId, count: usize) -> Result<Vec<RawJob>> {
+        if let Some(jobs) = self.store.take_tail(self.partition, after, count) {
+            return Ok(jobs);
+        }
+        self.scan(after, count)
+    }
+
+    fn scan(&self, after: EntryId, count: usize) -> Result<Vec<RawJob>> {
         let start = entry_key(self.partition, after.next());
         let end = entry_key(
             self.partition,
@@ -368,7 +400,7 @@ impl JobReader {
         for g in self.store.ks(Ks::Q).range(start..=end).take(count) {
             let (k, v) = g.into_inner().map_err(fjall_error)?;
             let (_, entry) = key_entry(&k).ok_or_else(|| backend("a job key of another shape"))?;
-            out.push(job_of(self.partition, entry, &v)?);
+            out.push(decode_job(self.partition, entry, v.to_vec())?);
         }
         Ok(out)
     }
@@ -399,5 +431,52 @@ impl JobReader {
             .unread(self.partition)
             .load(Ordering::Relaxed)
             .max(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_stored_as_json_records_by_an_earlier_version_are_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = EntryId { ms: 7, seq: 1 };
+        {
+            let store = EmbeddedStore::open(dir.path(), 4).unwrap();
+            let old = JobRecord {
+                w: "ws".into(),
+                e: "ep".into(),
+                r: 3,
+                v: "evt".into(),
+                t: "member:created".into(),
+                k: String::new(),
+                b: "{\"a\":1}".into(),
+                d: None,
+                m: false,
+            };
+            store
+                .ks(Ks::Q)
+                .insert(entry_key(2, entry), serde_json::to_vec(&old).unwrap())
+                .unwrap();
+        }
+        let store = EmbeddedStore::open(dir.path(), 4).unwrap();
+        let mut reader = store.job_reader(2, EntryId::ZERO);
+        let jobs = reader
+            .read(EntryId::ZERO, 10, Duration::from_millis(1))
+            .await
+            .unwrap();
+        assert_eq!(
+            jobs.len(),
+            1,
+            "the reader scans past its tail to the old job"
+        );
+        let job = &jobs[0].job;
+        assert_eq!(
+            (job.entry, job.rule_id, &*job.body),
+            (entry, 3, "{\"a\":1}")
+        );
+        let by_id = read_job(&store, job.id).unwrap().expect("read by id");
+        assert_eq!(by_id.job.endpoint_id, "ep");
     }
 }

@@ -4,10 +4,11 @@
 
 use std::sync::atomic::Ordering;
 
+use super::jobs::decode_job;
 use super::{EmbeddedStore, Ks, entry_key, event_key, fjall_error, key_entry};
 use crate::delivery::EntryId;
 use crate::store::Result;
-use crate::store::record::{JobRecord, decode_progress};
+use crate::store::record::decode_progress;
 
 /// Jobs a retention pass looks at.
 const TRIM_BATCH: usize = 2000;
@@ -43,8 +44,8 @@ impl EmbeddedStore {
                 break;
             }
             seen += 1;
-            let record: JobRecord = serde_json::from_slice(&v)?;
-            candidates.push((entry, record.d.and_then(|d| d.parse().ok())));
+            let raw = decode_job(partition, entry, v.to_vec())?;
+            candidates.push((entry, raw.requeued.then_some(raw.job.id.entry)));
             next = entry;
             if seen == TRIM_BATCH {
                 break;

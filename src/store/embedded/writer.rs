@@ -1,14 +1,18 @@
 //! The embedded store's writer thread: group commit. Every write waits in one channel; the
 //! thread takes all that are waiting, applies them to one batch and commits it with one
 //! `fdatasync`, so a write is answered only once durable and, under load, many share a sync.
+//! Then it hands the jobs the group wrote to their partitions' tails and wakes their readers.
 //! Before each group it checks the disk's free space (see the parent module).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 
 use fjall::PersistMode;
 
 use super::{Answer, GROUP_MAX, Ids, Inner, Tx, WriteOp, fjall_error};
+use crate::store::jobs::RawJob;
+
+/// The jobs a group wrote, with their partitions.
+type Fresh = Vec<(u32, RawJob)>;
 use crate::store::{Result, StoreError};
 
 /// Refuses writes while the disk's free space is below the margin, logging the cause once and
@@ -60,10 +64,10 @@ pub(super) fn writer_loop(
             }
             continue;
         }
-        let mut touched = Vec::new();
+        let mut fresh = Vec::new();
         match run(&inner, &mut ids, &group) {
-            Ok((answers, t)) => {
-                touched = t;
+            Ok((answers, f)) => {
+                fresh = f;
                 for (op, a) in group.into_iter().zip(answers) {
                     let _ = op.done.send(Ok(a));
                 }
@@ -71,8 +75,8 @@ pub(super) fn writer_loop(
             Err(_) => {
                 for op in group {
                     match run(&inner, &mut ids, std::slice::from_ref(&op)) {
-                        Ok((mut answers, t)) => {
-                            touched.extend(t);
+                        Ok((mut answers, f)) => {
+                            fresh.extend(f);
                             let _ = op.done.send(Ok(answers.remove(0)));
                         }
                         Err(e) => {
@@ -82,39 +86,48 @@ pub(super) fn writer_loop(
                 }
             }
         }
-        for &p in &touched {
-            inner.unread[p as usize].fetch_add(1, Ordering::Relaxed);
-            let held = &inner.held[p as usize];
-            if held.load(Ordering::Relaxed) >= 0 {
-                held.fetch_add(1, Ordering::Relaxed);
-            }
+        hand_over(&inner, fresh);
+    }
+}
+
+/// Gives the jobs a durable group wrote to their partitions' tails (in the order they were
+/// numbered, which is each partition's order), counts them, then wakes each reader once.
+fn hand_over(inner: &Inner, fresh: Fresh) {
+    let mut touched: Vec<u32> = Vec::new();
+    for (p, raw) in fresh {
+        inner.unread[p as usize].fetch_add(1, Ordering::Relaxed);
+        let held = &inner.held[p as usize];
+        if held.load(Ordering::Relaxed) >= 0 {
+            held.fetch_add(1, Ordering::Relaxed);
         }
-        touched.sort_unstable();
-        touched.dedup();
-        for p in touched {
-            inner.wake[p as usize].notify_one();
-        }
+        inner.tails[p as usize].lock().expect("tail lock").push(raw);
+        touched.push(p);
+    }
+    touched.sort_unstable();
+    touched.dedup();
+    for p in touched {
+        inner.wake[p as usize].notify_one();
     }
 }
 
 /// Applies `ops` to one batch and commits it durably.
-fn run(inner: &Inner, ids: &mut Ids, ops: &[WriteOp]) -> Result<(Vec<Answer>, Vec<u32>)> {
+fn run(inner: &Inner, ids: &mut Ids, ops: &[WriteOp]) -> Result<(Vec<Answer>, Fresh)> {
     let mut tx = Tx {
         inner,
         batch: inner.db.batch().durability(Some(PersistMode::SyncData)),
-        overlay: HashMap::new(),
+        overlay: Default::default(),
         ids,
-        touched: Vec::new(),
-        counts: HashMap::new(),
+        fresh: Vec::new(),
+        counts: Default::default(),
         uncounted: Vec::new(),
     };
     let mut out = Vec::with_capacity(ops.len());
     for op in ops {
         out.push((op.f)(&mut tx)?);
     }
-    let touched = std::mem::take(&mut tx.touched);
+    let fresh = std::mem::take(&mut tx.fresh);
     let (counts, uncounted) = tx.write_counts()?;
     tx.batch.commit().map_err(fjall_error)?;
     tx.ids.counts.committed(counts, uncounted);
-    Ok((out, touched))
+    Ok((out, fresh))
 }

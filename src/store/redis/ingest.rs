@@ -14,10 +14,10 @@
 use std::collections::BTreeMap;
 
 use super::RedisStore;
-use super::packed::{Packing, pack};
 use super::scripts::{CLAIM_SCRIPT, EVENTS_SCRIPT, INGEST_SCRIPT, PART_SCRIPT};
 use crate::delivery::{DeliveryId, EntryId};
 use crate::store::jobs::{Idempotency, Ingested, NewEvent};
+use crate::store::packed::{Packing, pack};
 use crate::store::record::Answered;
 use crate::store::{Result, StoreError};
 use std::collections::VecDeque;

@@ -1,17 +1,21 @@
-//! A job's stream entry on Redis: one field, `j`, holding every part of the job.
+//! A job as both backends store it in a partition's log: one value holding every part of it.
 //!
-//! Why one field: Redis parses, stores, copies into the AOF and into each `XREAD` reply every
+//! Why one value: Redis parses, stores, copies into the AOF and into each `XREAD` reply every
 //! field name and value as a string of its own, and the node's client parses each again. A job
-//! of seven fields was fifteen bulk strings per entry; one field is two. Measured on the
+//! of seven fields was fifteen bulk strings per entry; one field (`j`) is two. Measured on the
 //! development VM by `benches/scripts/redis_write_cost.py`, a pipelined `XADD` of a 220-byte
 //! body costs Redis ~11 µs of CPU with seven fields and ~7 µs with one (`docs/benchmarks.md`).
+//! The embedded store keeps the same value under the job's key: against the JSON record it
+//! held before, the body is copied in as it is rather than escaped into a JSON string and
+//! unescaped again by every reader.
 //!
 //! The value is `{d}\t{m}\t{w}\t{e}\t{r}\t{v}\t{t}\t{len(k)}\t{k}{b}`: the delivery a copy
 //! names (`d`, empty in a delivery's first job), `1` for a manual retry, the workspace,
 //! endpoint, rule, event id and type (ids and catalogue names: no tab in any), then the
 //! ordering key and the body, which may hold anything, so the key's length says where the body
-//! starts. The copy and manual marks come first so a requeue rewrites only them. Entries of the
-//! older layout (one field per part) are still read: see [`super::reader`].
+//! starts. The copy and manual marks come first so a requeue on Redis rewrites only them.
+//! Entries of the older Redis layout (one field per part) are still read: see
+//! `store::redis::reader`; the embedded store still reads its older JSON records.
 
 use std::io::Write;
 
@@ -34,8 +38,30 @@ pub(super) struct Packing<'a> {
 
 /// A delivery's first job, packed.
 pub(super) fn pack(p: &Packing<'_>) -> Vec<u8> {
+    pack_with("", false, p)
+}
+
+/// A copy of `job` (a manual retry or a replay) naming its delivery's first entry, packed.
+pub(super) fn pack_copy(job: &Job, first: EntryId, manual: bool) -> Vec<u8> {
+    pack_with(
+        &first.to_string(),
+        manual,
+        &Packing {
+            workspace: &job.workspace,
+            endpoint: &job.endpoint_id,
+            rule: job.rule_id,
+            event_id: &job.event_id,
+            event_type: &job.event_type,
+            key: &job.key,
+            body: &job.body,
+        },
+    )
+}
+
+fn pack_with(copy_of: &str, manual: bool, p: &Packing<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(
-        48 + p.workspace.len()
+        48 + copy_of.len()
+            + p.workspace.len()
             + p.endpoint.len()
             + p.event_id.len()
             + p.event_type.len()
@@ -45,7 +71,8 @@ pub(super) fn pack(p: &Packing<'_>) -> Vec<u8> {
     // Written straight into the value: no string per number.
     write!(
         out,
-        "\t\t{}\t{}\t{}\t{}\t{}\t{}\t",
+        "{copy_of}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t",
+        if manual { "1" } else { "" },
         p.workspace,
         p.endpoint,
         p.rule,
@@ -149,6 +176,35 @@ mod tests {
             }
         );
         assert!(!raw.requeued && !j.manual);
+    }
+
+    #[test]
+    fn a_packed_copy_reads_back_as_a_copy_of_its_delivery() {
+        let first = pack(&Packing {
+            workspace: "ws_1",
+            endpoint: "ep_1",
+            rule: 7,
+            event_id: "evt_1",
+            event_type: "member:created",
+            key: "k",
+            body: "{}",
+        });
+        let original = unpack(2, "5-1".parse().unwrap(), first).expect("a job").job;
+        for manual in [false, true] {
+            let copy = pack_copy(&original, original.entry, manual);
+            let raw = unpack(2, "9-0".parse().unwrap(), copy).expect("a copy");
+            assert!(raw.requeued);
+            assert_eq!(raw.job.manual, manual);
+            assert_eq!(
+                raw.job.id, original.id,
+                "the copy attempts its first delivery"
+            );
+            assert_eq!(raw.job.entry.to_string(), "9-0");
+            assert_eq!(
+                (&raw.job.workspace, &raw.job.key, &*raw.job.body),
+                (&original.workspace, &original.key, &*original.body)
+            );
+        }
     }
 
     #[test]
