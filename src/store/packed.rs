@@ -86,10 +86,11 @@ fn pack_with(copy_of: &str, manual: bool, p: &Packing<'_>) -> Vec<u8> {
     out
 }
 
-/// The job packed in `value` of entry `entry`, `None` when it is not a packed job.
-pub(super) fn unpack(partition: u32, entry: EntryId, value: Vec<u8>) -> Option<RawJob> {
+/// The job packed in `value` of entry `entry`, `None` when it is not a packed job. Its parts
+/// are copied out of `value`, which is only read.
+pub(super) fn unpack(partition: u32, entry: EntryId, value: &[u8]) -> Option<RawJob> {
     let mut parts: [&[u8]; 8] = [&[]; 8];
-    let mut rest = value.as_slice();
+    let mut rest = value;
     for part in &mut parts {
         let tab = rest.iter().position(|&c| c == b'\t')?;
         *part = &rest[..tab];
@@ -146,7 +147,7 @@ mod tests {
             body: "{\"x\":\"\t1\"}",
         });
         let entry: EntryId = "5-1".parse().unwrap();
-        let raw = unpack(3, entry, packed).expect("a job");
+        let raw = unpack(3, entry, &packed).expect("a job");
         let j = &raw.job;
         assert_eq!(
             (
@@ -189,10 +190,12 @@ mod tests {
             key: "k",
             body: "{}",
         });
-        let original = unpack(2, "5-1".parse().unwrap(), first).expect("a job").job;
+        let original = unpack(2, "5-1".parse().unwrap(), &first)
+            .expect("a job")
+            .job;
         for manual in [false, true] {
             let copy = pack_copy(&original, original.entry, manual);
-            let raw = unpack(2, "9-0".parse().unwrap(), copy).expect("a copy");
+            let raw = unpack(2, "9-0".parse().unwrap(), &copy).expect("a copy");
             assert!(raw.requeued);
             assert_eq!(raw.job.manual, manual);
             assert_eq!(
@@ -210,7 +213,7 @@ mod tests {
     #[test]
     fn a_copy_names_its_delivery_and_a_damaged_value_is_no_job() {
         let copy = b"4-0\t1\tws\tep\t2\tevt\tmember:created\t0\t{}".to_vec();
-        let raw = unpack(1, "9-0".parse().unwrap(), copy).expect("a copy");
+        let raw = unpack(1, "9-0".parse().unwrap(), &copy).expect("a copy");
         assert!(raw.requeued && raw.job.manual);
         assert_eq!(raw.job.id.entry.to_string(), "4-0");
         assert_eq!(raw.job.entry.to_string(), "9-0");
@@ -219,7 +222,7 @@ mod tests {
             b"\t\tws\tep\t2\tevt\tt\t9\t{}",
             b"\t\tws\tep\t2",
         ] {
-            assert!(unpack(1, "9-0".parse().unwrap(), bad.to_vec()).is_none());
+            assert!(unpack(1, "9-0".parse().unwrap(), bad).is_none());
         }
     }
 }

@@ -26,9 +26,9 @@ struct DeadRecord {
 
 /// The job stored as `value` under partition `partition`'s `entry`: packed, or a JSON record
 /// of the earlier layout (a packed value never starts with `{`).
-pub(super) fn decode_job(partition: u32, entry: EntryId, value: Vec<u8>) -> Result<RawJob> {
+pub(super) fn decode_job(partition: u32, entry: EntryId, value: &[u8]) -> Result<RawJob> {
     if value.first() == Some(&b'{') {
-        return json_job(partition, entry, &value);
+        return json_job(partition, entry, value);
     }
     unpack(partition, entry, value).ok_or_else(|| backend("a job value of another shape"))
 }
@@ -63,7 +63,7 @@ pub(crate) fn read_job(store: &EmbeddedStore, id: DeliveryId) -> Result<Option<R
         .get(entry_key(id.partition, id.entry))
         .map_err(fjall_error)?
     {
-        Some(v) => Ok(Some(decode_job(id.partition, id.entry, v.to_vec())?)),
+        Some(v) => Ok(Some(decode_job(id.partition, id.entry, &v)?)),
         None => Ok(None),
     }
 }
@@ -299,7 +299,7 @@ impl EmbeddedStore {
             let Some(value) = tx.get(Ks::Q, &key)? else {
                 return Ok(false);
             };
-            let RawJob { mut job, requeued } = decode_job(id.partition, id.entry, value)?;
+            let RawJob { mut job, requeued } = decode_job(id.partition, id.entry, &value)?;
             if job.workspace != ws || requeued {
                 return Ok(false);
             }
@@ -400,7 +400,7 @@ impl JobReader {
         for g in self.store.ks(Ks::Q).range(start..=end).take(count) {
             let (k, v) = g.into_inner().map_err(fjall_error)?;
             let (_, entry) = key_entry(&k).ok_or_else(|| backend("a job key of another shape"))?;
-            out.push(decode_job(self.partition, entry, v.to_vec())?);
+            out.push(decode_job(self.partition, entry, &v)?);
         }
         Ok(out)
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::jobs::read_job;
+use super::jobs::{decode_job, read_job};
 use super::{EmbeddedStore, Ks, entry_key, event_key, fjall_error, key_entry, key_event};
 use crate::delivery::{DeliveryId, EntryId, Job};
 use crate::store::Result;
@@ -52,19 +52,11 @@ impl EmbeddedStore {
         );
         let mut out = Vec::new();
         for g in self.ks(Ks::Q).range(start..end).rev().take(count) {
-            let (k, _) = g.into_inner().map_err(fjall_error)?;
+            let (k, v) = g.into_inner().map_err(fjall_error)?;
             let Some((p, entry)) = key_entry(&k) else {
                 continue;
             };
-            if let Some(raw) = read_job(
-                self,
-                DeliveryId {
-                    partition: p,
-                    entry,
-                },
-            )? {
-                out.push(raw.job);
-            }
+            out.push(decode_job(p, entry, &v)?.job);
         }
         Ok(out)
     }

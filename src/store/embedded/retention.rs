@@ -44,7 +44,7 @@ impl EmbeddedStore {
                 break;
             }
             seen += 1;
-            let raw = decode_job(partition, entry, v.to_vec())?;
+            let raw = decode_job(partition, entry, &v)?;
             candidates.push((entry, raw.requeued.then_some(raw.job.id.entry)));
             next = entry;
             if seen == TRIM_BATCH {

@@ -134,12 +134,18 @@ mod tests {
         EntryId { ms: 1, seq }
     }
 
+    /// A tail of at most `max` bytes that was handed jobs 1 to `n`.
+    fn handed(n: u64, body: &str, max: usize) -> Tail {
+        let mut tail = Tail::new(at(0), max);
+        for s in 1..=n {
+            tail.push(job(s, body));
+        }
+        tail
+    }
+
     #[test]
     fn a_reader_gets_what_followed_its_position_and_nothing_twice() {
-        let mut tail = Tail::new(at(0), budget(64));
-        for s in 1..=5 {
-            tail.push(job(s, "{}"));
-        }
+        let mut tail = handed(5, "{}", budget(64));
         assert_eq!(seqs(&tail.take(at(0), 2).unwrap()), [1, 2]);
         assert_eq!(seqs(&tail.take(at(2), 10).unwrap()), [3, 4, 5]);
         assert!(tail.take(at(5), 10).unwrap().is_empty(), "nothing new");
@@ -149,10 +155,7 @@ mod tests {
 
     #[test]
     fn a_reader_ahead_of_the_tail_start_skips_what_it_has() {
-        let mut tail = Tail::new(at(0), budget(64));
-        for s in 1..=4 {
-            tail.push(job(s, "{}"));
-        }
+        let mut tail = handed(4, "{}", budget(64));
         // Read 1 and 2 from the keyspace (the scan overlapped the tail): the tail serves 3, 4.
         assert_eq!(seqs(&tail.take(at(2), 10).unwrap()), [3, 4]);
     }
@@ -161,10 +164,7 @@ mod tests {
     fn a_full_tail_drops_its_oldest_and_sends_a_reader_behind_it_to_the_keyspace() {
         let body = "x".repeat(1000);
         let max = 3 * size(&job(1, &body));
-        let mut tail = Tail::new(at(0), max);
-        for s in 1..=5 {
-            tail.push(job(s, &body));
-        }
+        let mut tail = handed(5, &body, max);
         assert!(tail.take(at(0), 10).is_none(), "1 and 2 were dropped");
         assert!(tail.take(at(1), 10).is_none());
         assert_eq!(seqs(&tail.take(at(2), 10).unwrap()), [3, 4, 5]);

@@ -29,7 +29,7 @@ pub(crate) fn job_of(
 ) -> Option<RawJob> {
     let entry: EntryId = id.parse().ok()?;
     if let Some(Value::BulkString(packed)) = map.get("j") {
-        return crate::store::packed::unpack(partition, entry, packed.clone());
+        return crate::store::packed::unpack(partition, entry, packed);
     }
     let first = field(map, "d").and_then(|d| d.parse::<EntryId>().ok());
     let job = Job {
@@ -80,7 +80,7 @@ fn job_of_fields(partition: u32, id: &[u8], fields: Vec<Value>) -> Option<RawJob
                 let Value::BulkString(packed) = value else {
                     return None;
                 };
-                return crate::store::packed::unpack(partition, entry, packed);
+                return crate::store::packed::unpack(partition, entry, &packed);
             }
             b"w" => w = text(value),
             b"e" => e = text(value),
